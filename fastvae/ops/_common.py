@@ -1,0 +1,46 @@
+"""Plumbing shared by the op families: backend lookup, the kernel module of a backend,
+seed drawing, and the double-backward guard."""
+from __future__ import annotations
+
+import importlib
+from typing import Optional
+
+import torch
+
+from .. import backends
+from ..random import draw_seed
+
+
+@torch.compiler.assume_constant_result
+def _resolve(op: str, choice: str, device_type: str, dtype: torch.dtype) -> str:
+    return backends.resolve(op, torch.device(device_type), dtype)
+
+
+def pick_backend(op: str, device: torch.device, dtype: torch.dtype) -> str:
+    """The backend that runs ``op`` on inputs of ``device`` and (promoted) ``dtype``
+    (see :mod:`fastvae.backends`)."""
+    # Reading backends._choice here lets torch.compile guard on it.
+    return _resolve(op, backends._choice, device.type, dtype)
+
+
+def kernel_module(backend: str, family: str):
+    """The module that launches ``family``'s kernels for ``backend``."""
+    if backend == "triton":
+        return importlib.import_module(f"fastvae.kernels.{family}")
+    raise RuntimeError(f"fastvae: backend {backend!r} has no kernels for the {family} ops")
+
+
+def seed_for(device: torch.device, generator: Optional[torch.Generator]) -> torch.Tensor:
+    return draw_seed(device, generator)
+
+
+def no_double_backward(op: str):
+    """A backward that raises: fastvae's fused backward is not itself differentiable."""
+
+    def backward(ctx, *grads):
+        raise RuntimeError(
+            f"fastvae.{op}: double backward (a gradient of a gradient) is not supported; "
+            f"use the torch backend (fastvae.use_backend('torch')) for higher-order derivatives"
+        )
+
+    return backward

@@ -1,0 +1,305 @@
+"""Gaussian latent ops: ``reparameterize``, ``gaussian_kl`` and ``sample_gaussian``.
+
+Argument checks, the ``torch.library`` custom ops (with fake implementations and
+registered autograd), and dispatch to a backend.  The ``torch`` backend is
+:mod:`fastvae.reference` itself; the others run one fused kernel forward and one
+backward (``kernels/latent.py``).  Free bits and the batch reductions are small torch ops
+on the kernel's per-element or per-sample KL, so autograd routes their gradient back
+into the fused backward.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .. import reference
+from ..validation import (
+    check_broadcastable_to,
+    check_finite,
+    check_float_tensor,
+    check_generator,
+    check_nonnegative_number,
+    check_reduction,
+    check_same_device,
+    check_same_shape,
+)
+from ._common import kernel_module, no_double_backward, pick_backend, seed_for
+
+KL_MODES = ("none", "element", "row")
+
+
+# --------------------------------------------------------------------------------------
+# Custom ops
+# --------------------------------------------------------------------------------------
+
+
+def _kl_shape(mu: Tensor, kl_mode: str) -> tuple[int, ...]:
+    return {"none": (0,), "element": tuple(mu.shape), "row": (mu.shape[0],)}[kl_mode]
+
+
+@torch.library.custom_op("fastvae::gaussian_latent_fwd", mutates_args=())
+def _gaussian_latent_fwd(
+    mu: Tensor,
+    logvar: Tensor,
+    prior_mu: Optional[Tensor],
+    prior_logvar: Optional[Tensor],
+    seed_offset: Optional[Tensor],
+    sample: bool,
+    kl_mode: str,
+    backend: str,
+) -> tuple[Tensor, Tensor]:
+    """z (mu's shape, or empty when not ``sample``) and the KL per ``kl_mode``."""
+    kernels = kernel_module(backend, "latent")
+    z, kl = kernels.gaussian_latent_fwd(
+        mu.contiguous(), logvar.contiguous(), prior_mu, prior_logvar, seed_offset, sample, kl_mode,
+        reference.sample_dtype(mu, logvar),
+    )
+    if z is None:
+        z = mu.new_empty((0,), dtype=reference.sample_dtype(mu, logvar))
+    if kl is None:
+        kl = mu.new_empty((0,), dtype=torch.float32)
+    return z, kl
+
+
+@_gaussian_latent_fwd.register_fake
+def _(mu, logvar, prior_mu, prior_logvar, seed_offset, sample, kl_mode, backend):
+    z = mu.new_empty(tuple(mu.shape) if sample else (0,), dtype=reference.sample_dtype(mu, logvar))
+    return z, mu.new_empty(_kl_shape(mu, kl_mode), dtype=torch.float32)
+
+
+@torch.library.custom_op("fastvae::gaussian_latent_bwd", mutates_args=())
+def _gaussian_latent_bwd(
+    grad_z: Optional[Tensor],
+    grad_kl: Optional[Tensor],
+    mu: Tensor,
+    logvar: Tensor,
+    prior_mu: Optional[Tensor],
+    prior_logvar: Optional[Tensor],
+    seed_offset: Optional[Tensor],
+    prior_mu_grad: bool,
+    prior_logvar_grad: bool,
+    backend: str,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(grad_mu, grad_logvar, grad_prior_mu, grad_prior_logvar); the prior gradients per
+    element of mu's shape, empty when not asked for."""
+    kernels = kernel_module(backend, "latent")
+    grads = kernels.gaussian_latent_bwd(
+        None if grad_z is None else grad_z.contiguous(),
+        None if grad_kl is None else grad_kl.contiguous(),
+        mu.contiguous(), logvar.contiguous(), prior_mu, prior_logvar, seed_offset,
+        prior_mu_grad, prior_logvar_grad,
+    )
+    # Absent gradients come back as distinct empty tensors: outputs may not alias.
+    return tuple(g if g is not None else mu.new_empty((0,), dtype=torch.float32) for g in grads)
+
+
+@_gaussian_latent_bwd.register_fake
+def _(grad_z, grad_kl, mu, logvar, prior_mu, prior_logvar, seed_offset, prior_mu_grad, prior_logvar_grad, backend):
+    def prior_grad(prior, wanted):
+        if not wanted or grad_kl is None:
+            return mu.new_empty((0,), dtype=torch.float32)
+        dtype = prior.dtype if prior.shape == mu.shape else torch.float32
+        return mu.new_empty(tuple(mu.shape), dtype=dtype)
+
+    return (
+        torch.empty_like(mu, memory_format=torch.contiguous_format),
+        torch.empty_like(logvar, memory_format=torch.contiguous_format),
+        prior_grad(prior_mu, prior_mu_grad),
+        prior_grad(prior_logvar, prior_logvar_grad),
+    )
+
+
+def _setup_context(ctx, inputs, output):
+    mu, logvar, prior_mu, prior_logvar, seed_offset, sample, kl_mode, backend = inputs
+    ctx.save_for_backward(mu, logvar, prior_mu, prior_logvar, seed_offset)
+    ctx.sample, ctx.kl_mode, ctx.backend = sample, kl_mode, backend
+
+
+def _backward(ctx, grad_z, grad_kl):
+    mu, logvar, prior_mu, prior_logvar, seed_offset = ctx.saved_tensors
+    grad_z = grad_z if ctx.sample else None
+    grad_kl = grad_kl if ctx.kl_mode != "none" else None
+    prior_mu_grad = prior_mu is not None and ctx.needs_input_grad[2]
+    prior_logvar_grad = prior_logvar is not None and ctx.needs_input_grad[3]
+    grad_mu, grad_logvar, grad_prior_mu, grad_prior_logvar = _gaussian_latent_bwd(
+        grad_z, grad_kl, mu, logvar, prior_mu, prior_logvar, seed_offset,
+        prior_mu_grad, prior_logvar_grad, ctx.backend,
+    )
+    # A broadcast prior's gradient is the sum over its broadcast dimensions (a torch
+    # reduction: fixed order, so bitwise repeatable).
+    if prior_mu_grad:
+        grad_prior_mu = grad_prior_mu.sum_to_size(prior_mu.shape).to(prior_mu.dtype)
+    if prior_logvar_grad:
+        grad_prior_logvar = grad_prior_logvar.sum_to_size(prior_logvar.shape).to(prior_logvar.dtype)
+    return (
+        grad_mu,
+        grad_logvar,
+        grad_prior_mu if prior_mu_grad else None,
+        grad_prior_logvar if prior_logvar_grad else None,
+        None, None, None, None,
+    )
+
+
+_gaussian_latent_fwd.register_autograd(_backward, setup_context=_setup_context)
+_gaussian_latent_bwd.register_autograd(
+    no_double_backward("sample_gaussian / gaussian_kl / reparameterize"), setup_context=lambda ctx, inputs, output: None
+)
+
+
+# --------------------------------------------------------------------------------------
+# Checks and dispatch
+# --------------------------------------------------------------------------------------
+
+
+def _check_latent(op: str, mu, logvar, prior_mu=None, prior_logvar=None) -> None:
+    check_float_tensor(op, "mu", mu, min_dim=1)
+    check_float_tensor(op, "logvar", logvar, min_dim=1)
+    check_same_shape(op, "logvar", logvar, "mu", mu)
+    for name, prior in (("prior_mu", prior_mu), ("prior_logvar", prior_logvar)):
+        if prior is not None:
+            check_float_tensor(op, name, prior)
+            check_broadcastable_to(op, name, prior, "mu", mu)
+    check_same_device(op, [("mu", mu), ("logvar", logvar), ("prior_mu", prior_mu), ("prior_logvar", prior_logvar)])
+    for name, tensor in (("mu", mu), ("logvar", logvar), ("prior_mu", prior_mu), ("prior_logvar", prior_logvar)):
+        if tensor is not None:
+            check_finite(op, name, tensor)
+
+
+def _op_dtype(*tensors: Optional[Tensor]) -> torch.dtype:
+    dtype = tensors[0].dtype
+    for tensor in tensors[1:]:
+        if tensor is not None:
+            dtype = torch.promote_types(dtype, tensor.dtype)
+    return dtype
+
+
+def _finish_kl(kl: Tensor, kl_mode: str, free_bits: float, reduction: str) -> Tensor:
+    if kl_mode == "element":
+        return reference.reduce(reference.free_bits_terms(kl, free_bits), reduction)
+    return reference.reduce(kl, reduction)
+
+
+def _kl_mode(free_bits: float, reduction: str) -> str:
+    # Free bits need each dimension's batch mean, so the kernel hands back per-element KL.
+    return "element" if reduction == "none" or free_bits > 0 else "row"
+
+
+# --------------------------------------------------------------------------------------
+# Public ops
+# --------------------------------------------------------------------------------------
+
+
+def reparameterize(mu: Tensor, logvar: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+    r"""Draw z = mu + exp(logvar / 2) · ε, ε ~ N(0, I), differentiably in mu and logvar.
+
+    Args:
+        mu: mean of q(z|x), shape [B, ...] (any latent shape, batch first).
+        logvar: log-variance of q(z|x), mu's shape.
+        generator: a ``torch.Generator`` to draw the call's seed from (default: the
+            device's default generator; leave it None under torch.compile).
+
+    Returns:
+        z of mu's shape, in the promoted dtype of mu and logvar.  The noise is Philox
+        (see :mod:`fastvae.random`), so ``torch.manual_seed`` reproduces it bit for bit.
+
+    Example::
+
+        >>> mu, logvar = torch.zeros(8, 16), torch.zeros(8, 16)
+        >>> z = fastvae.reparameterize(mu, logvar)
+    """
+    op = "reparameterize"
+    _check_latent(op, mu, logvar)
+    check_generator(op, generator, mu.device)
+    seed_offset = seed_for(mu.device, generator)
+    backend = pick_backend(op, mu.device, _op_dtype(mu, logvar))
+    if backend == "torch":
+        return reference.reparameterize(mu, logvar, seed_offset)
+    z, _ = _gaussian_latent_fwd(mu, logvar, None, None, seed_offset, True, "none", backend)
+    return z
+
+
+def gaussian_kl(
+    mu: Tensor,
+    logvar: Tensor,
+    prior_mu: Optional[Tensor] = None,
+    prior_logvar: Optional[Tensor] = None,
+    free_bits: float = 0.0,
+    reduction: str = "batch",
+) -> Tensor:
+    r"""KL(N(mu, e^logvar) ‖ N(prior_mu, e^prior_logvar)) of a diagonal Gaussian latent.
+
+    Per element: ½·(prior_logvar − logvar + (e^logvar + (mu − prior_mu)²)·e^(−prior_logvar) − 1).
+
+    Args:
+        mu, logvar: q's mean and log-variance, shape [B, ...].
+        prior_mu, prior_logvar: the prior's, broadcastable to mu's shape (e.g. [1, C, 1, 1]
+            or full-size for a conditional prior); None means 0.  They may require grad.
+        free_bits: nats per latent dimension (a feature of [B, D], a channel of
+            [B, C, ...]); a dimension whose batch-mean KL is below it is held at
+            free_bits and gets no gradient.  0 gives the true KL.
+        reduction: 'batch' → [B] (sum over all but the batch), 'none' → per element,
+            'sum' → scalar, 'mean' → batch mean of the per-sample sums.
+
+    Returns:
+        The KL in nats, float32 (float64 for float64 inputs).
+
+    Example::
+
+        >>> kl = fastvae.gaussian_kl(mu, logvar, free_bits=0.25, reduction="mean")
+    """
+    op = "gaussian_kl"
+    _check_latent(op, mu, logvar, prior_mu, prior_logvar)
+    check_nonnegative_number(op, "free_bits", free_bits)
+    check_reduction(op, reduction)
+    backend = pick_backend(op, mu.device, _op_dtype(mu, logvar, prior_mu, prior_logvar))
+    if backend == "torch":
+        return reference.gaussian_kl(mu, logvar, prior_mu, prior_logvar, free_bits, reduction)
+    kl_mode = _kl_mode(free_bits, reduction)
+    _, kl = _gaussian_latent_fwd(mu, logvar, prior_mu, prior_logvar, None, False, kl_mode, backend)
+    return _finish_kl(kl, kl_mode, free_bits, reduction)
+
+
+def sample_gaussian(
+    mu: Tensor,
+    logvar: Tensor,
+    prior_mu: Optional[Tensor] = None,
+    prior_logvar: Optional[Tensor] = None,
+    free_bits: float = 0.0,
+    generator: Optional[torch.Generator] = None,
+    reduction: str = "batch",
+) -> tuple[Tensor, Tensor]:
+    r"""Reparameterized sample and KL in one fused pass: the latent side of the ELBO.
+
+    Replaces ``d = Normal(mu, (0.5 * logvar).exp()); z = d.rsample();
+    kl = kl_divergence(d, Normal(0, 1)).sum(1)`` with one read of mu and logvar.
+
+    Args:
+        mu, logvar: q's mean and log-variance, shape [B, ...].
+        prior_mu, prior_logvar, free_bits, reduction: as :func:`gaussian_kl`.
+        generator: as :func:`reparameterize`.
+
+    Returns:
+        (z, kl): z of mu's shape in the promoted dtype of mu and logvar; kl as
+        :func:`gaussian_kl` returns it.
+
+    Example::
+
+        >>> h = encoder(x)
+        >>> mu, logvar = h.chunk(2, dim=1)
+        >>> z, kl = fastvae.sample_gaussian(mu, logvar)
+        >>> loss = (nll(decoder(z), x) + kl).mean()
+    """
+    op = "sample_gaussian"
+    _check_latent(op, mu, logvar, prior_mu, prior_logvar)
+    check_nonnegative_number(op, "free_bits", free_bits)
+    check_reduction(op, reduction)
+    check_generator(op, generator, mu.device)
+    seed_offset = seed_for(mu.device, generator)
+    backend = pick_backend(op, mu.device, _op_dtype(mu, logvar, prior_mu, prior_logvar))
+    if backend == "torch":
+        return reference.sample_gaussian(mu, logvar, seed_offset, prior_mu, prior_logvar, free_bits, reduction)
+    kl_mode = _kl_mode(free_bits, reduction)
+    z, kl = _gaussian_latent_fwd(mu, logvar, prior_mu, prior_logvar, seed_offset, True, kl_mode, backend)
+    return z, _finish_kl(kl, kl_mode, free_bits, reduction)

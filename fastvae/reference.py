@@ -1,0 +1,230 @@
+"""Pure-PyTorch reference of every fastvae op: the ground truth, and the ``torch`` backend.
+
+One short function per formula.  Inputs of float32, bfloat16 or float16 are computed in
+float32 (float64 in float64); samples come back in the inputs' dtype, KLs and log
+densities in float32 (float64 for float64 inputs).  Noise comes from
+:mod:`fastvae.random` (Philox with Triton's conventions), given as a call's
+``seed_offset``, the int64 tensor [seed, base offset] that :func:`fastvae.random.draw_seed`
+returns, so this module draws exactly the noise the kernels draw.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+from .random import philox_gumbel, philox_normal
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+def compute_dtype(*tensors: Optional[torch.Tensor]) -> torch.dtype:
+    """float64 if any input is float64, else float32."""
+    if any(t is not None and t.dtype == torch.float64 for t in tensors):
+        return torch.float64
+    return torch.float32
+
+
+def sample_dtype(mu: torch.Tensor, logvar: torch.Tensor) -> torch.dtype:
+    """The dtype of z: the promotion of mu's and logvar's dtypes."""
+    return torch.promote_types(mu.dtype, logvar.dtype)
+
+
+def reduce(terms: torch.Tensor, reduction: str) -> torch.Tensor:
+    """Apply a ``reduction`` to per-element (or per-pixel) loss terms of shape [B, ...]:
+    'none' → terms; 'batch' → Σ over all dims but the first, [B]; 'sum' → scalar;
+    'mean' → the batch mean of the per-sample sums."""
+    if reduction == "none":
+        return terms
+    per_sample = terms.flatten(1).sum(1) if terms.dim() > 1 else terms
+    if reduction == "batch":
+        return per_sample
+    if reduction == "sum":
+        return per_sample.sum()
+    if reduction == "mean":
+        return per_sample.mean()
+    raise ValueError(f"unknown reduction {reduction!r}")
+
+
+# --------------------------------------------------------------------------------------
+# Gaussian latent
+# --------------------------------------------------------------------------------------
+
+
+def standard_normal(seed_offset: torch.Tensor, shape) -> torch.Tensor:
+    """ε ~ N(0, I) of ``shape`` (float32): Philox normals at offsets base + i."""
+    return philox_normal(seed_offset, tuple(shape))
+
+
+def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, seed_offset: torch.Tensor) -> torch.Tensor:
+    """z = μ + exp(logvar / 2) · ε, ε ~ N(0, I) drawn from ``seed_offset``."""
+    dtype = compute_dtype(mu, logvar)
+    eps = standard_normal(seed_offset, mu.shape).to(device=mu.device, dtype=dtype)
+    z = mu.to(dtype) + torch.exp(0.5 * logvar.to(dtype)) * eps
+    return z.to(sample_dtype(mu, logvar))
+
+
+def gaussian_kl_terms(
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    prior_mu: Optional[torch.Tensor] = None,
+    prior_logvar: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Per-element KL(N(μ, e^logvar) ‖ N(μ_p, e^logvar_p)) =
+    ½·(logvar_p − logvar + (e^logvar + (μ − μ_p)²)·e^(−logvar_p) − 1).
+
+    A missing prior is N(0, 1); priors broadcast to μ's shape.
+    """
+    dtype = compute_dtype(mu, logvar, prior_mu, prior_logvar)
+    mu, logvar = mu.to(dtype), logvar.to(dtype)
+    prior_mu = torch.zeros((), dtype=dtype, device=mu.device) if prior_mu is None else prior_mu.to(dtype)
+    prior_logvar = (
+        torch.zeros((), dtype=dtype, device=mu.device) if prior_logvar is None else prior_logvar.to(dtype)
+    )
+    return 0.5 * (
+        prior_logvar - logvar + torch.exp(logvar - prior_logvar) + (mu - prior_mu) ** 2 * torch.exp(-prior_logvar) - 1.0
+    )
+
+
+def free_bits_terms(kl_terms: torch.Tensor, free_bits: float) -> torch.Tensor:
+    """Free bits (Kingma et al. 2016) on per-element KL terms [B, ...].
+
+    A latent dimension j is a feature of a [B, D] latent or a channel of a [B, C, ...] one.
+    A dimension whose batch mean KL, mean_b KL_bj, is below ``free_bits`` is held: each
+    sample's KL_bj is replaced by free_bits (spread evenly over the dimension's S spatial
+    elements, free_bits / S each), which carries no gradient.  So the batch mean of the
+    per-sample sums is Σ_j max(free_bits, mean_b KL_bj).
+    """
+    if free_bits == 0.0 or kl_terms.shape[0] == 0:
+        return kl_terms
+    batch = kl_terms.shape[0]
+    view = kl_terms.reshape(batch, kl_terms.shape[1] if kl_terms.dim() > 1 else 1, -1)
+    per_dimension = view.sum(-1)  # [B, J]
+    held = per_dimension.mean(0) < free_bits  # [J]
+    spread = torch.full_like(view, free_bits / view.shape[-1])
+    return torch.where(held[None, :, None], spread, view).reshape(kl_terms.shape)
+
+
+def gaussian_kl(
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    prior_mu: Optional[torch.Tensor] = None,
+    prior_logvar: Optional[torch.Tensor] = None,
+    free_bits: float = 0.0,
+    reduction: str = "batch",
+) -> torch.Tensor:
+    """KL(q ‖ p) of a diagonal Gaussian latent, with free bits, reduced by ``reduction``."""
+    terms = free_bits_terms(gaussian_kl_terms(mu, logvar, prior_mu, prior_logvar), free_bits)
+    return reduce(terms, reduction)
+
+
+def sample_gaussian(
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    seed_offset: torch.Tensor,
+    prior_mu: Optional[torch.Tensor] = None,
+    prior_logvar: Optional[torch.Tensor] = None,
+    free_bits: float = 0.0,
+    reduction: str = "batch",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(z, KL): :func:`reparameterize` and :func:`gaussian_kl` of the same q."""
+    z = reparameterize(mu, logvar, seed_offset)
+    return z, gaussian_kl(mu, logvar, prior_mu, prior_logvar, free_bits, reduction)
+
+
+def gaussian_log_density(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """Per-element log N(z; μ, e^logvar) = −½·(log 2π + logvar + (z − μ)²·e^(−logvar))."""
+    return -0.5 * (LOG_2PI + logvar + (z - mu) ** 2 * torch.exp(-logvar))
+
+
+def sample_gaussian_k(
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    num_samples: int,
+    seed_offset: torch.Tensor,
+    prior_mu: Optional[torch.Tensor] = None,
+    prior_logvar: Optional[torch.Tensor] = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """K reparameterized samples z_k = μ + σ·ε_k, z of shape [K, *μ.shape], with
+    log q(z_k|x) = Σ log N(z_k; μ, σ²) and log p(z_k) = Σ log N(z_k; μ_p, σ_p²), each [K, B]
+    (sums over every dimension but the batch; constants included).
+
+    ε_k is element (k, i) of one Philox stream over the [K, *μ.shape] sample tensor.
+    """
+    dtype = compute_dtype(mu, logvar, prior_mu, prior_logvar)
+    shape = (num_samples,) + tuple(mu.shape)
+    eps = standard_normal(seed_offset, shape).to(device=mu.device, dtype=dtype)
+    mu_c, logvar_c = mu.to(dtype), logvar.to(dtype)
+    z = mu_c + torch.exp(0.5 * logvar_c) * eps
+    zeros = torch.zeros((), dtype=dtype, device=mu.device)
+    prior_mu_c = zeros if prior_mu is None else prior_mu.to(dtype)
+    prior_logvar_c = zeros if prior_logvar is None else prior_logvar.to(dtype)
+    batch_dims = (num_samples, mu.shape[0]) if mu.dim() > 0 else (num_samples,)
+    log_q = gaussian_log_density(z, mu_c, logvar_c).reshape(*batch_dims, -1).sum(-1)
+    log_p = gaussian_log_density(z, prior_mu_c, prior_logvar_c).reshape(*batch_dims, -1).sum(-1)
+    return z.to(sample_dtype(mu, logvar)), log_q, log_p
+
+
+def log_mean_exp(x: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """log (1/K) Σ_k exp(x_k) = logsumexp_k(x_k) − log K over ``dim`` (K = x.shape[dim])."""
+    dtype = compute_dtype(x)
+    return torch.logsumexp(x.to(dtype), dim=dim) - math.log(x.shape[dim])
+
+
+def iwae_bound(log_px_z: torch.Tensor, log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """The importance-weighted bound of Burda et al. (2016), per data point [B]:
+    log p̂(x) = logsumexp_k(log p(x|z_k) + log p(z_k) − log q(z_k|x)) − log K,
+    from [K, B] log densities."""
+    dtype = compute_dtype(log_px_z, log_p, log_q)
+    return log_mean_exp(log_px_z.to(dtype) + log_p.to(dtype) - log_q.to(dtype), dim=0)
+
+
+# --------------------------------------------------------------------------------------
+# Categorical latent
+# --------------------------------------------------------------------------------------
+
+
+def gumbel_noise(seed_offset: torch.Tensor, shape) -> torch.Tensor:
+    """g = −log(−log u), u ~ U[0, 1) of ``shape`` from Philox uniforms (float32)."""
+    return philox_gumbel(seed_offset, tuple(shape))
+
+
+def gumbel_softmax(logits: torch.Tensor, tau: float, seed_offset: torch.Tensor, hard: bool = False) -> torch.Tensor:
+    """y = softmax((logits + g) / τ) over the last dimension (Jang et al., Maddison et al.
+    2017); with ``hard``, the one-hot of argmax y in the forward and y's gradient in the
+    backward (straight-through): one_hot − sg(y) + y."""
+    dtype = compute_dtype(logits)
+    noise = gumbel_noise(seed_offset, logits.shape).to(device=logits.device, dtype=dtype)
+    soft = torch.softmax((logits.to(dtype) + noise) / tau, dim=-1)
+    if hard:
+        one_hot = torch.zeros_like(soft).scatter_(-1, soft.argmax(-1, keepdim=True), 1.0)
+        soft = one_hot - soft.detach() + soft
+    return soft.to(logits.dtype)
+
+
+def categorical_kl_terms(logits: torch.Tensor, prior_logits: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Per-variable KL(Cat(π) ‖ Cat(π_p)) = Σ_c π_c·(log π_c − log π_p,c), π = softmax(logits),
+    over the last dimension; a missing prior is uniform (log π_p,c = −log C).  Shape: logits'
+    without the last dimension."""
+    dtype = compute_dtype(logits, prior_logits)
+    log_probs = torch.log_softmax(logits.to(dtype), dim=-1)
+    if prior_logits is None:
+        prior_log_probs = torch.full((), -math.log(logits.shape[-1]), dtype=dtype, device=logits.device)
+    else:
+        prior_log_probs = torch.log_softmax(prior_logits.to(dtype), dim=-1)
+    return (torch.exp(log_probs) * (log_probs - prior_log_probs)).sum(-1)
+
+
+def sample_categorical(
+    logits: torch.Tensor,
+    tau: float,
+    seed_offset: torch.Tensor,
+    hard: bool = False,
+    prior_logits: Optional[torch.Tensor] = None,
+    reduction: str = "batch",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(z, KL): a Gumbel-softmax sample of the logits' last dimension and the analytic
+    categorical KL per variable, reduced by ``reduction`` ('batch': summed per sample, [B])."""
+    z = gumbel_softmax(logits, tau, seed_offset, hard)
+    return z, reduce(categorical_kl_terms(logits, prior_logits), reduction)

@@ -1,0 +1,46 @@
+"""Elementwise helpers shared by the kernels, built from exp and log only.
+
+Core Triton has no tanh, log1p, softplus or logsigmoid, and the interpreter cannot call
+libdevice; these forms are exact in float32 over the whole range (no overflow in exp).
+"""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def log1p(x):
+    # log(1 + x) with the cancellation of 1 + x corrected (Goldberg's trick): exact to
+    # a few ulp for tiny x, where log(1 + x) alone would return 0.
+    u = 1.0 + x
+    return tl.where(u == 1.0, x, tl.log(u) * (x / (u - 1.0)))
+
+
+@triton.jit
+def softplus(x):
+    """log(1 + e^x) = max(x, 0) + log1p(e^(−|x|))."""
+    return tl.maximum(x, 0.0) + log1p(tl.exp(-tl.abs(x)))
+
+
+@triton.jit
+def log_sigmoid(x):
+    """log σ(x) = −softplus(−x)."""
+    return -softplus(-x)
+
+
+@triton.jit
+def sigmoid(x):
+    e = tl.exp(-tl.abs(x))
+    return tl.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+@triton.jit
+def tanh(x):
+    e = tl.exp(-2.0 * tl.abs(x))
+    t = (1.0 - e) / (1.0 + e)
+    return tl.where(x >= 0, t, -t)
+
+
+@triton.jit
+def gumbel_from_uniform(u):
+    """−log(−log u), u clamped below at 1e-20 (only u = 0 is below it) to stay finite."""
+    return -tl.log(-tl.log(tl.maximum(u, 1.0e-20)))
