@@ -1,0 +1,436 @@
+"""Importance-weighted (IWAE) ops: ``sample_gaussian_k``, ``log_mean_exp`` and ``iwae_bound``.
+
+Argument checks, the ``torch.library`` custom ops (with fake implementations and
+registered autograd), and dispatch to a backend.  The ``torch`` backend is
+:mod:`fastvae.reference` itself; the others run one fused kernel forward and one
+backward (``kernels/iwae.py``).  Together they give Burda et al.'s (2016) bound::
+
+    z, log_q, log_p = fastvae.sample_gaussian_k(mu, logvar, num_samples=K)
+    log_px_z = -decoder_nll(z)                      # [K, B]
+    bound = fastvae.iwae_bound(log_px_z, log_p, log_q)  # [B]
+"""
+from __future__ import annotations
+
+import numbers
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .. import reference
+from ..validation import (
+    check_float_tensor,
+    check_generator,
+    check_same_device,
+    check_same_shape,
+    value_checks_active,
+)
+from ._common import kernel_module, no_double_backward, pick_backend, seed_for
+from .latent import _check_latent, _op_dtype
+
+
+# --------------------------------------------------------------------------------------
+# Custom ops: K samples with their log densities
+# --------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("fastvae::sample_gaussian_k_fwd", mutates_args=())
+def _sample_gaussian_k_fwd(
+    mu: Tensor,
+    logvar: Tensor,
+    prior_mu: Optional[Tensor],
+    prior_logvar: Optional[Tensor],
+    seed_offset: Tensor,
+    num_samples: int,
+    backend: str,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(z [K, *mu.shape], log_q [K, B], log_p [K, B])."""
+    kernels = kernel_module(backend, "iwae")
+    return kernels.sample_gaussian_k_fwd(
+        mu.contiguous(), logvar.contiguous(), prior_mu, prior_logvar, seed_offset, num_samples,
+        reference.sample_dtype(mu, logvar),
+    )
+
+
+@_sample_gaussian_k_fwd.register_fake
+def _(mu, logvar, prior_mu, prior_logvar, seed_offset, num_samples, backend):
+    z = mu.new_empty((num_samples,) + tuple(mu.shape), dtype=reference.sample_dtype(mu, logvar))
+    log_q = mu.new_empty((num_samples, mu.shape[0]), dtype=torch.float32)
+    return z, log_q, torch.empty_like(log_q)
+
+
+@torch.library.custom_op("fastvae::sample_gaussian_k_bwd", mutates_args=())
+def _sample_gaussian_k_bwd(
+    grad_z: Optional[Tensor],
+    grad_log_q: Optional[Tensor],
+    grad_log_p: Optional[Tensor],
+    mu: Tensor,
+    logvar: Tensor,
+    prior_mu: Optional[Tensor],
+    prior_logvar: Optional[Tensor],
+    seed_offset: Tensor,
+    num_samples: int,
+    prior_mu_grad: bool,
+    prior_logvar_grad: bool,
+    backend: str,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(grad_mu, grad_logvar, grad_prior_mu, grad_prior_logvar); the prior gradients per
+    element of mu's shape, empty when not asked for."""
+    kernels = kernel_module(backend, "iwae")
+    grads = kernels.sample_gaussian_k_bwd(
+        None if grad_z is None else grad_z.contiguous(),
+        None if grad_log_q is None else grad_log_q.contiguous(),
+        None if grad_log_p is None else grad_log_p.contiguous(),
+        mu.contiguous(), logvar.contiguous(), prior_mu, prior_logvar, seed_offset, num_samples,
+        prior_mu_grad, prior_logvar_grad,
+    )
+    # Absent gradients come back as distinct empty tensors: outputs may not alias.
+    return tuple(g if g is not None else mu.new_empty((0,), dtype=torch.float32) for g in grads)
+
+
+@_sample_gaussian_k_bwd.register_fake
+def _(grad_z, grad_log_q, grad_log_p, mu, logvar, prior_mu, prior_logvar, seed_offset, num_samples,
+      prior_mu_grad, prior_logvar_grad, backend):
+    def prior_grad(prior, wanted):
+        if not wanted or grad_log_p is None:
+            return mu.new_empty((0,), dtype=torch.float32)
+        dtype = prior.dtype if prior.shape == mu.shape else torch.float32
+        return mu.new_empty(tuple(mu.shape), dtype=dtype)
+
+    return (
+        torch.empty_like(mu, memory_format=torch.contiguous_format),
+        torch.empty_like(logvar, memory_format=torch.contiguous_format),
+        prior_grad(prior_mu, prior_mu_grad),
+        prior_grad(prior_logvar, prior_logvar_grad),
+    )
+
+
+def _sample_gaussian_k_setup_context(ctx, inputs, output):
+    mu, logvar, prior_mu, prior_logvar, seed_offset, num_samples, backend = inputs
+    ctx.save_for_backward(mu, logvar, prior_mu, prior_logvar, seed_offset)
+    ctx.num_samples, ctx.backend = num_samples, backend
+    # Unused outputs get None rather than zeros, so the kernel skips their terms.
+    ctx.set_materialize_grads(False)
+
+
+def _sample_gaussian_k_backward(ctx, grad_z, grad_log_q, grad_log_p):
+    mu, logvar, prior_mu, prior_logvar, seed_offset = ctx.saved_tensors
+    prior_mu_grad = prior_mu is not None and ctx.needs_input_grad[2]
+    prior_logvar_grad = prior_logvar is not None and ctx.needs_input_grad[3]
+    grad_mu, grad_logvar, grad_prior_mu, grad_prior_logvar = _sample_gaussian_k_bwd(
+        grad_z, grad_log_q, grad_log_p, mu, logvar, prior_mu, prior_logvar, seed_offset, ctx.num_samples,
+        prior_mu_grad, prior_logvar_grad, ctx.backend,
+    )
+    # Only log p depends on the prior; without its gradient the prior gets none.
+    prior_mu_grad = prior_mu_grad and grad_log_p is not None
+    prior_logvar_grad = prior_logvar_grad and grad_log_p is not None
+    # A broadcast prior's gradient is the sum over its broadcast dimensions (a torch
+    # reduction: fixed order, so bitwise repeatable).
+    if prior_mu_grad:
+        grad_prior_mu = grad_prior_mu.sum_to_size(prior_mu.shape).to(prior_mu.dtype)
+    if prior_logvar_grad:
+        grad_prior_logvar = grad_prior_logvar.sum_to_size(prior_logvar.shape).to(prior_logvar.dtype)
+    return (
+        grad_mu,
+        grad_logvar,
+        grad_prior_mu if prior_mu_grad else None,
+        grad_prior_logvar if prior_logvar_grad else None,
+        None, None, None,
+    )
+
+
+_sample_gaussian_k_fwd.register_autograd(_sample_gaussian_k_backward, setup_context=_sample_gaussian_k_setup_context)
+_sample_gaussian_k_bwd.register_autograd(
+    no_double_backward("sample_gaussian_k"), setup_context=lambda ctx, inputs, output: None
+)
+
+
+# --------------------------------------------------------------------------------------
+# Custom ops: log-mean-exp and the IWAE bound
+# --------------------------------------------------------------------------------------
+
+
+def _without_dim(shape, dim: int) -> tuple[int, ...]:
+    return tuple(shape[:dim]) + tuple(shape[dim + 1:])
+
+
+@torch.library.custom_op("fastvae::log_mean_exp_fwd", mutates_args=())
+def _log_mean_exp_fwd(x: Tensor, dim: int, backend: str) -> tuple[Tensor, Tensor]:
+    """(out, lse_parts): out = logsumexp over ``dim`` (>= 0) minus log K, float32, x's shape
+    without ``dim``; lse_parts [2, M] float32, the shift and log-sum the backward reads."""
+    return kernel_module(backend, "iwae").log_mean_exp_fwd(x.contiguous(), dim)
+
+
+def _lse_parts_like(x: Tensor, dim: int) -> Tensor:
+    columns = x.numel() // x.shape[dim] if x.shape[dim] else 0
+    return x.new_empty((2, columns), dtype=torch.float32)
+
+
+@_log_mean_exp_fwd.register_fake
+def _(x, dim, backend):
+    return x.new_empty(_without_dim(x.shape, dim), dtype=torch.float32), _lse_parts_like(x, dim)
+
+
+@torch.library.custom_op("fastvae::log_mean_exp_bwd", mutates_args=())
+def _log_mean_exp_bwd(grad_out: Tensor, x: Tensor, lse_parts: Tensor, dim: int, backend: str) -> Tensor:
+    """grad_x = grad_out · softmax of x over ``dim``, x's shape (contiguous) and dtype."""
+    return kernel_module(backend, "iwae").log_mean_exp_bwd(grad_out.contiguous(), x.contiguous(), lse_parts, dim)
+
+
+@_log_mean_exp_bwd.register_fake
+def _(grad_out, x, lse_parts, dim, backend):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+def _log_mean_exp_setup_context(ctx, inputs, output):
+    x, dim, backend = inputs
+    _, lse_parts = output
+    ctx.mark_non_differentiable(lse_parts)
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(x, lse_parts)
+    ctx.dim, ctx.backend = dim, backend
+
+
+def _log_mean_exp_backward(ctx, grad_out, _grad_lse_parts):
+    x, lse_parts = ctx.saved_tensors
+    return _log_mean_exp_bwd(grad_out, x, lse_parts, ctx.dim, ctx.backend), None, None
+
+
+_log_mean_exp_fwd.register_autograd(_log_mean_exp_backward, setup_context=_log_mean_exp_setup_context)
+_log_mean_exp_bwd.register_autograd(no_double_backward("log_mean_exp"), setup_context=lambda ctx, inputs, output: None)
+
+
+@torch.library.custom_op("fastvae::iwae_bound_fwd", mutates_args=())
+def _iwae_bound_fwd(log_px_z: Tensor, log_p: Tensor, log_q: Tensor, backend: str) -> tuple[Tensor, Tensor]:
+    """(bound, lse_parts): bound = logsumexp_k(log_px_z + log_p − log_q) − log K, float32,
+    [*batch]; lse_parts as :func:`_log_mean_exp_fwd`'s."""
+    return kernel_module(backend, "iwae").iwae_bound_fwd(log_px_z.contiguous(), log_p.contiguous(), log_q.contiguous())
+
+
+@_iwae_bound_fwd.register_fake
+def _(log_px_z, log_p, log_q, backend):
+    return log_px_z.new_empty(tuple(log_px_z.shape[1:]), dtype=torch.float32), _lse_parts_like(log_px_z, 0)
+
+
+@torch.library.custom_op("fastvae::iwae_bound_bwd", mutates_args=())
+def _iwae_bound_bwd(
+    grad_bound: Tensor,
+    log_px_z: Tensor,
+    log_p: Tensor,
+    log_q: Tensor,
+    lse_parts: Tensor,
+    log_px_z_grad: bool,
+    log_p_grad: bool,
+    log_q_grad: bool,
+    backend: str,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(grad_log_px_z, grad_log_p, grad_log_q) = (g·w, g·w, −g·w), w = softmax_k of the log
+    weights; each in its input's shape (contiguous) and dtype, empty when not asked for."""
+    grads = kernel_module(backend, "iwae").iwae_bound_bwd(
+        grad_bound.contiguous(), log_px_z.contiguous(), log_p.contiguous(), log_q.contiguous(), lse_parts,
+        log_px_z_grad, log_p_grad, log_q_grad,
+    )
+    # Absent gradients come back as distinct empty tensors: outputs may not alias.
+    return tuple(g if g is not None else log_px_z.new_empty((0,), dtype=torch.float32) for g in grads)
+
+
+@_iwae_bound_bwd.register_fake
+def _(grad_bound, log_px_z, log_p, log_q, lse_parts, log_px_z_grad, log_p_grad, log_q_grad, backend):
+    def grad(tensor, wanted):
+        if not wanted:
+            return tensor.new_empty((0,), dtype=torch.float32)
+        return torch.empty_like(tensor, memory_format=torch.contiguous_format)
+
+    return grad(log_px_z, log_px_z_grad), grad(log_p, log_p_grad), grad(log_q, log_q_grad)
+
+
+def _iwae_bound_setup_context(ctx, inputs, output):
+    log_px_z, log_p, log_q, backend = inputs
+    _, lse_parts = output
+    ctx.mark_non_differentiable(lse_parts)
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(log_px_z, log_p, log_q, lse_parts)
+    ctx.backend = backend
+
+
+def _iwae_bound_backward(ctx, grad_bound, _grad_lse_parts):
+    log_px_z, log_p, log_q, lse_parts = ctx.saved_tensors
+    wanted = ctx.needs_input_grad[:3]
+    grads = _iwae_bound_bwd(grad_bound, log_px_z, log_p, log_q, lse_parts, *wanted, ctx.backend)
+    return tuple(g if w else None for g, w in zip(grads, wanted)) + (None,)
+
+
+_iwae_bound_fwd.register_autograd(_iwae_bound_backward, setup_context=_iwae_bound_setup_context)
+_iwae_bound_bwd.register_autograd(no_double_backward("iwae_bound"), setup_context=lambda ctx, inputs, output: None)
+
+
+# --------------------------------------------------------------------------------------
+# Checks
+# --------------------------------------------------------------------------------------
+
+
+def _check_num_samples(op: str, num_samples) -> int:
+    if isinstance(num_samples, bool) or not isinstance(num_samples, numbers.Integral):
+        raise TypeError(f"fastvae.{op}: num_samples must be a positive int, got {type(num_samples).__name__}")
+    if num_samples < 1:
+        raise ValueError(f"fastvae.{op}: num_samples must be a positive int, got {num_samples}")
+    return int(num_samples)
+
+
+def _check_dim(op: str, dim, tensor: Tensor, name: str) -> int:
+    """``dim`` normalized to [0, tensor.dim())."""
+    if isinstance(dim, bool) or not isinstance(dim, numbers.Integral):
+        raise TypeError(f"fastvae.{op}: dim must be an int, got {type(dim).__name__}")
+    if not -tensor.dim() <= dim < tensor.dim():
+        raise ValueError(
+            f"fastvae.{op}: dim {dim} is out of range for {name} of shape {tuple(tensor.shape)}"
+        )
+    return int(dim) % tensor.dim()
+
+
+def _check_has_samples(op: str, name: str, tensor: Tensor, dim: int) -> None:
+    if tensor.shape[dim] == 0:
+        raise ValueError(
+            f"fastvae.{op}: {name} of shape {tuple(tensor.shape)} has no samples along dim {dim}; "
+            f"the mean of zero terms is undefined"
+        )
+
+
+def _check_no_nan(op: str, name: str, tensor: Tensor) -> None:
+    """Value check (syncs): only under set_validate_args(True), outside torch.compile.
+    Log weights may be −inf (a zero probability) or +inf, so only NaN is refused."""
+    if value_checks_active() and tensor.numel() and bool(torch.isnan(tensor).any()):
+        raise ValueError(f"fastvae.{op}: {name} contains NaN")
+
+
+# --------------------------------------------------------------------------------------
+# Public ops
+# --------------------------------------------------------------------------------------
+
+
+def sample_gaussian_k(
+    mu: Tensor,
+    logvar: Tensor,
+    num_samples: int,
+    prior_mu: Optional[Tensor] = None,
+    prior_logvar: Optional[Tensor] = None,
+    generator: Optional[torch.Generator] = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    r"""Draw K reparameterized samples of q(z|x) = N(mu, e^logvar) with their log densities
+    under q and under the prior p(z) = N(prior_mu, e^prior_logvar), in one fused pass.
+
+    z_k = mu + exp(logvar / 2)·ε_k; log q(z_k|x) = Σ log N(z_k; mu, e^logvar) and
+    log p(z_k) = Σ log N(z_k; prior_mu, e^prior_logvar), summed over every dimension but
+    the batch, constants included.  Replaces ``q = Normal(mu, (0.5 * logvar).exp());
+    z = q.rsample((K,)); log_q = q.log_prob(z).flatten(2).sum(-1)`` and the same for p.
+
+    Args:
+        mu: mean of q(z|x), shape [B, ...] (any latent shape, batch first).
+        logvar: log-variance of q(z|x), mu's shape.
+        num_samples: K, a positive int.
+        prior_mu, prior_logvar: the prior's mean and log-variance, broadcastable to mu's
+            shape (e.g. [1, D], [1, C, 1, 1], or full-size for a conditional prior); None
+            means 0 (a standard normal prior).  They may require grad.
+        generator: a ``torch.Generator`` to draw the call's seed from (default: the
+            device's default generator; leave it None under torch.compile).
+
+    Returns:
+        (z, log_q, log_p): z of shape [K, *mu.shape] in the promoted dtype of mu and
+        logvar (the sample dimension first, as torch.distributions' sample_shape);
+        log_q and log_p of shape [K, B], float32 (float64 for float64 inputs).  The noise
+        of element i of the flattened z is Philox at offset base + i (see
+        :mod:`fastvae.random`), so ``torch.manual_seed`` reproduces it bit for bit.
+        Gradients flow through z (the reparameterization) into all three outputs; the
+        backward regenerates ε rather than storing it.
+
+    Example::
+
+        >>> mu, logvar = encoder(x).chunk(2, dim=1)                  # [B, D] each
+        >>> z, log_q, log_p = fastvae.sample_gaussian_k(mu, logvar, num_samples=5)
+        >>> log_px_z = -decoder_nll(z.flatten(0, 1)).view(5, -1)     # [K, B]
+        >>> bound = fastvae.iwae_bound(log_px_z, log_p, log_q)       # [B]
+    """
+    op = "sample_gaussian_k"
+    _check_latent(op, mu, logvar, prior_mu, prior_logvar)
+    num_samples = _check_num_samples(op, num_samples)
+    check_generator(op, generator, mu.device)
+    seed_offset = seed_for(mu.device, generator)
+    backend = pick_backend(op, mu.device, _op_dtype(mu, logvar, prior_mu, prior_logvar))
+    if backend == "torch":
+        return reference.sample_gaussian_k(mu, logvar, num_samples, seed_offset, prior_mu, prior_logvar)
+    return _sample_gaussian_k_fwd(mu, logvar, prior_mu, prior_logvar, seed_offset, num_samples, backend)
+
+
+def log_mean_exp(x: Tensor, dim: int = 0) -> Tensor:
+    r"""log((1/K)·Σ_k exp(x_k)) = logsumexp_k(x_k) − log K over ``dim``, computed stably
+    (shifted by the maximum), K = x.shape[dim].
+
+    Args:
+        x: log-values, any shape with at least one dimension; K = x.shape[dim] must be
+            >= 1.  Entries may be −inf (a zero term); a column of all −inf gives −inf.
+        dim: the dimension to average over (default 0, the sample dimension of
+            :func:`sample_gaussian_k`); negative counts from the end.
+
+    Returns:
+        x's shape without ``dim``, float32 (float64 for float64 x).  Its gradient is
+        grad·softmax(x) over ``dim``.
+
+    Example::
+
+        >>> log_w = log_px_z + log_p - log_q                 # [K, B]
+        >>> fastvae.log_mean_exp(log_w, dim=0)                # [B]
+        >>> fastvae.log_mean_exp(torch.tensor([1000.0, -1000.0]))  # 1000 - log 2
+    """
+    op = "log_mean_exp"
+    check_float_tensor(op, "x", x, min_dim=1)
+    dim = _check_dim(op, dim, x, "x")
+    _check_has_samples(op, "x", x, dim)
+    _check_no_nan(op, "x", x)
+    backend = pick_backend(op, x.device, x.dtype)
+    if backend == "torch":
+        return reference.log_mean_exp(x, dim)
+    out, _ = _log_mean_exp_fwd(x, dim, backend)
+    return out
+
+
+def iwae_bound(log_px_z: Tensor, log_p: Tensor, log_q: Tensor) -> Tensor:
+    r"""The importance-weighted bound of Burda et al. (2016), per data point:
+    log p̂(x) = logsumexp_k(log p(x|z_k) + log p(z_k) − log q(z_k|x)) − log K.
+
+    With K = 1 it is the ELBO; it grows towards log p(x) with K, and is never below the
+    mean over k of the log weights.  Fused: one pass over the three inputs forward, one
+    backward.
+
+    Args:
+        log_px_z: log p(x|z_k), shape [K, B] (the sample dimension first; any batch shape
+            [K, *batch] works the same), K >= 1.
+        log_p: log p(z_k), log_px_z's shape (as :func:`sample_gaussian_k` returns it).
+        log_q: log q(z_k|x), log_px_z's shape.
+        Any float dtypes; they are computed in float32 (float64 if one is float64).
+
+    Returns:
+        The bound, shape [B] (log_px_z's shape without the first dimension), in nats,
+        float32 (float64 for float64 inputs).  With w = softmax_k of the log weights, the
+        gradients are grad·w for log_px_z and log_p and −grad·w for log_q.
+
+    Example::
+
+        >>> z, log_q, log_p = fastvae.sample_gaussian_k(mu, logvar, num_samples=50)
+        >>> log_px_z = -decoder_nll(z.flatten(0, 1)).view(50, -1)    # [K, B]
+        >>> loss = -fastvae.iwae_bound(log_px_z, log_p, log_q).mean()
+    """
+    op = "iwae_bound"
+    check_float_tensor(op, "log_px_z", log_px_z, min_dim=1)
+    check_float_tensor(op, "log_p", log_p)
+    check_float_tensor(op, "log_q", log_q)
+    check_same_shape(op, "log_p", log_p, "log_px_z", log_px_z)
+    check_same_shape(op, "log_q", log_q, "log_px_z", log_px_z)
+    check_same_device(op, [("log_px_z", log_px_z), ("log_p", log_p), ("log_q", log_q)])
+    _check_has_samples(op, "log_px_z", log_px_z, 0)
+    for name, tensor in (("log_px_z", log_px_z), ("log_p", log_p), ("log_q", log_q)):
+        _check_no_nan(op, name, tensor)
+    backend = pick_backend(op, log_px_z.device, _op_dtype(log_px_z, log_p, log_q))
+    if backend == "torch":
+        return reference.iwae_bound(log_px_z, log_p, log_q)
+    bound, _ = _iwae_bound_fwd(log_px_z, log_p, log_q, backend)
+    return bound

@@ -1,0 +1,282 @@
+"""Triton kernels of the discrete latent family: Gumbel-softmax sampling (soft, or
+straight-through hard) fused with the analytic categorical KL, forward and backward, one
+pass each.
+
+The logits [B, ..., C] are viewed as a contiguous [R, C] matrix (R = numel / C), one
+categorical variable per row, and tiled in [BLOCK_R, BLOCK_C] blocks with BLOCK_C the
+next power of two ≥ C: a whole row lives in one program, so both softmaxes, the argmax
+and the KL's row sum take one pass with no cross-program reduction.  That caps C at
+MAX_CATEGORIES (the op checks it and points wider rows to the torch backend).  The prior
+logits are read through strides of their broadcast to [R, C] (two collapsed row
+dimensions and a category stride), so a prior of shape [C], [1, C] or [B, 1, C] needs no
+expanded copy.  The Gumbel noise is never stored: element i of the [R, C] view uses
+Philox offset base + i (``tl.rand``), and the backward regenerates it.
+"""
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from .math import gumbel_from_uniform
+
+# Elements per tile, as in latent.py; a row wider than this gets a program to itself.
+TILE_ELEMENTS = 4096
+# Widest row (categories) one program holds.  Past a few thousand categories the row
+# no longer fits in registers and spills, but stays correct; 2**16 bounds that.
+MAX_CATEGORIES = 65536
+
+
+@triton.jit
+def _row_softmax(s, mask, row_mask):
+    """Softmax over axis 1 of ``s`` where ``mask`` (0 elsewhere), as torch computes it:
+    returns (softmax, s − row max, log Σ exp(s − row max)), the first two 0 outside
+    ``mask``.  Padded rows (not ``row_mask``) give zeros rather than NaN; a real row with
+    NaN gives NaN."""
+    s = tl.where(mask, s, float("-inf"))
+    row_max = tl.where(row_mask, tl.max(s, axis=1), 0.0)
+    # Masked lanes hold 0 rather than −inf, so that log-ratios there stay finite.
+    shifted = tl.where(mask, s - row_max[:, None], 0.0)
+    e = tl.where(mask, tl.exp(shifted), 0.0)
+    total = tl.where(row_mask, tl.sum(e, axis=1), 1.0)
+    return e / total[:, None], shifted, tl.log(total)
+
+
+@triton.jit
+def _gumbel_softmax(x, rows, cols, mask, row_mask, seed_ptr, tau, C):
+    """y = softmax((x + g) / τ), g the Gumbel noise of offset base + row·C + col."""
+    seed = tl.load(seed_ptr)
+    base = tl.load(seed_ptr + 1)
+    offsets = rows[:, None] * C + cols[None, :]
+    g = gumbel_from_uniform(tl.rand(seed, base + offsets))
+    y, _, _ = _row_softmax((x + g) / tau, mask, row_mask)
+    return y
+
+
+@triton.jit
+def _categorical_kl(x, prior, mask, row_mask, log_uniform, HAS_PRIOR: tl.constexpr):
+    """(p, log p − log q, KL per row) of p = softmax(x) against q = softmax(prior), or
+    against the uniform prior when there is none (``log_uniform`` = log q_c = −log C)."""
+    p, shifted, log_total = _row_softmax(x, mask, row_mask)
+    log_p = shifted - log_total[:, None]
+    if HAS_PRIOR:
+        _, prior_shifted, prior_log_total = _row_softmax(prior, mask, row_mask)
+        log_ratio = log_p - (prior_shifted - prior_log_total[:, None])
+    else:
+        log_ratio = log_p - log_uniform
+    kl = tl.sum(tl.where(mask, p * log_ratio, 0.0), axis=1)
+    return p, log_ratio, kl
+
+
+@triton.jit
+def _load_prior(ptr, rows, cols, mask, stride0, stride1, stride_c, size1, HAS_PRIOR: tl.constexpr):
+    if HAS_PRIOR:
+        offsets = ((rows // size1) * stride0 + (rows % size1) * stride1)[:, None] + cols[None, :] * stride_c
+        return tl.load(ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    else:
+        return tl.zeros(mask.shape, dtype=tl.float32)
+
+
+@triton.jit
+def categorical_fwd_kernel(
+    logits_ptr,  # [R, C]
+    prior_ptr,  # broadcast to [R, C] through strides
+    seed_ptr,  # [2] int64: seed, base offset
+    z_ptr,  # [R, C]
+    kl_ptr,  # [R] float32
+    R,
+    C,
+    prior_stride0, prior_stride1, prior_stride_c,
+    prior_size1,
+    tau,
+    log_uniform,
+    HAS_PRIOR: tl.constexpr,
+    HARD: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    rows = pid.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
+    cols = tl.arange(0, BLOCK_C).to(tl.int64)
+    row_mask = rows < R
+    mask = row_mask[:, None] & (cols[None, :] < C)
+    offsets = rows[:, None] * C + cols[None, :]
+
+    x = tl.load(logits_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+
+    y = _gumbel_softmax(x, rows, cols, mask, row_mask, seed_ptr, tau, C)
+    if HARD:
+        # Straight-through, as the reference writes it: one_hot − y + y, which is the
+        # one-hot up to float rounding and NaN wherever y is.  argmax of y (not of the
+        # logits plus noise), lowest index on ties, as torch.argmax.
+        index = tl.argmax(y, axis=1)
+        one_hot = tl.where(cols[None, :] == index[:, None], 1.0, 0.0)
+        z = (one_hot - y) + y
+    else:
+        z = y
+    tl.store(z_ptr + offsets, z.to(z_ptr.dtype.element_ty), mask=mask)
+
+    prior = _load_prior(prior_ptr, rows, cols, mask, prior_stride0, prior_stride1, prior_stride_c,
+                        prior_size1, HAS_PRIOR)
+    _, _, kl = _categorical_kl(x, prior, mask, row_mask, log_uniform, HAS_PRIOR)
+    tl.store(kl_ptr + rows, kl, mask=row_mask)
+
+
+@triton.jit
+def categorical_bwd_kernel(
+    logits_ptr,  # [R, C]
+    prior_ptr,  # broadcast to [R, C] through strides
+    seed_ptr,  # [2] int64: seed, base offset
+    grad_z_ptr,  # [R, C]
+    grad_kl_ptr,  # [R]
+    grad_logits_ptr,  # [R, C]
+    grad_prior_ptr,  # [R, C], summed to the prior's shape afterwards
+    R,
+    C,
+    prior_stride0, prior_stride1, prior_stride_c,
+    prior_size1,
+    tau,
+    log_uniform,
+    HAS_PRIOR: tl.constexpr,
+    HAS_GRAD_Z: tl.constexpr,
+    HAS_GRAD_KL: tl.constexpr,
+    PRIOR_GRAD: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    rows = pid.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
+    cols = tl.arange(0, BLOCK_C).to(tl.int64)
+    row_mask = rows < R
+    mask = row_mask[:, None] & (cols[None, :] < C)
+    offsets = rows[:, None] * C + cols[None, :]
+
+    x = tl.load(logits_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    grad_logits = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
+
+    if HAS_GRAD_Z:
+        # The soft sample y is recomputed from the logits and the regenerated noise, for
+        # soft and hard alike (hard's straight-through gradient is y's).  Reading the
+        # saved soft z instead would cost one more [R, C] read whenever the KL's gradient
+        # (which needs the logits anyway) is also wanted, the usual case, and would give
+        # y rounded to z's dtype for float16 / bfloat16 inputs.
+        grad_z = tl.load(grad_z_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+        y = _gumbel_softmax(x, rows, cols, mask, row_mask, seed_ptr, tau, C)
+        # Softmax's vector-Jacobian product, then the 1/τ of (x + g) / τ.
+        dot = tl.sum(grad_z * y, axis=1)
+        grad_logits += (y * (grad_z - dot[:, None])) / tau
+
+    if HAS_GRAD_KL:
+        grad_kl = tl.load(grad_kl_ptr + rows, mask=row_mask, other=0.0).to(tl.float32)[:, None]
+        prior = _load_prior(prior_ptr, rows, cols, mask, prior_stride0, prior_stride1, prior_stride_c,
+                            prior_size1, HAS_PRIOR)
+        p, log_ratio, kl = _categorical_kl(x, prior, mask, row_mask, log_uniform, HAS_PRIOR)
+        # ∂KL/∂x_j = p_j·((log p_j − log q_j) − KL);  ∂KL/∂u_j = q_j − p_j (u the prior logits).
+        grad_logits += grad_kl * (p * (log_ratio - kl[:, None]))
+        if PRIOR_GRAD:
+            q, _, _ = _row_softmax(prior, mask, row_mask)
+            tl.store(grad_prior_ptr + offsets, (grad_kl * (q - p)).to(grad_prior_ptr.dtype.element_ty), mask=mask)
+
+    tl.store(grad_logits_ptr + offsets, grad_logits.to(grad_logits_ptr.dtype.element_ty), mask=mask)
+
+
+# --------------------------------------------------------------------------------------
+# Launchers
+# --------------------------------------------------------------------------------------
+
+
+def _blocks(rows: int, categories: int) -> tuple[int, int, int]:
+    """(BLOCK_R, BLOCK_C, num_warps) for an [R, C] view."""
+    block_c = triton.next_power_of_2(max(categories, 1))
+    block_r = max(1, min(TILE_ELEMENTS // block_c, triton.next_power_of_2(max(rows, 1))))
+    tile = block_r * block_c
+    num_warps = 4 if tile <= 4096 else 8 if tile <= 16384 else 16
+    return block_r, block_c, num_warps
+
+
+def prior_layout(prior, shape):
+    """How the kernels read ``prior`` broadcast to ``shape`` = [..., C] as an [R, C] matrix.
+
+    The row dimensions (all but the last) of the broadcast are collapsed into at most two
+    (row r is (r // size1, r % size1)); a prior whose pattern needs more (an interleaved
+    one such as [B, 1, M, 1, C]) is expanded to a contiguous copy first.  Returns
+    (tensor, stride0, stride1, category stride, size1); (None, 0, 0, 0, 1) for no prior.
+    """
+    if prior is None:
+        return None, 0, 0, 0, 1
+    expanded = prior.expand(shape)
+    strides = expanded.stride()
+    sizes: list[int] = []
+    merged: list[int] = []
+    for size, stride in zip(shape[:-1], strides[:-1]):
+        if size == 1:
+            continue
+        if sizes and merged[-1] == stride * size:
+            sizes[-1] *= size
+            merged[-1] = stride
+        else:
+            sizes.append(size)
+            merged.append(stride)
+    if len(sizes) > 2:
+        return prior_layout(expanded.contiguous(), shape)
+    pad = 2 - len(sizes)
+    sizes = [1] * pad + sizes
+    merged = [0] * pad + merged
+    return expanded, merged[0], merged[1], strides[-1], sizes[1]
+
+
+def _geometry(logits):
+    categories = logits.shape[-1]
+    rows = logits.numel() // categories if categories else 0
+    return rows, categories
+
+
+def categorical_fwd(logits, prior_logits, seed_offset, tau: float, hard: bool):
+    """Launch the forward.  logits: contiguous, shape [..., C] (1 ≤ C ≤ MAX_CATEGORIES);
+    prior_logits broadcast to it or None; seed_offset: int64 [2].  Returns (z of logits'
+    shape and dtype, KL per variable: float32 of logits' shape without the last dim)."""
+    rows, categories = _geometry(logits)
+    z = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+    kl = torch.empty(logits.shape[:-1], dtype=torch.float32, device=logits.device)
+    if rows == 0:
+        return z, kl
+    block_r, block_c, num_warps = _blocks(rows, categories)
+    prior_arg, stride0, stride1, stride_c, size1 = prior_layout(prior_logits, logits.shape)
+    grid = (triton.cdiv(rows, block_r),)
+    categorical_fwd_kernel[grid](
+        logits, prior_arg if prior_arg is not None else logits, seed_offset, z, kl,
+        rows, categories, stride0, stride1, stride_c, size1, float(tau), -math.log(categories),
+        HAS_PRIOR=prior_logits is not None, HARD=bool(hard),
+        BLOCK_R=block_r, BLOCK_C=block_c, num_warps=num_warps,
+    )
+    return z, kl
+
+
+def categorical_bwd(grad_z, grad_kl, logits, prior_logits, seed_offset, tau: float, prior_grad: bool):
+    """Launch the backward.  grad_z: logits' shape or None; grad_kl: logits' shape
+    without the last dim, or None; both contiguous.  Returns (grad_logits, grad_prior):
+    grad_prior per element of logits' shape (float32 unless the prior is full-size), None
+    unless ``prior_grad`` and grad_kl is given."""
+    rows, categories = _geometry(logits)
+    grad_logits = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+    grad_prior = None
+    if prior_grad and grad_kl is not None:
+        dtype = prior_logits.dtype if prior_logits.shape == logits.shape else torch.float32
+        grad_prior = torch.empty(logits.shape, dtype=dtype, device=logits.device)
+    if rows == 0:
+        return grad_logits, grad_prior
+    block_r, block_c, num_warps = _blocks(rows, categories)
+    prior_arg, stride0, stride1, stride_c, size1 = prior_layout(prior_logits, logits.shape)
+    grid = (triton.cdiv(rows, block_r),)
+    # Kernels take a pointer for every argument; an absent one is never read (its
+    # constexpr flag is off), so any tensor stands in.
+    categorical_bwd_kernel[grid](
+        logits, prior_arg if prior_arg is not None else logits, seed_offset,
+        grad_z if grad_z is not None else logits, grad_kl if grad_kl is not None else logits,
+        grad_logits, grad_prior if grad_prior is not None else logits,
+        rows, categories, stride0, stride1, stride_c, size1, float(tau), -math.log(categories),
+        HAS_PRIOR=prior_logits is not None, HAS_GRAD_Z=grad_z is not None, HAS_GRAD_KL=grad_kl is not None,
+        PRIOR_GRAD=grad_prior is not None,
+        BLOCK_R=block_r, BLOCK_C=block_c, num_warps=num_warps,
+    )
+    return grad_logits, grad_prior
