@@ -138,6 +138,11 @@ def gaussian_log_density(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor
     return -0.5 * (LOG_2PI + logvar + (z - mu) ** 2 * torch.exp(-logvar))
 
 
+def _sum_per_sample(terms: torch.Tensor) -> torch.Tensor:
+    """[K, B, ...] → [K, B]: the sum over every dimension after the first two."""
+    return terms.flatten(2).sum(-1) if terms.dim() > 2 else terms
+
+
 def sample_gaussian_k(
     mu: torch.Tensor,
     logvar: torch.Tensor,
@@ -160,9 +165,8 @@ def sample_gaussian_k(
     zeros = torch.zeros((), dtype=dtype, device=mu.device)
     prior_mu_c = zeros if prior_mu is None else prior_mu.to(dtype)
     prior_logvar_c = zeros if prior_logvar is None else prior_logvar.to(dtype)
-    batch_dims = (num_samples, mu.shape[0]) if mu.dim() > 0 else (num_samples,)
-    log_q = gaussian_log_density(z, mu_c, logvar_c).reshape(*batch_dims, -1).sum(-1)
-    log_p = gaussian_log_density(z, prior_mu_c, prior_logvar_c).reshape(*batch_dims, -1).sum(-1)
+    log_q = _sum_per_sample(gaussian_log_density(z, mu_c, logvar_c))
+    log_p = _sum_per_sample(gaussian_log_density(z, prior_mu_c, prior_logvar_c))
     return z.to(sample_dtype(mu, logvar)), log_q, log_p
 
 

@@ -116,6 +116,13 @@ def check_generator(op: str, generator, device: torch.device) -> None:
         )
 
 
+def check_not_nan(op: str, name: str, tensor: torch.Tensor) -> None:
+    """Value check (syncs): only when value checks are active.  For log-values, where
+    −inf (a zero probability) is legitimate and only NaN is refused."""
+    if value_checks_active() and tensor.numel() and bool(torch.isnan(tensor).any()):
+        raise ValueError(f"fastvae.{op}: {name} contains NaN")
+
+
 def check_finite(op: str, name: str, tensor: torch.Tensor) -> None:
     """Value check (syncs): only under set_validate_args(True)."""
     if value_checks_active() and tensor.numel() and not bool(torch.isfinite(tensor).all()):

@@ -69,7 +69,7 @@ def _categorical_kl(x, prior, mask, row_mask, log_uniform, HAS_PRIOR: tl.constex
 
 
 @triton.jit
-def _load_prior(ptr, rows, cols, mask, stride0, stride1, stride_c, size1, HAS_PRIOR: tl.constexpr):
+def load_prior(ptr, rows, cols, mask, stride0, stride1, stride_c, size1, HAS_PRIOR: tl.constexpr):
     if HAS_PRIOR:
         offsets = ((rows // size1) * stride0 + (rows % size1) * stride1)[:, None] + cols[None, :] * stride_c
         return tl.load(ptr + offsets, mask=mask, other=0.0).to(tl.float32)
@@ -116,7 +116,7 @@ def categorical_fwd_kernel(
         z = y
     tl.store(z_ptr + offsets, z.to(z_ptr.dtype.element_ty), mask=mask)
 
-    prior = _load_prior(prior_ptr, rows, cols, mask, prior_stride0, prior_stride1, prior_stride_c,
+    prior = load_prior(prior_ptr, rows, cols, mask, prior_stride0, prior_stride1, prior_stride_c,
                         prior_size1, HAS_PRIOR)
     _, _, kl = _categorical_kl(x, prior, mask, row_mask, log_uniform, HAS_PRIOR)
     tl.store(kl_ptr + rows, kl, mask=row_mask)
@@ -168,7 +168,7 @@ def categorical_bwd_kernel(
 
     if HAS_GRAD_KL:
         grad_kl = tl.load(grad_kl_ptr + rows, mask=row_mask, other=0.0).to(tl.float32)[:, None]
-        prior = _load_prior(prior_ptr, rows, cols, mask, prior_stride0, prior_stride1, prior_stride_c,
+        prior = load_prior(prior_ptr, rows, cols, mask, prior_stride0, prior_stride1, prior_stride_c,
                             prior_size1, HAS_PRIOR)
         p, log_ratio, kl = _categorical_kl(x, prior, mask, row_mask, log_uniform, HAS_PRIOR)
         # ∂KL/∂x_j = p_j·((log p_j − log q_j) − KL);  ∂KL/∂u_j = q_j − p_j (u the prior logits).

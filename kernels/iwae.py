@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .latent import _load_prior, prior_layout
+from .latent import load_prior, prior_layout
 
 # log(2π), as fastvae.reference.LOG_2PI.
 LOG_2PI: tl.constexpr = tl.constexpr(1.8378770664093453)
@@ -86,9 +86,9 @@ def sample_gaussian_k_fwd_kernel(
     # Both densities are evaluated at the float32 z, as fastvae.reference does.
     diff_q = z - mu
     log_q = -0.5 * (LOG_2PI + logvar + diff_q * diff_q * tl.exp(-logvar))
-    prior_mu = _load_prior(prior_mu_ptr, batch_rows, cols, mask, prior_mu_stride_b, prior_mu_stride0,
+    prior_mu = load_prior(prior_mu_ptr, batch_rows, cols, mask, prior_mu_stride_b, prior_mu_stride0,
                            prior_mu_stride1, prior_mu_stride2, inner_size1, inner_size2, HAS_PRIOR_MU)
-    prior_logvar = _load_prior(prior_logvar_ptr, batch_rows, cols, mask, prior_logvar_stride_b,
+    prior_logvar = load_prior(prior_logvar_ptr, batch_rows, cols, mask, prior_logvar_stride_b,
                                prior_logvar_stride0, prior_logvar_stride1, prior_logvar_stride2,
                                inner_size1, inner_size2, HAS_PRIOR_LOGVAR)
     diff_p = z - prior_mu
@@ -142,9 +142,9 @@ def sample_gaussian_k_bwd_kernel(
     mu = tl.load(mu_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
     logvar = tl.load(logvar_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
     sigma = tl.exp(0.5 * logvar)
-    prior_mu = _load_prior(prior_mu_ptr, rows, cols, mask, prior_mu_stride_b, prior_mu_stride0,
+    prior_mu = load_prior(prior_mu_ptr, rows, cols, mask, prior_mu_stride_b, prior_mu_stride0,
                            prior_mu_stride1, prior_mu_stride2, inner_size1, inner_size2, HAS_PRIOR_MU)
-    prior_logvar = _load_prior(prior_logvar_ptr, rows, cols, mask, prior_logvar_stride_b,
+    prior_logvar = load_prior(prior_logvar_ptr, rows, cols, mask, prior_logvar_stride_b,
                                prior_logvar_stride0, prior_logvar_stride1, prior_logvar_stride2,
                                inner_size1, inner_size2, HAS_PRIOR_LOGVAR)
     prior_precision = tl.exp(-prior_logvar)

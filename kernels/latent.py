@@ -27,7 +27,7 @@ def _prior_offsets(rows, cols, stride_b, stride0, stride1, stride2, size1, size2
 
 
 @triton.jit
-def _load_prior(ptr, rows, cols, mask, strides_b, stride0, stride1, stride2, size1, size2, PRESENT: tl.constexpr):
+def load_prior(ptr, rows, cols, mask, strides_b, stride0, stride1, stride2, size1, size2, PRESENT: tl.constexpr):
     if PRESENT:
         offsets = _prior_offsets(rows, cols, strides_b, stride0, stride1, stride2, size1, size2)
         return tl.load(ptr + offsets, mask=mask, other=0.0).to(tl.float32)
@@ -77,9 +77,9 @@ def gaussian_latent_fwd_kernel(
         tl.store(z_ptr + offsets, z.to(z_ptr.dtype.element_ty), mask=mask)
 
     if COMPUTE_KL:
-        prior_mu = _load_prior(prior_mu_ptr, rows, cols, mask, prior_mu_stride_b, prior_mu_stride0,
+        prior_mu = load_prior(prior_mu_ptr, rows, cols, mask, prior_mu_stride_b, prior_mu_stride0,
                                prior_mu_stride1, prior_mu_stride2, inner_size1, inner_size2, HAS_PRIOR_MU)
-        prior_logvar = _load_prior(prior_logvar_ptr, rows, cols, mask, prior_logvar_stride_b,
+        prior_logvar = load_prior(prior_logvar_ptr, rows, cols, mask, prior_logvar_stride_b,
                                    prior_logvar_stride0, prior_logvar_stride1, prior_logvar_stride2,
                                    inner_size1, inner_size2, HAS_PRIOR_LOGVAR)
         diff = mu - prior_mu
@@ -146,9 +146,9 @@ def gaussian_latent_bwd_kernel(
             grad_kl = tl.load(grad_kl_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
         else:
             grad_kl = tl.load(grad_kl_ptr + rows, mask=rows < B, other=0.0).to(tl.float32)[:, None]
-        prior_mu = _load_prior(prior_mu_ptr, rows, cols, mask, prior_mu_stride_b, prior_mu_stride0,
+        prior_mu = load_prior(prior_mu_ptr, rows, cols, mask, prior_mu_stride_b, prior_mu_stride0,
                                prior_mu_stride1, prior_mu_stride2, inner_size1, inner_size2, HAS_PRIOR_MU)
-        prior_logvar = _load_prior(prior_logvar_ptr, rows, cols, mask, prior_logvar_stride_b,
+        prior_logvar = load_prior(prior_logvar_ptr, rows, cols, mask, prior_logvar_stride_b,
                                    prior_logvar_stride0, prior_logvar_stride1, prior_logvar_stride2,
                                    inner_size1, inner_size2, HAS_PRIOR_LOGVAR)
         diff = mu - prior_mu

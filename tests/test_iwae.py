@@ -269,6 +269,9 @@ def test_empty_batch_and_empty_latent(kernel_backend, dtype):
     assert log_q.shape == (3, 0) and log_p.shape == (3, 0) and log_q.dtype == torch.float32
     (z.sum() + log_q.sum() + log_p.sum()).backward()
     assert mu.grad.shape == (0, 7) and logvar.grad.shape == (0, 7) and mu.grad.dtype == dtype
+    with fastvae.use_backend("torch"):
+        z_ref, log_q_ref, _ = fastvae.sample_gaussian_k(mu, logvar, 3)
+    assert z_ref.shape == z.shape and log_q_ref.shape == log_q.shape
     # No latent features: the log densities are empty sums, 0.
     mu, logvar = make_latent((4, 0), dtype)
     z, log_q, log_p = fastvae.sample_gaussian_k(mu, logvar, 2)

@@ -23,6 +23,15 @@ def pick_backend(op: str, device: torch.device, dtype: torch.dtype) -> str:
     return _resolve(op, backends._choice, device.type, dtype)
 
 
+def promoted_dtype(*tensors: Optional[torch.Tensor]) -> torch.dtype:
+    """The promoted dtype of the tensors given (None skipped): what picks the backend."""
+    present = [t for t in tensors if t is not None]
+    dtype = present[0].dtype
+    for tensor in present[1:]:
+        dtype = torch.promote_types(dtype, tensor.dtype)
+    return dtype
+
+
 def kernel_module(backend: str, family: str):
     """The module that launches ``family``'s kernels for ``backend``."""
     if backend == "triton":

@@ -24,7 +24,7 @@ from ..validation import (
     check_reduction,
     check_same_device,
 )
-from ._common import kernel_module, no_double_backward, pick_backend, seed_for
+from ._common import kernel_module, no_double_backward, pick_backend, promoted_dtype, seed_for
 
 # --------------------------------------------------------------------------------------
 # Custom ops
@@ -166,12 +166,6 @@ def _check_kernel_limits(op: str, backend: str, logits: Tensor) -> None:
         )
 
 
-def _op_dtype(logits: Tensor, prior_logits: Optional[Tensor]) -> torch.dtype:
-    if prior_logits is None:
-        return logits.dtype
-    return torch.promote_types(logits.dtype, prior_logits.dtype)
-
-
 # --------------------------------------------------------------------------------------
 # Public op
 # --------------------------------------------------------------------------------------
@@ -231,7 +225,7 @@ def sample_categorical(
     check_reduction(op, reduction)
     check_generator(op, generator, logits.device)
     seed_offset = seed_for(logits.device, generator)
-    backend = pick_backend(op, logits.device, _op_dtype(logits, prior_logits))
+    backend = pick_backend(op, logits.device, promoted_dtype(logits, prior_logits))
     if backend == "torch":
         return reference.sample_categorical(logits, float(tau), seed_offset, hard, prior_logits, reduction)
     _check_kernel_limits(op, backend, logits)

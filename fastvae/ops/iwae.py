@@ -23,10 +23,10 @@ from ..validation import (
     check_generator,
     check_same_device,
     check_same_shape,
-    value_checks_active,
+    check_not_nan,
 )
-from ._common import kernel_module, no_double_backward, pick_backend, seed_for
-from .latent import _check_latent, _op_dtype
+from ._common import kernel_module, no_double_backward, pick_backend, promoted_dtype, seed_for
+from .latent import check_latent_args
 
 
 # --------------------------------------------------------------------------------------
@@ -296,13 +296,6 @@ def _check_has_samples(op: str, name: str, tensor: Tensor, dim: int) -> None:
         )
 
 
-def _check_no_nan(op: str, name: str, tensor: Tensor) -> None:
-    """Value check (syncs): only under set_validate_args(True), outside torch.compile.
-    Log weights may be −inf (a zero probability) or +inf, so only NaN is refused."""
-    if value_checks_active() and tensor.numel() and bool(torch.isnan(tensor).any()):
-        raise ValueError(f"fastvae.{op}: {name} contains NaN")
-
-
 # --------------------------------------------------------------------------------------
 # Public ops
 # --------------------------------------------------------------------------------------
@@ -351,11 +344,11 @@ def sample_gaussian_k(
         >>> bound = fastvae.iwae_bound(log_px_z, log_p, log_q)       # [B]
     """
     op = "sample_gaussian_k"
-    _check_latent(op, mu, logvar, prior_mu, prior_logvar)
+    check_latent_args(op, mu, logvar, prior_mu, prior_logvar)
     num_samples = _check_num_samples(op, num_samples)
     check_generator(op, generator, mu.device)
     seed_offset = seed_for(mu.device, generator)
-    backend = pick_backend(op, mu.device, _op_dtype(mu, logvar, prior_mu, prior_logvar))
+    backend = pick_backend(op, mu.device, promoted_dtype(mu, logvar, prior_mu, prior_logvar))
     if backend == "torch":
         return reference.sample_gaussian_k(mu, logvar, num_samples, seed_offset, prior_mu, prior_logvar)
     return _sample_gaussian_k_fwd(mu, logvar, prior_mu, prior_logvar, seed_offset, num_samples, backend)
@@ -385,7 +378,7 @@ def log_mean_exp(x: Tensor, dim: int = 0) -> Tensor:
     check_float_tensor(op, "x", x, min_dim=1)
     dim = _check_dim(op, dim, x, "x")
     _check_has_samples(op, "x", x, dim)
-    _check_no_nan(op, "x", x)
+    check_not_nan(op, "x", x)
     backend = pick_backend(op, x.device, x.dtype)
     if backend == "torch":
         return reference.log_mean_exp(x, dim)
@@ -428,8 +421,8 @@ def iwae_bound(log_px_z: Tensor, log_p: Tensor, log_q: Tensor) -> Tensor:
     check_same_device(op, [("log_px_z", log_px_z), ("log_p", log_p), ("log_q", log_q)])
     _check_has_samples(op, "log_px_z", log_px_z, 0)
     for name, tensor in (("log_px_z", log_px_z), ("log_p", log_p), ("log_q", log_q)):
-        _check_no_nan(op, name, tensor)
-    backend = pick_backend(op, log_px_z.device, _op_dtype(log_px_z, log_p, log_q))
+        check_not_nan(op, name, tensor)
+    backend = pick_backend(op, log_px_z.device, promoted_dtype(log_px_z, log_p, log_q))
     if backend == "torch":
         return reference.iwae_bound(log_px_z, log_p, log_q)
     bound, _ = _iwae_bound_fwd(log_px_z, log_p, log_q, backend)

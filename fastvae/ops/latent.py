@@ -25,7 +25,7 @@ from ..validation import (
     check_same_device,
     check_same_shape,
 )
-from ._common import kernel_module, no_double_backward, pick_backend, seed_for
+from ._common import kernel_module, no_double_backward, pick_backend, promoted_dtype, seed_for
 
 KL_MODES = ("none", "element", "row")
 
@@ -115,6 +115,8 @@ def _setup_context(ctx, inputs, output):
     mu, logvar, prior_mu, prior_logvar, seed_offset, sample, kl_mode, backend = inputs
     ctx.save_for_backward(mu, logvar, prior_mu, prior_logvar, seed_offset)
     ctx.sample, ctx.kl_mode, ctx.backend = sample, kl_mode, backend
+    # An unused output gets None rather than zeros, so the kernel skips its term.
+    ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, grad_z, grad_kl):
@@ -153,7 +155,8 @@ _gaussian_latent_bwd.register_autograd(
 # --------------------------------------------------------------------------------------
 
 
-def _check_latent(op: str, mu, logvar, prior_mu=None, prior_logvar=None) -> None:
+def check_latent_args(op: str, mu, logvar, prior_mu=None, prior_logvar=None) -> None:
+    """Checks shared by every op on a Gaussian latent (also the IWAE ops)."""
     check_float_tensor(op, "mu", mu, min_dim=1)
     check_float_tensor(op, "logvar", logvar, min_dim=1)
     check_same_shape(op, "logvar", logvar, "mu", mu)
@@ -165,14 +168,6 @@ def _check_latent(op: str, mu, logvar, prior_mu=None, prior_logvar=None) -> None
     for name, tensor in (("mu", mu), ("logvar", logvar), ("prior_mu", prior_mu), ("prior_logvar", prior_logvar)):
         if tensor is not None:
             check_finite(op, name, tensor)
-
-
-def _op_dtype(*tensors: Optional[Tensor]) -> torch.dtype:
-    dtype = tensors[0].dtype
-    for tensor in tensors[1:]:
-        if tensor is not None:
-            dtype = torch.promote_types(dtype, tensor.dtype)
-    return dtype
 
 
 def _finish_kl(kl: Tensor, kl_mode: str, free_bits: float, reduction: str) -> Tensor:
@@ -210,10 +205,10 @@ def reparameterize(mu: Tensor, logvar: Tensor, generator: Optional[torch.Generat
         >>> z = fastvae.reparameterize(mu, logvar)
     """
     op = "reparameterize"
-    _check_latent(op, mu, logvar)
+    check_latent_args(op, mu, logvar)
     check_generator(op, generator, mu.device)
     seed_offset = seed_for(mu.device, generator)
-    backend = pick_backend(op, mu.device, _op_dtype(mu, logvar))
+    backend = pick_backend(op, mu.device, promoted_dtype(mu, logvar))
     if backend == "torch":
         return reference.reparameterize(mu, logvar, seed_offset)
     z, _ = _gaussian_latent_fwd(mu, logvar, None, None, seed_offset, True, "none", backend)
@@ -250,10 +245,10 @@ def gaussian_kl(
         >>> kl = fastvae.gaussian_kl(mu, logvar, free_bits=0.25, reduction="mean")
     """
     op = "gaussian_kl"
-    _check_latent(op, mu, logvar, prior_mu, prior_logvar)
+    check_latent_args(op, mu, logvar, prior_mu, prior_logvar)
     check_nonnegative_number(op, "free_bits", free_bits)
     check_reduction(op, reduction)
-    backend = pick_backend(op, mu.device, _op_dtype(mu, logvar, prior_mu, prior_logvar))
+    backend = pick_backend(op, mu.device, promoted_dtype(mu, logvar, prior_mu, prior_logvar))
     if backend == "torch":
         return reference.gaussian_kl(mu, logvar, prior_mu, prior_logvar, free_bits, reduction)
     kl_mode = _kl_mode(free_bits, reduction)
@@ -292,12 +287,12 @@ def sample_gaussian(
         >>> loss = (nll(decoder(z), x) + kl).mean()
     """
     op = "sample_gaussian"
-    _check_latent(op, mu, logvar, prior_mu, prior_logvar)
+    check_latent_args(op, mu, logvar, prior_mu, prior_logvar)
     check_nonnegative_number(op, "free_bits", free_bits)
     check_reduction(op, reduction)
     check_generator(op, generator, mu.device)
     seed_offset = seed_for(mu.device, generator)
-    backend = pick_backend(op, mu.device, _op_dtype(mu, logvar, prior_mu, prior_logvar))
+    backend = pick_backend(op, mu.device, promoted_dtype(mu, logvar, prior_mu, prior_logvar))
     if backend == "torch":
         return reference.sample_gaussian(mu, logvar, seed_offset, prior_mu, prior_logvar, free_bits, reduction)
     kl_mode = _kl_mode(free_bits, reduction)
