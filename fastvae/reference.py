@@ -232,3 +232,168 @@ def sample_categorical(
     categorical KL per variable, reduced by ``reduction`` ('batch': summed per sample, [B])."""
     z = gumbel_softmax(logits, tau, seed_offset, hard)
     return z, reduce(categorical_kl_terms(logits, prior_logits), reduction)
+
+
+# --------------------------------------------------------------------------------------
+# Reconstruction likelihoods (decoder side)
+# --------------------------------------------------------------------------------------
+
+# Below this |logits| the continuous Bernoulli's log-normalizer uses its Taylor series:
+# the closed form loses accuracy to cancellation as l → 0 (0/0 at l = 0).
+CB_TAYLOR_THRESHOLD = 0.1
+LOG_SCALE_MIN = -7.0
+
+
+def log_sigmoid(x: torch.Tensor) -> torch.Tensor:
+    """log σ(x) = −softplus(−x), stable for any x."""
+    return torch.nn.functional.logsigmoid(x)
+
+
+def bernoulli_nll_terms(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """−log Bernoulli(x; σ(l)) = softplus(l) − x·l, per element; x in [0, 1] (soft targets
+    allowed)."""
+    dtype = compute_dtype(logits, x if x.is_floating_point() else None)
+    logits, x = logits.to(dtype), x.to(dtype)
+    return torch.nn.functional.softplus(logits) - x * logits
+
+
+def continuous_bernoulli_log_normalizer(logits: torch.Tensor) -> torch.Tensor:
+    """log C(l) of the continuous Bernoulli (Loaiza-Ganem & Cunningham 2019), in the logits:
+    C = l / tanh(l/2), so log C = log|l| − log(1 − e^(−|l|)) + log(1 + e^(−|l|)) (stable for
+    any l), and log 2 + l²/12 − 7·l⁴/1440 for |l| < CB_TAYLOR_THRESHOLD."""
+    magnitude = logits.abs()
+    small = magnitude < CB_TAYLOR_THRESHOLD
+    safe = torch.where(small, torch.ones_like(magnitude), magnitude)
+    exact = torch.log(safe) - torch.log(-torch.expm1(-safe)) + torch.log1p(torch.exp(-safe))
+    square = logits * logits
+    taylor = math.log(2.0) + square / 12.0 - 7.0 * square * square / 1440.0
+    return torch.where(small, taylor, exact)
+
+
+def continuous_bernoulli_nll_terms(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """−log CB(x; σ(l)) = softplus(l) − x·l − log C(l), per element; x in [0, 1]."""
+    dtype = compute_dtype(logits, x if x.is_floating_point() else None)
+    logits = logits.to(dtype)
+    return bernoulli_nll_terms(logits, x.to(dtype)) - continuous_bernoulli_log_normalizer(logits)
+
+
+def gaussian_nll_terms(mean: torch.Tensor, x: torch.Tensor, logvar=0.0) -> torch.Tensor:
+    """−log N(x; mean, e^logvar) = ½·(log 2π + logvar + (x − mean)²·e^(−logvar)), per
+    element; logvar a number, a tensor broadcastable to x, or full-size."""
+    logvar_tensor = logvar if isinstance(logvar, torch.Tensor) else None
+    dtype = compute_dtype(mean, x, logvar_tensor)
+    mean, x = mean.to(dtype), x.to(dtype)
+    logvar = logvar.to(dtype) if logvar_tensor is not None else torch.tensor(float(logvar), dtype=dtype, device=mean.device)
+    return 0.5 * (LOG_2PI + logvar + (x - mean) ** 2 * torch.exp(-logvar))
+
+
+def grid_levels(x: torch.Tensor, num_bins: int) -> torch.Tensor:
+    """The level index (int64, 0 … num_bins−1) of each x: a uint8 x is the index itself; a
+    float x in [−1, 1] is snapped to the nearest of the num_bins levels −1 + 2·i/(num_bins−1)."""
+    if x.dtype == torch.uint8:
+        return x.to(torch.int64)
+    scaled = (x.to(torch.float64) + 1.0) * (0.5 * (num_bins - 1))
+    return torch.round(scaled).clamp(0, num_bins - 1).to(torch.int64)
+
+
+def level_values(levels: torch.Tensor, num_bins: int, dtype: torch.dtype) -> torch.Tensor:
+    """The grid value −1 + 2·i/(num_bins−1) of level i."""
+    return (levels.to(dtype) * (2.0 / (num_bins - 1)) - 1.0)
+
+
+def discretized_logistic_log_prob(
+    mean: torch.Tensor, log_scale: torch.Tensor, levels: torch.Tensor, num_bins: int
+) -> torch.Tensor:
+    """log P(x) of one sub-pixel under the logistic(mean, e^log_scale) discretized to
+    num_bins levels in [−1, 1] (PixelCNN++, exact form).  With half = 1/(num_bins − 1),
+    c = x − mean, s = e^(−log_scale) (log_scale clamped below at −7), a = s·(c + half),
+    b = s·(c − half): log σ(a) at the lowest level, log σ(−b) at the highest, and
+    log σ(a) + log σ(−b) + log(−expm1(b − a)) = log(σ(a) − σ(b)) elsewhere."""
+    dtype = mean.dtype
+    x = level_values(levels, num_bins, dtype)
+    half = 1.0 / (num_bins - 1)
+    inv_scale = torch.exp(-torch.clamp_min(log_scale, LOG_SCALE_MIN))
+    centered = x - mean
+    upper = inv_scale * (centered + half)
+    lower = inv_scale * (centered - half)
+    interior = log_sigmoid(upper) + log_sigmoid(-lower) + torch.log(-torch.expm1(lower - upper))
+    return torch.where(levels == 0, log_sigmoid(upper), torch.where(levels == num_bins - 1, log_sigmoid(-lower), interior))
+
+
+def discretized_logistic_nll_terms(
+    mean: torch.Tensor, log_scale: torch.Tensor, x: torch.Tensor, num_bins: int = 256
+) -> torch.Tensor:
+    """−log P(x) per sub-pixel of the discretized logistic (see
+    :func:`discretized_logistic_log_prob`); x float in [−1, 1] (snapped) or uint8 levels."""
+    dtype = compute_dtype(mean, log_scale, x if x.is_floating_point() else None)
+    levels = grid_levels(x, num_bins)
+    return -discretized_logistic_log_prob(mean.to(dtype), log_scale.to(dtype), levels, num_bins)
+
+
+def mixture_parameters(params: torch.Tensor, num_mixtures: int, num_channels: int):
+    """Split mixture params [B, P, *spatial] into (logits [B, K, *S], means, log_scales,
+    coefficients [B, C, K, *S]) in NVAE's layout: C = 1: P = 3K (K logits, K means, K
+    log-scales; no coefficients, returned as None); C = 3: P = 10K (K logits, then per
+    channel R, G, B a block of 3K: K means, K log-scales, K raw coefficients, returned as
+    tanh(raw))."""
+    K = num_mixtures
+    logits = params[:, :K]
+    blocks = params[:, K:].unflatten(1, (num_channels, -1, K))  # [B, C, 2 or 3, K, *S]
+    means, log_scales = blocks[:, :, 0], blocks[:, :, 1]
+    coefficients = torch.tanh(blocks[:, :, 2]) if num_channels == 3 else None
+    return logits, means, log_scales, coefficients
+
+
+def coupled_means(means: torch.Tensor, coefficients, x: torch.Tensor) -> torch.Tensor:
+    """The autoregressive channel coupling of PixelCNN++ (NVAE's coefficient slots): with
+    α, β, γ the coefficients of channels R, G, B and x the data [B, C, *S],
+    mean_G += α·x_R and mean_B += β·x_R + γ·x_G.  means: [B, C, K, *S]."""
+    if coefficients is None:
+        return means
+    x_red, x_green = x[:, 0].unsqueeze(1), x[:, 1].unsqueeze(1)  # [B, 1, *S] against [B, K, *S]
+    alpha, beta, gamma = coefficients[:, 0], coefficients[:, 1], coefficients[:, 2]
+    return torch.stack(
+        [means[:, 0], means[:, 1] + alpha * x_red, means[:, 2] + beta * x_red + gamma * x_green], dim=1
+    )
+
+
+def discretized_logistic_mixture_nll_terms(
+    params: torch.Tensor, x: torch.Tensor, num_mixtures: int, num_bins: int = 256
+) -> torch.Tensor:
+    """−log p(x) per pixel [B, *spatial] of the discretized logistic mixture:
+    −logsumexp_k(log_softmax(logits)_k + Σ_c log P_c,k(x_c)), P_c,k the discretized logistic
+    of channel c with component k's (coupled) mean and log-scale."""
+    num_channels = x.shape[1]
+    dtype = compute_dtype(params, x if x.is_floating_point() else None)
+    levels = grid_levels(x, num_bins)  # [B, C, *S]
+    values = level_values(levels, num_bins, dtype)
+    logits, means, log_scales, coefficients = mixture_parameters(params.to(dtype), num_mixtures, num_channels)
+    means = coupled_means(means, coefficients, values)
+    log_probs = discretized_logistic_log_prob(means, log_scales, levels.unsqueeze(2), num_bins)  # [B, C, K, *S]
+    return -torch.logsumexp(torch.log_softmax(logits, dim=1) + log_probs.sum(1), dim=1)
+
+
+def bernoulli_nll(logits, x, reduction="batch"):
+    return reduce(bernoulli_nll_terms(logits, x), reduction)
+
+
+def continuous_bernoulli_nll(logits, x, reduction="batch"):
+    return reduce(continuous_bernoulli_nll_terms(logits, x), reduction)
+
+
+def gaussian_nll(mean, x, logvar=0.0, reduction="batch"):
+    return reduce(gaussian_nll_terms(mean, x, logvar), reduction)
+
+
+def discretized_logistic_nll(mean, log_scale, x, num_bins=256, reduction="batch"):
+    return reduce(discretized_logistic_nll_terms(mean, log_scale, x, num_bins), reduction)
+
+
+def discretized_logistic_mixture_nll(params, x, num_mixtures, num_bins=256, reduction="batch"):
+    return reduce(discretized_logistic_mixture_nll_terms(params, x, num_mixtures, num_bins), reduction)
+
+
+def bits_per_dim(nll: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """nll / (ln 2 · D): nats per sample turned into bits per dimension, D = the number of
+    elements of one sample of x (x[0].numel())."""
+    return nll / (math.log(2.0) * math.prod(x.shape[1:]))
