@@ -12,6 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
+from fastvae.layout import prior_layout  # noqa: F401  (re-exported for the other families)
+
 # Elements per tile.  Large tiles keep the per-program overhead (and the interpreter's
 # per-program Python cost) small; tuning per GPU belongs to bench/.
 TILE_ELEMENTS = 4096
@@ -177,49 +179,6 @@ def _blocks(batch: int, features: int) -> tuple[int, int]:
     block_n = min(max(triton.next_power_of_2(max(features, 1)), 16), MAX_BLOCK_N)
     block_b = max(1, min(TILE_ELEMENTS // block_n, triton.next_power_of_2(max(batch, 1))))
     return block_b, block_n
-
-
-def _collapse_inner(inner_shape, inner_strides):
-    """Merge neighbouring inner dimensions wherever every stride list allows it (size-1
-    dimensions dropped).  Returns (sizes, strides per list)."""
-    sizes: list[int] = []
-    merged: list[list[int]] = [[] for _ in inner_strides]
-    for dim, size in enumerate(inner_shape):
-        if size == 1:
-            continue
-        if sizes and all(m[-1] == s[dim] * size for m, s in zip(merged, inner_strides)):
-            sizes[-1] *= size
-            for m, s in zip(merged, inner_strides):
-                m[-1] = s[dim]
-        else:
-            sizes.append(size)
-            for m, s in zip(merged, inner_strides):
-                m.append(s[dim])
-    return sizes, merged
-
-
-def prior_layout(priors, shape):
-    """How the kernels read priors broadcast to ``shape`` = [B, *inner].
-
-    The inner dimensions are collapsed into three (sizes shared by both priors); each
-    prior becomes (tensor, batch stride, three inner strides).  A prior whose broadcast
-    pattern needs more than three inner dimensions (an interleaved one such as
-    [1, C, 1, W]) is made contiguous first.  Returns (args, strides, size1, size2):
-    tensors to pass (``None`` kept), the flat stride arguments, and the two trailing
-    inner sizes.
-    """
-    for _ in range(2):
-        strides = [list(p.expand(shape).stride()) if p is not None else [0] * len(shape) for p in priors]
-        sizes, inner = _collapse_inner(list(shape[1:]), [s[1:] for s in strides])
-        if len(sizes) <= 3:
-            break
-        priors = [None if p is None else p.expand(shape).contiguous() for p in priors]
-    pad = 3 - len(sizes)
-    sizes = [1] * pad + sizes
-    flat_strides = []
-    for s, m in zip(strides, inner):
-        flat_strides += [s[0] if shape[0] != 1 else 0] + [0] * pad + m
-    return priors, flat_strides, sizes[1], sizes[2]
 
 
 def _or(tensor, fallback):

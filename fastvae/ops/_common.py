@@ -36,6 +36,10 @@ def kernel_module(backend: str, family: str):
     """The module that launches ``family``'s kernels for ``backend``."""
     if backend == "triton":
         return importlib.import_module(f"fastvae.kernels.{family}")
+    if backend in ("cpu", "cuda"):
+        from ..native import launchers
+
+        return launchers(backend, family)
     raise RuntimeError(f"fastvae: backend {backend!r} has no kernels for the {family} ops")
 
 
