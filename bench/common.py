@@ -1,6 +1,9 @@
-"""Helpers shared by fastvae's benchmarks (bench_latent.py now; likelihood and training
-benchmarks later): timing, peak memory, the copy-bandwidth ceiling, run metadata,
-speedups, and the JSON and markdown reports.
+"""Helpers shared by fastvae's benchmarks (bench_latent.py, bench_likelihood.py; the
+training benchmark later): timing, peak memory, the copy-bandwidth ceiling, run
+metadata, the providers (eager, compile, fastvae backends), input sets and the three
+modes (fwd, bwd, fwd+bwd), one case's records, speedups, DESIGN.md's bar verdicts, the
+common command-line options, and the JSON and markdown reports.  A benchmark script
+brings its ops, sizes, inputs and minimum-bytes formulas; the rest is here.
 
 How times are taken (see /work/.library/device/METHOD.md, "Time properly"):
 
@@ -30,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import time
+import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
@@ -412,6 +416,274 @@ def parse_shapes(spec: str, presets: dict[str, list[tuple[int, ...]]]) -> list[t
     return shapes
 
 
+def sizes_tag(spec: str, presets: dict) -> str:
+    """'' for the default sizes, the preset's name, or 'custom': a results file's tag, so
+    smoke runs at tiny sizes never overwrite the real results file."""
+    if spec == "default":
+        return ""
+    return spec if spec in presets else "custom"
+
+
+# --------------------------------------------------------------------------------------
+# Providers
+# --------------------------------------------------------------------------------------
+
+# The two baselines every benchmark times: the reference called directly, and
+# torch.compile of it.  Every other provider is a fastvae backend.
+BASELINES = ("eager", "compile")
+MODES = ("fwd", "bwd", "fwd+bwd")
+
+
+class ProviderSkipped(Exception):
+    """Raised by a benchmark's forward builder when a provider cannot run a case at all
+    (e.g. the op is not in this fastvae yet): its records get ``skipped`` = the reason,
+    and neither a time nor an error."""
+
+
+def kernel_providers(device: torch.device) -> list[str]:
+    """fastvae backends that run on ``device``, the torch one (= eager) excepted."""
+    import fastvae
+
+    return [name for name in fastvae.backends.available(device) if name != "torch"]
+
+
+def default_providers(device: torch.device) -> list[str]:
+    """eager, compile and every kernel backend for the device.  On the CPU the Triton
+    backend runs only in its interpreter, which is no performance number: it is left
+    out unless asked for with ``--providers``."""
+    kernels = kernel_providers(device)
+    if device.type == "cpu":
+        kernels = [name for name in kernels if name != "triton"]
+    return list(BASELINES) + kernels
+
+
+def check_providers(requested: Sequence[str], device: torch.device) -> list[str]:
+    """``requested`` if every one runs here, else exit naming what is missing."""
+    import fastvae
+
+    allowed = list(BASELINES) + [name for name in fastvae.backends.available(device)]
+    missing = [name for name in requested if name not in allowed]
+    if missing:
+        hint = ""
+        if "triton" in missing and device.type == "cpu":
+            hint = " (on the CPU, Triton runs only under TRITON_INTERPRET=1 set in the environment)"
+        raise SystemExit(f"provider(s) {missing} not available for {device.type} here{hint}; available: {allowed}")
+    return list(requested)
+
+
+def backend_scope(provider: str):
+    """Make a kernel provider's backend current; nothing to do for eager and compile."""
+    import contextlib
+
+    import fastvae
+
+    return contextlib.nullcontext() if provider in BASELINES else fastvae.use_backend(provider)
+
+
+def as_tuple(result) -> tuple:
+    return tuple(result) if isinstance(result, (tuple, list)) else (result,)
+
+
+# --------------------------------------------------------------------------------------
+# Cases: input sets, the three modes, one provider's records
+# --------------------------------------------------------------------------------------
+
+# Relative error against eager above which a provider's results are flagged: both
+# compute in float32, so float32 agrees to rounding, and the low-precision dtypes to the
+# rounding of their outputs.
+CHECK_TOLERANCE = {"float32": 1e-4, "bfloat16": 2e-2, "float16": 5e-3}
+CHECK_SEED = 1234
+ERROR_TEXT_LIMIT = 2000
+
+# forward(*InputSet.args) → the op's outputs as a tuple.
+Forward = Callable[..., tuple]
+
+
+@dataclass
+class InputSet:
+    """One independent set of inputs of a benchmarked op."""
+
+    args: tuple  # the forward's positional arguments
+    wrt: tuple  # those the backward differentiates (requiring grad, as in training)
+    grad_outputs: tuple  # random upstream gradients of the op's outputs, never zeros
+
+
+def forward_and_gradients(forward: Forward, inputs: InputSet, seed: int = CHECK_SEED) -> list[torch.Tensor]:
+    """Outputs and input gradients of one forward+backward, from ``seed``."""
+    torch.manual_seed(seed)
+    outputs = forward(*inputs.args)
+    grads = torch.autograd.grad(outputs, inputs.wrt, inputs.grad_outputs)
+    return [output.detach() for output in outputs] + list(grads)
+
+
+@dataclass
+class ModeCalls:
+    """How one mode is timed: ``setup(i)`` untimed before each ``call(i)`` (i the input
+    set), and ``run_once()`` returning the tensors one call hands back (after
+    ``setup_once()``), for the memory count."""
+
+    call: Callable[[int], tuple]
+    setup: Optional[Callable[[int], None]] = None
+
+    def run_once(self) -> tuple:
+        return self.call(0)
+
+    def setup_once(self) -> None:
+        if self.setup is not None:
+            self.setup(0)
+
+
+def mode_calls(mode: str, forward: Forward, sets: Sequence[InputSet]) -> ModeCalls:
+    """The calls that time ``mode`` of ``forward`` on the input ``sets``.
+
+    ``fwd`` is one forward call (building the autograd graph, as in training).  ``bwd``
+    runs a fresh forward before each repetition, untimed, and times the backward alone
+    (``torch.autograd.grad``, not ``backward``, so no ``.grad`` accumulates).  A fresh
+    graph per repetition rather than ``retain_graph=True``: torch.compile's backward
+    donates saved buffers and refuses a retained graph, and a training step never reuses
+    one either.  ``fwd+bwd`` is both in one timed call.
+    """
+    if mode == "fwd":
+        return ModeCalls(call=lambda i: forward(*sets[i].args))
+    if mode == "bwd":
+        pending = {}
+
+        def setup(i):
+            pending[i] = forward(*sets[i].args)
+
+        def call(i):
+            return torch.autograd.grad(pending.pop(i), sets[i].wrt, sets[i].grad_outputs)
+
+        return ModeCalls(call=call, setup=setup)
+    if mode == "fwd+bwd":
+        def call(i):
+            outputs = forward(*sets[i].args)
+            return outputs + torch.autograd.grad(outputs, sets[i].wrt, sets[i].grad_outputs)
+
+        return ModeCalls(call=call)
+    raise ValueError(f"unknown mode {mode!r}")
+
+
+def error_text(error: BaseException) -> str:
+    text = f"{type(error).__name__}: {error}"
+    return text if len(text) <= ERROR_TEXT_LIMIT else text[:ERROR_TEXT_LIMIT] + " …"
+
+
+def measurement_fields() -> dict:
+    """The fields of a record that measuring fills in, all unset."""
+    return {
+        "median_ms": None, "gbps": None, "pct_of_copy": None, "peak_extra_mib": None,
+        "rel_err_vs_eager": None, "error": None, "skipped": None,
+    }
+
+
+def measure_mode(record: dict, mode: str, forward: Forward, sets: Sequence[InputSet], copy_gbps: float,
+                 device: torch.device, args, label: str) -> None:
+    """Time one mode and count its memory into ``record`` (which has ``min_bytes``), or
+    set its ``error``.  ``args`` carries warmup, reps, min_reps and budget_ms."""
+    calls = None
+    try:
+        calls = mode_calls(mode, forward, sets)
+        timing = time_calls(
+            calls.call, device, setup=calls.setup, rotation=len(sets), warmup=args.warmup,
+            max_reps=args.reps, min_reps=args.min_reps, budget_ms=args.budget_ms,
+        )
+        record.update(timing.as_dict())
+        record["gbps"] = gbps(record["min_bytes"], timing.median_ms)
+        record["pct_of_copy"] = 100.0 * record["gbps"] / copy_gbps if record["gbps"] and copy_gbps else None
+        # Every provider, baselines included: the bars compare extra memory with eager's.
+        record["peak_extra_mib"] = peak_extra_memory_mib(calls.run_once, device, calls.setup_once)
+        log(f"{label} {mode}: {timing.median_ms:.4g} ms, {record['gbps']:.4g} GB/s")
+    except Exception as error:  # noqa: BLE001 (an out-of-memory at one size must not end the run)
+        log(f"{label} {mode}: FAILED\n{traceback.format_exc()}")
+        record["error"] = error_text(error)
+    finally:
+        calls = None  # release any pending forward graphs before the next mode
+        if record["error"] and device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def bench_provider(
+    records: Sequence[dict],
+    modes: Sequence[str],
+    provider: str,
+    build: Callable[[], Forward],
+    sets: Sequence[InputSet],
+    expected: Sequence[torch.Tensor],
+    copy_gbps: float,
+    device: torch.device,
+    args,
+    label: str,
+) -> list[dict]:
+    """Every mode of one provider on one case: ``records`` (one per mode, in the order of
+    ``modes``) filled in and returned.  ``build()`` makes the provider's forward (with
+    the provider's backend current); a failure there or in the first call (which is when
+    torch.compile compiles) sets every record's ``error``, a :class:`ProviderSkipped`
+    its ``skipped``, and the run goes on."""
+    records = [dict(record, copy_gbps=copy_gbps) for record in records]
+    dtype = records[0]["dtype"] if records else "float32"
+    if provider == "compile":
+        torch._dynamo.reset()  # a fresh, fully specialized compile for this case
+    try:
+        with backend_scope(provider):
+            try:
+                forward = build()
+                actual = forward_and_gradients(forward, sets[0])
+                rel_err = max((relative_error(a, e) for a, e in zip(actual, expected)), default=0.0)
+                del actual
+            except ProviderSkipped as reason:
+                log(f"{label}: skipped: {reason}")
+                for record in records:
+                    record["skipped"] = str(reason)
+                return records
+            except Exception as error:  # noqa: BLE001 (record it and go on)
+                log(f"{label}: FAILED\n{traceback.format_exc()}")
+                for record in records:
+                    record["error"] = error_text(error)
+                return records
+            if rel_err > CHECK_TOLERANCE.get(dtype, 2e-2):
+                log(f"{label}: WARNING relative error vs eager {rel_err:.3g}")
+            for record, mode in zip(records, modes):
+                record["rel_err_vs_eager"] = rel_err
+                measure_mode(record, mode, forward, sets, copy_gbps, device, args, label)
+    finally:
+        if provider == "compile":
+            torch._dynamo.reset()  # drop the compiled graphs and their memory
+    return records
+
+
+def bench_case(
+    label: str,
+    providers: Sequence[str],
+    modes: Sequence[str],
+    make_records: Callable[[str], list[dict]],
+    build: Callable[[str], Forward],
+    make_input_set: Callable[[], InputSet],
+    footprint_bytes: int,
+    copy_gbps: float,
+    device: torch.device,
+    args,
+) -> list[dict]:
+    """All providers and modes of one case (op, size, dtype), on shared inputs.
+
+    ``make_records(provider)`` gives the provider's unmeasured records, one per mode;
+    ``build(provider)`` its forward; ``make_input_set()`` one independent input set, made
+    as many times as :func:`rotation_sets` asks for ``footprint_bytes`` (the bytes one
+    call touches).  Every provider is checked against eager's outputs and gradients.
+    """
+    calls_per_case = max(1, args.warmup) + 1 + args.reps
+    sets = [make_input_set() for _ in range(rotation_sets(footprint_bytes, device, max_calls=calls_per_case))]
+    expected = forward_and_gradients(build("eager"), sets[0])
+    records = []
+    for provider in providers:
+        records += bench_provider(make_records(provider), modes, provider, lambda p=provider: build(p), sets,
+                                  expected, copy_gbps, device, args, f"{label} {provider}")
+    del sets, expected
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return records
+
+
 # --------------------------------------------------------------------------------------
 # Records, speedups, reports
 # --------------------------------------------------------------------------------------
@@ -430,6 +702,20 @@ def add_speedups(records: list[dict], case_keys: Sequence[str], baselines: Seque
             base_ms = by_case.get(tuple(record[k] for k in case_keys) + (baseline,))
             mine = record.get("median_ms")
             record[f"speedup_vs_{baseline}"] = base_ms / mine if base_ms is not None and mine else None
+
+
+def add_memory_ratios(records: list[dict], case_keys: Sequence[str], baseline: str = "eager") -> None:
+    """Set ``peak_extra_vs_<baseline>`` = this record's peak extra memory / the
+    baseline's, same case; None where either is missing (always on the CPU) or the
+    baseline's is 0.  DESIGN.md's mixture bar asks for ≤ 1/10 of eager's."""
+    by_case = {}
+    for record in records:
+        if record["provider"] == baseline and record.get("peak_extra_mib") is not None:
+            by_case[tuple(record[k] for k in case_keys)] = record["peak_extra_mib"]
+    for record in records:
+        base = by_case.get(tuple(record[k] for k in case_keys))
+        mine = record.get("peak_extra_mib")
+        record[f"peak_extra_vs_{baseline}"] = mine / base if base and mine is not None else None
 
 
 def merge_records(old: list[dict], new: list[dict], key_fields: Sequence[str]) -> list[dict]:
@@ -499,3 +785,179 @@ def write_results(json_path: Path, payload: dict, markdown: str) -> Path:
 def log(message: str) -> None:
     """Progress goes to stderr, so stdout carries the results table alone."""
     print(message, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------
+# DESIGN.md's bars
+# --------------------------------------------------------------------------------------
+
+_COMPARISONS = {
+    ">=": lambda value, threshold: value >= threshold,
+    ">": lambda value, threshold: value > threshold,
+    "<=": lambda value, threshold: value <= threshold,
+}
+
+
+def bar_verdict(record: dict, criteria: Sequence[tuple[str, str, float]]) -> str:
+    """'met', 'missed: <fields>', 'error' or 'skipped' for one record against
+    ``criteria``, each (record field, comparison '>=' / '>' / '<=', threshold).  A field
+    that is missing (None) misses its criterion."""
+    if record.get("skipped"):
+        return "skipped"
+    if record.get("error"):
+        return "error"
+    missed = [field for field, comparison, threshold in criteria
+              if record.get(field) is None or not _COMPARISONS[comparison](record[field], threshold)]
+    return "met" if not missed else "missed: " + ", ".join(missed)
+
+
+def describe_criteria(criteria: Sequence[tuple[str, str, float]]) -> str:
+    """``criteria`` as text, e.g. 'speedup_vs_eager ≥ 8, speedup_vs_compile ≥ 2'."""
+    symbols = {">=": "≥", ">": ">", "<=": "≤"}
+    return ", ".join(f"{field} {symbols[comparison]} {format_number(threshold)}"
+                     for field, comparison, threshold in criteria)
+
+
+# --------------------------------------------------------------------------------------
+# Command line and the run around the cases
+# --------------------------------------------------------------------------------------
+
+DEFAULT_COPY_MIB = {"cuda": 512, "cpu": 64}
+
+
+def add_common_arguments(parser, benchmark: str, presets: dict, sizes_help: str, ops: Sequence[str],
+                         default_dtypes: str = "float32,bfloat16") -> None:
+    """The options every op benchmark has (bench/README.md, "Options"): device, sizes,
+    dtypes, ops, modes, providers, repetitions, warm-up, copy buffer, output, merge."""
+    parser.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda if present, else cpu)")
+    parser.add_argument("--sizes", default="default", help=f"a preset {list(presets)} or {sizes_help} (default: default)")
+    parser.add_argument("--dtypes", default=default_dtypes, help=f"comma-separated (default: {default_dtypes})")
+    parser.add_argument("--ops", default=",".join(ops), help=f"comma-separated, from {list(ops)}")
+    parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, from {list(MODES)}")
+    parser.add_argument("--providers", default=None,
+                        help="comma-separated: eager, compile and fastvae backends (default: eager, compile and "
+                        "every kernel backend for the device; Triton on the CPU only if named, under TRITON_INTERPRET=1)")
+    parser.add_argument("--reps", type=int, default=100, help="most timed repetitions per case (default: 100)")
+    parser.add_argument("--min-reps", type=int, default=5, help="fewest timed repetitions per case (default: 5)")
+    parser.add_argument("--budget-ms", type=float, default=1000.0,
+                        help="timed milliseconds to aim for per case; fits the repetitions between --min-reps and "
+                        "--reps (default: 1000)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed calls before timing (default: 5)")
+    parser.add_argument("--copy-mib", type=int, default=None,
+                        help="MiB per buffer of the copy-bandwidth measurement (default: 512 on CUDA, 64 on the CPU)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="JSON path; the markdown report goes beside it as .md "
+                        f"(default: bench/results/{benchmark}-<device>[-<sizes tag>].json)")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the records of an existing --out file that this run does not measure again "
+                        "(for splitting a long GPU run into several commands)")
+
+
+def check_common_arguments(parser, args) -> None:
+    if args.reps < 1 or args.min_reps < 1 or args.warmup < 0:
+        parser.error("--reps and --min-reps must be at least 1, --warmup at least 0")
+
+
+def run_providers(spec: Optional[str], device: torch.device) -> list[str]:
+    """``--providers`` checked against the device, or the defaults when not given."""
+    if spec is None:
+        return default_providers(device)
+    return check_providers(parse_list(spec, what="provider"), device)
+
+
+def start_run(device: torch.device, argv: Sequence[str], script: str, providers: Sequence[str],
+              copy_mib: Optional[int]) -> tuple[dict, dict]:
+    """The run's metadata and its copy-bandwidth measurement (``copy_mib`` MiB buffers,
+    or :data:`DEFAULT_COPY_MIB` for the device)."""
+    metadata = run_metadata(device, argv, script)
+    metadata["providers"] = list(providers)
+    log(f"device: {metadata['device']['name']}; providers: {list(providers)}")
+    copy = measure_copy_bandwidth(device, (copy_mib or DEFAULT_COPY_MIB[device.type]) * MIB)
+    log(f"copy ceiling: {copy['gbps']:.4g} GB/s")
+    return metadata, copy
+
+
+def finish_run(
+    benchmark: str,
+    out_path: Path,
+    merge: bool,
+    metadata: dict,
+    copy: dict,
+    records: list[dict],
+    record_keys: Sequence[str],
+    case_keys: Sequence[str],
+    sort: Callable[[list[dict]], list[dict]],
+    report: Callable[[dict], str],
+    annotate: Optional[Callable[[list[dict]], None]] = None,
+) -> dict:
+    """Merge with the existing file (``merge``), add the speedups (and ``annotate``'s
+    fields), write the JSON and the markdown report, print the report; returns the
+    payload."""
+    previous = read_results(out_path) if merge else None
+    if previous is not None:
+        records = merge_records(previous["records"], records, record_keys)
+        metadata["previous_runs"] = previous["metadata"].pop("previous_runs", []) + [previous["metadata"]]
+    add_speedups(records, case_keys, BASELINES)
+    if annotate is not None:
+        annotate(records)
+    payload = {"benchmark": benchmark, "metadata": metadata, "copy": copy, "records": sort(records)}
+    markdown = report(payload)
+    markdown_path = write_results(out_path, payload, markdown)
+    print(markdown)
+    log(f"wrote {out_path} and {markdown_path}")
+    return payload
+
+
+def main_without_value_checks(run: Callable, args, argv: Sequence[str]) -> int:
+    """``run(args, argv)`` with fastvae's value checks off: they sync the device and are
+    off in use (fastvae.set_validate_args), so the ops are timed as they run in training."""
+    import fastvae
+
+    validate = fastvae.validate_args_enabled()
+    fastvae.set_validate_args(False)
+    try:
+        run(args, argv)
+    finally:
+        fastvae.set_validate_args(validate)
+    return 0
+
+
+def report_header(title: str, payload: dict) -> list[str]:
+    """The markdown report's first lines: title, date, versions, command, copy ceiling
+    and what the columns mean."""
+    meta, copy = payload["metadata"], payload["copy"]
+    device = meta["device"]
+    versions = f"torch {meta['torch']}, Triton {meta['triton']}, Python {meta['python']}, fastvae {meta['fastvae']}"
+    if device["type"] == "cuda":
+        versions += f", CUDA {device.get('cuda_runtime')}, driver {device.get('driver')}"
+    lines = [
+        f"# {title}: {device['name']}",
+        "",
+        f"- date (UTC): {meta['date_utc']}; commit: {meta['git_commit'] or 'none'}",
+        f"- versions: {versions}",
+        f"- command: `{meta['command']}`",
+        f"- copy ceiling: {format_number(copy['gbps'])} GB/s (`dst.copy_(src)` on "
+        f"{copy['buffer_mib']} MiB buffers, bytes read + written)",
+        "- GB/s counts the minimum bytes (bench/README.md); median over repetitions; "
+        "extra MiB = peak memory beyond inputs and outputs (CUDA only); "
+        "× eager / × compile = their median over this one's; rel err = ‖out − eager‖/‖eager‖ "
+        "over outputs and gradients from one seed.",
+    ]
+    if meta.get("previous_runs"):
+        lines.append(f"- merged with {len(meta['previous_runs'])} earlier run(s) of this file")
+    return lines
+
+
+def problem_lines(records: Sequence[dict], describe: Callable[[dict], str]) -> list[str]:
+    """The report's "Errors" section (one line per record, ``describe(record)`` naming it)
+    and "Skipped" section (one line per op, provider and reason); empty when there are
+    none."""
+    lines = []
+    errors = [r for r in records if r.get("error")]
+    if errors:
+        lines += ["", "## Errors", ""] + [f"- {describe(r)}: {r['error']}" for r in errors]
+    skipped = list(dict.fromkeys(f"- {r['op']} {r['provider']}: {r['skipped']}" for r in records if r.get("skipped")))
+    if skipped:
+        lines += ["", "## Skipped", ""] + skipped
+    return lines
+

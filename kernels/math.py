@@ -11,8 +11,10 @@ import triton.language as tl
 def log1p(x):
     # log(1 + x) with the cancellation of 1 + x corrected (Goldberg's trick): exact to
     # a few ulp for tiny x, where log(1 + x) alone would return 0.
+    # The discarded branch divides by 1 where u == 1, so it never makes 0/0 or a warning.
     u = 1.0 + x
-    return tl.where(u == 1.0, x, tl.log(u) * (x / (u - 1.0)))
+    exact = u == 1.0
+    return tl.where(exact, x, tl.log(u) * (x / tl.where(exact, 1.0, u - 1.0)))
 
 
 @triton.jit
@@ -44,3 +46,15 @@ def tanh(x):
 def gumbel_from_uniform(u):
     """−log(−log u), u clamped below at 1e-20 (only u = 0 is below it) to stay finite."""
     return -tl.log(-tl.log(tl.maximum(u, 1.0e-20)))
+
+
+@triton.jit
+def expm1(x):
+    """e^x − 1 without the cancellation of exp(x) − 1 near 0 (Kahan's trick: the rounding
+    error of u = e^x cancels in (u − 1)·x / log u).  Outside [−20, 80] u − 1 is already
+    exact in float32 (−1 below, e^x above, +inf past overflow)."""
+    u = tl.exp(x)
+    um1 = u - 1.0
+    plain = (u == 1.0) | (x < -20.0) | (x > 80.0)
+    kahan = um1 * (x / tl.log(tl.where(plain, 2.0, u)))
+    return tl.where(u == 1.0, x, tl.where(plain, um1, kahan))

@@ -1,7 +1,8 @@
-"""Smoke test of the benchmarks on the CPU (CI): bench/bench_latent.py runs end to end at
-a tiny size with the eager and compile providers (and Triton, under the interpreter
-that tests/conftest.py switches on without a GPU), writes its JSON and markdown, and
-prints its table; plus the minimum-bytes model and the report helpers.
+"""Smoke tests of the benchmarks on the CPU (CI): bench/bench_latent.py and
+bench/bench_likelihood.py run end to end at a tiny size with the eager and compile
+providers (and Triton, under the interpreter that tests/conftest.py switches on without
+a GPU), write their JSON and markdown, and print their tables; plus the minimum-bytes
+models, the bar checks and the shared helpers in bench/common.py.
 
 bench/ is a folder of scripts, not a package, so the script is loaded by its path.
 """
@@ -175,3 +176,163 @@ def test_common_helpers(bench_latent):
     assert [r["median_ms"] for r in merged] == [4.0, 3.0]
     assert common.format_number(None) == "—" and common.format_number(0.012345) == "0.0123"
     assert common.slugify("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
+
+
+# --------------------------------------------------------------------------------------
+# bench/bench_likelihood.py
+# --------------------------------------------------------------------------------------
+
+LIKELIHOOD_OPS = ("bernoulli_nll", "gaussian_nll", "discretized_logistic_mixture_nll")
+# The tiny preset: bernoulli 64×32, gaussian 64×48, the mixture B=2, K=3, x 3×4×4.
+TINY_LIKELIHOOD = {
+    "bernoulli_nll": ("64x32", None, 64 * 32),
+    "gaussian_nll": ("64x48", None, 64 * 48),
+    "discretized_logistic_mixture_nll": ("2x3x4x4", 3, 2 * 3 * 4 * 4),
+}
+
+
+@pytest.fixture(scope="module")
+def bench_likelihood():
+    return load_bench_script("bench_likelihood")
+
+
+def test_bench_likelihood_tiny_cpu(bench_likelihood, tmp_path, capsys):
+    import fastvae
+
+    providers = ["eager", "compile"] + (["triton"] if "triton" in backends.available("cpu") else [])
+    out = tmp_path / "likelihood.json"
+    # One timed repetition per case: the interpreted mixture kernel takes ~0.5 s a call.
+    assert bench_likelihood.main(smoke_argv(out, providers, **{"--budget-ms": "1"})) == 0
+
+    payload = json.loads(out.read_text())
+    assert payload["benchmark"] == "likelihood"
+    meta = payload["metadata"]
+    assert meta["command"].startswith("python bench/bench_likelihood.py --device cpu")
+    assert meta["device"]["type"] == "cpu" and meta["mixture_x"] == "float"
+    assert is_positive_finite(payload["copy"]["gbps"])
+
+    records = payload["records"]
+    keys = {(r["op"], r["mode"], r["provider"]) for r in records}
+    assert keys == {(op, mode, p) for op in LIKELIHOOD_OPS for mode in MODES for p in providers}
+    assert len(records) == len(keys)
+    for record in records:
+        label = f"{record['op']} {record['mode']} {record['provider']}"
+        shape, num_mixtures, elements = TINY_LIKELIHOOD[record["op"]]
+        assert (record["shape"], record["num_mixtures"], record["elements"]) == (shape, num_mixtures, elements), label
+        assert record["dtype"] == record["x_dtype"] == "float32"
+        assert is_positive_finite(record["min_bytes"])
+        assert record["bytes_per_element"] == pytest.approx(record["min_bytes"] / elements)
+        if record["provider"] not in ("eager", "compile") and not hasattr(fastvae, record["op"]):
+            # A fused op not written yet: skipped with the reason, neither timed nor an error.
+            assert record["skipped"] and record["op"] in record["skipped"], label
+            assert record["median_ms"] is None and record["error"] is None
+            continue
+        assert record["error"] is None and record["skipped"] is None, f"{label}: {record['error']}"
+        for field in ("median_ms", "min_ms", "gbps", "pct_of_copy"):
+            assert is_positive_finite(record[field]), f"{label}: {field} = {record[field]}"
+        assert record["min_ms"] <= record["median_ms"]
+        assert record["gbps"] == pytest.approx(record["min_bytes"] / (record["median_ms"] * 1e-3) / 1e9)
+        assert record["peak_extra_mib"] is None and record["peak_extra_vs_eager"] is None  # no counter on the CPU
+        assert record["rel_err_vs_eager"] < 1e-4, label
+        assert is_positive_finite(record["speedup_vs_eager"]) and is_positive_finite(record["speedup_vs_compile"])
+        if record["provider"] == "eager":
+            assert record["speedup_vs_eager"] == 1.0
+
+    by_key = {(r["op"], r["mode"], r["provider"]): r for r in records}
+    # By hand, float32 (4 bytes), reduction='batch' (a [B] float32 nll and its gradient):
+    # bernoulli 64×32 fwd+bwd: forward reads logits, x; backward reads logits, x, writes
+    # grad_logits: 5 × 2048 elements × 4 bytes, plus 4 bytes per row each way.
+    assert by_key["bernoulli_nll", "fwd+bwd", "eager"]["min_bytes"] == 5 * 2048 * 4 + 8 * 64
+    # gaussian 64×48 bwd (scalar logvar, only mean gets a gradient): read mean, x, write grad_mean.
+    assert by_key["gaussian_nll", "bwd", "eager"]["min_bytes"] == 3 * 3072 * 4 + 4 * 64
+    # The mixture, 32 pixels of P = 10·3 = 30 params and 3 sub-pixels of x: forward reads
+    # params and x; backward reads params and x and writes grad_params.
+    mixture = by_key["discretized_logistic_mixture_nll", "fwd+bwd", "eager"]
+    assert mixture["min_bytes"] == 32 * (3 * 30 * 4 + 2 * 3 * 4) + 8 * 2 == 12304
+
+    printed = capsys.readouterr().out
+    assert "| op | x shape | dtype | mode | provider | median ms |" in printed
+    assert printed.count("| discretized_logistic_mixture_nll | 2x3x4x4 K=3 | float32 |") == 3 * len(providers)
+    assert "## DESIGN.md bars" in printed
+    assert out.with_suffix(".md").read_text().strip() == printed.strip()
+
+
+def test_bench_likelihood_skips_a_missing_op(bench_likelihood, tmp_path, monkeypatch):
+    """A fused op not in fastvae yet: the kernel provider's records say why, the
+    baselines are still timed, and the report lists the skip once."""
+    common = bench_likelihood.common
+    case = bench_likelihood.Case("bernoulli_nll", (4, 8), torch.float32, torch.float32)
+    monkeypatch.delattr(bench_likelihood.fastvae, "bernoulli_nll", raising=False)
+    with pytest.raises(common.ProviderSkipped, match="bernoulli_nll"):
+        bench_likelihood.build_forward(case, "triton")
+
+    real_build_forward = bench_likelihood.build_forward
+
+    def build_forward(case, provider):
+        return real_build_forward(case, "triton" if provider == "compile" else provider)
+
+    monkeypatch.setattr(bench_likelihood, "build_forward", build_forward)
+    out = tmp_path / "skipped.json"
+    bench_likelihood.main(smoke_argv(out, ["eager", "compile"], **{"--ops": "bernoulli_nll"}))
+    records = {(r["mode"], r["provider"]): r for r in json.loads(out.read_text())["records"]}
+    for mode in MODES:
+        assert "bernoulli_nll" in records[mode, "compile"]["skipped"]
+        assert records[mode, "compile"]["median_ms"] is None and records[mode, "compile"]["error"] is None
+        assert records[mode, "eager"]["median_ms"] > 0 and records[mode, "eager"]["skipped"] is None
+    report = out.with_suffix(".md").read_text()
+    assert report.count("bernoulli_nll is not in this fastvae yet") == 1
+
+
+@pytest.mark.parametrize("dtype, x_dtype, fwd, bwd", [
+    (torch.float32, torch.float32, 100 * 4 + 3 * 4, 200 * 4 + 3 * 4),
+    (torch.bfloat16, torch.bfloat16, 100 * 2 + 3 * 2, 200 * 2 + 3 * 2),
+    (torch.float32, torch.uint8, 100 * 4 + 3, 200 * 4 + 3),
+])
+def test_mixture_min_bytes(bench_likelihood, dtype, x_dtype, fwd, bwd):
+    """Per pixel, K = 10, C = 3: P = 100 params read forward; backward reads them again
+    and writes their gradient; x (3 sub-pixels) read in each pass; 4 bytes per sample."""
+    batch, k, c, h, w = 16, 10, 3, 64, 64
+    pixels = batch * h * w
+    nbytes = bench_likelihood.mixture_nll_min_bytes
+    assert nbytes(batch, k, c, h, w, dtype, x_dtype, "fwd") == fwd * pixels + 4 * batch
+    assert nbytes(batch, k, c, h, w, dtype, x_dtype, "bwd") == bwd * pixels + 4 * batch
+    assert nbytes(batch, k, c, h, w, dtype, x_dtype, "fwd+bwd") == (fwd + bwd) * pixels + 8 * batch
+    # C = 1: P = 3K.
+    assert nbytes(2, 5, 1, 3, 3, torch.float32, torch.float32, "fwd") == 18 * (15 * 4 + 4) + 8
+
+
+def test_elementwise_likelihood_min_bytes(bench_likelihood):
+    batch, dim = 65536, 784
+    for formula in (bench_likelihood.bernoulli_nll_min_bytes, bench_likelihood.gaussian_nll_min_bytes):
+        assert formula(batch, dim, torch.float32, "fwd") == 8 * batch * dim + 4 * batch
+        assert formula(batch, dim, torch.float32, "bwd") == 12 * batch * dim + 4 * batch
+        assert formula(batch, dim, torch.bfloat16, "fwd+bwd") == 10 * batch * dim + 8 * batch
+
+
+def test_bench_likelihood_sizes_and_bars(bench_likelihood, tmp_path):
+    sizes = bench_likelihood.parse_sizes("default")
+    assert sizes["bernoulli_nll"] == [(65536, 784)] and sizes["gaussian_nll"] == [(65536, 3072)]
+    assert sizes["discretized_logistic_mixture_nll"] == [(64, 10, 3, 32, 32), (16, 10, 3, 64, 64)]
+    custom = bench_likelihood.parse_sizes("128x784,4x10x3x8x8")
+    assert custom["bernoulli_nll"] == custom["gaussian_nll"] == [(128, 784)]
+    assert custom["discretized_logistic_mixture_nll"] == [(4, 10, 3, 8, 8)]
+    with pytest.raises(SystemExit, match="BxKxCxHxW"):
+        bench_likelihood.parse_sizes("4x10x2x8x8")
+    with pytest.raises(SystemExit, match="unknown op"):
+        bench_likelihood.main(["--device", "cpu", "--sizes", "tiny", "--ops", "poisson_nll"])
+
+    # The mixture's GPU bar at its largest size (the two default sizes tie): ≥ 8× eager,
+    # ≥ 2× compile, extra memory ≤ 1/10 of eager's; baselines are not checked.
+    def record(shape, provider, eager, compile_, memory, pct=None):
+        return {"op": "discretized_logistic_mixture_nll", "shape": shape, "num_mixtures": 10, "dtype": "float32",
+                "mode": "fwd+bwd", "provider": provider, "elements": 196608, "error": None, "skipped": None,
+                "speedup_vs_eager": eager, "speedup_vs_compile": compile_, "peak_extra_vs_eager": memory,
+                "pct_of_copy": pct}
+
+    records = [record("64x3x32x32", "eager", 1.0, 0.3, 1.0), record("64x3x32x32", "triton", 9.0, 2.5, 0.05),
+               record("16x3x64x64", "triton", 9.0, 2.5, 0.2)]
+    largest, rows = bench_likelihood.bar_rows(records, "cuda")
+    assert largest == {"discretized_logistic_mixture_nll": 196608}
+    assert [(r["shape"], r["verdict"]) for r in rows] == [("64x3x32x32", "met"),
+                                                          ("16x3x64x64", "missed: peak_extra_vs_eager")]
+    assert bench_likelihood.bar_rows(records, "cpu")[1] == []  # the CPU bar is the cpu backend's
