@@ -79,6 +79,9 @@ class BuildExtensions(build_ext):
 
 
 def extensions():
+    # Every header and source: a change to any rebuilds both modules (setuptools would
+    # otherwise call a module up to date when only a shared header changed).
+    depends = sorted(glob.glob("csrc/**/*", recursive=True))
     include = pybind11_include()
     if include is None:
         print("fastvae: pybind11 not found; building no C++ backend", file=sys.stderr)
@@ -89,6 +92,7 @@ def extensions():
         include_dirs=[INCLUDE, include],
         extra_compile_args=CXX_FLAGS + ["-fopenmp"],
         extra_link_args=["-fopenmp"],
+        depends=depends,
         language="c++",
         optional=True,
     )
@@ -104,6 +108,7 @@ def extensions():
             # The static runtime: the module needs no libcudart at import, only the driver.
             libraries=["cudart_static", "dl", "rt", "pthread"],
             extra_compile_args=CXX_FLAGS,
+            depends=depends,
             language="c++",
             optional=True,
         ))

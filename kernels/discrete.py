@@ -18,6 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
+from fastvae.layout import categorical_prior_layout
+
 from .math import gumbel_from_uniform
 
 # Elements per tile, as in latent.py; a row wider than this gets a program to itself.
@@ -194,37 +196,6 @@ def _blocks(rows: int, categories: int) -> tuple[int, int, int]:
     return block_r, block_c, num_warps
 
 
-def prior_layout(prior, shape):
-    """How the kernels read ``prior`` broadcast to ``shape`` = [..., C] as an [R, C] matrix.
-
-    The row dimensions (all but the last) of the broadcast are collapsed into at most two
-    (row r is (r // size1, r % size1)); a prior whose pattern needs more (an interleaved
-    one such as [B, 1, M, 1, C]) is expanded to a contiguous copy first.  Returns
-    (tensor, stride0, stride1, category stride, size1); (None, 0, 0, 0, 1) for no prior.
-    """
-    if prior is None:
-        return None, 0, 0, 0, 1
-    expanded = prior.expand(shape)
-    strides = expanded.stride()
-    sizes: list[int] = []
-    merged: list[int] = []
-    for size, stride in zip(shape[:-1], strides[:-1]):
-        if size == 1:
-            continue
-        if sizes and merged[-1] == stride * size:
-            sizes[-1] *= size
-            merged[-1] = stride
-        else:
-            sizes.append(size)
-            merged.append(stride)
-    if len(sizes) > 2:
-        return prior_layout(expanded.contiguous(), shape)
-    pad = 2 - len(sizes)
-    sizes = [1] * pad + sizes
-    merged = [0] * pad + merged
-    return expanded, merged[0], merged[1], strides[-1], sizes[1]
-
-
 def _geometry(logits):
     categories = logits.shape[-1]
     rows = logits.numel() // categories if categories else 0
@@ -241,7 +212,7 @@ def categorical_fwd(logits, prior_logits, seed_offset, tau: float, hard: bool):
     if rows == 0:
         return z, kl
     block_r, block_c, num_warps = _blocks(rows, categories)
-    prior_arg, stride0, stride1, stride_c, size1 = prior_layout(prior_logits, logits.shape)
+    prior_arg, stride0, stride1, stride_c, size1 = categorical_prior_layout(prior_logits, logits.shape)
     grid = (triton.cdiv(rows, block_r),)
     categorical_fwd_kernel[grid](
         logits, prior_arg if prior_arg is not None else logits, seed_offset, z, kl,
@@ -266,7 +237,7 @@ def categorical_bwd(grad_z, grad_kl, logits, prior_logits, seed_offset, tau: flo
     if rows == 0:
         return grad_logits, grad_prior
     block_r, block_c, num_warps = _blocks(rows, categories)
-    prior_arg, stride0, stride1, stride_c, size1 = prior_layout(prior_logits, logits.shape)
+    prior_arg, stride0, stride1, stride_c, size1 = categorical_prior_layout(prior_logits, logits.shape)
     grid = (triton.cdiv(rows, block_r),)
     # Kernels take a pointer for every argument; an absent one is never read (its
     # constexpr flag is off), so any tensor stands in.

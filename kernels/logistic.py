@@ -47,6 +47,8 @@ import torch
 import triton
 import triton.language as tl
 
+from fastvae.layout import mixture_layout, row_stride, spatial_stride  # noqa: F401  (re-exported)
+
 from .math import log1p, tanh
 
 # fastvae.reference.LOG_SCALE_MIN
@@ -450,35 +452,6 @@ def _grid_constants(num_bins: int) -> tuple[int, float, float]:
     return num_bins - 1, 0.5 * (num_bins - 1), 1.0 / (num_bins - 1)
 
 
-def row_stride(tensor: torch.Tensor):
-    """The batch stride of ``tensor`` seen as [B, N] rows, or None unless every dimension
-    but the first forms one contiguous block (size-1 dimensions ignored)."""
-    expected = 1
-    for size, stride in zip(reversed(tensor.shape[1:]), reversed(tensor.stride()[1:])):
-        if size != 1 and stride != expected:
-            return None
-        expected *= size
-    return tensor.stride(0) if tensor.dim() else 1
-
-
-def spatial_stride(tensor: torch.Tensor):
-    """The stride of the flattened spatial dimensions (all but the first two) of
-    ``tensor``, or None unless they form one evenly strided run (contiguous and
-    channels_last tensors both do); 1 when there are none."""
-    stride = None
-    expected = None
-    for size, step in zip(reversed(tensor.shape[2:]), reversed(tensor.stride()[2:])):
-        if size == 1:
-            continue
-        if stride is None:
-            stride, expected = step, step * size
-        elif step != expected:
-            return None
-        else:
-            expected *= size
-    return 1 if stride is None else stride
-
-
 def _row_blocks(batch: int, features: int) -> tuple[int, int]:
     block_n = min(max(triton.next_power_of_2(max(features, 1)), 16), MAX_BLOCK_N)
     block_b = max(1, min(TILE_ELEMENTS // block_n, triton.next_power_of_2(max(batch, 1))))
@@ -543,12 +516,6 @@ def discretized_logistic_bwd(grad_nll, mean, log_scale, x, num_bins: int):
         BLOCK_B=block_b, BLOCK_N=block_n,
     )
     return grad_mean, grad_log_scale
-
-
-def mixture_layout(tensor: torch.Tensor) -> torch.Tensor:
-    """``tensor`` itself if the kernels read it through (batch, channel, spatial) strides,
-    else a contiguous copy."""
-    return tensor if spatial_stride(tensor) is not None else tensor.contiguous()
 
 
 def _mixture_blocks(num_mixtures: int, pixels: int, device: torch.device) -> tuple[int, int]:

@@ -118,6 +118,25 @@ def test_prior_noncontiguous_and_mixed_dtype(kernel_backend):
     _compare(kernel_backend, torch.bfloat16, logits, prior=base.t(), leaves=[logits, base], grad_scale=10)
 
 
+def test_prior_in_a_third_dtype(kernel_backend):
+    # float16 logits with a full-size bfloat16 prior: the C++ launchers read such a prior
+    # as float32 and cast its gradient back to bfloat16.
+    logits = _leaf((5, 7), torch.float16)
+    prior = _leaf((5, 7), torch.bfloat16, seed=4)
+    _, _, (grad_logits, grad_prior) = _compare(kernel_backend, torch.float16, logits, prior=prior, reduction="batch",
+                                               grad_scale=10)
+    assert grad_logits.dtype == torch.float16 and grad_prior.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("hard", [False, True], ids=["soft", "hard"])
+def test_matches_reference_wide_rows(kernel_backend, hard):
+    # 4500 categories: wider than the 4096 columns a CUDA block holds in registers, so its
+    # last columns are reloaded and their noise regenerated in every pass.
+    logits = _leaf((3, 4500))
+    prior = _leaf((3, 4500), seed=1)
+    _compare(kernel_backend, torch.float32, logits, tau=0.8, hard=hard, prior=prior, reduction="batch")
+
+
 @pytest.mark.parametrize("reduction", ["batch", "none", "sum", "mean"])
 def test_reductions(kernel_backend, reduction):
     logits = _leaf((4, 3, 5))
@@ -187,7 +206,7 @@ def test_fake_and_autograd_registration(kernel_backend):
 
 
 @pytest.mark.slow
-def test_torch_compile_fullgraph(kernel_backend, monkeypatch):
+def test_torch_compile_fullgraph(kernel_backend):
     logits = _leaf((4, 3, 5))
     prior = _leaf((5,), seed=1)
 
@@ -198,15 +217,17 @@ def test_torch_compile_fullgraph(kernel_backend, monkeypatch):
     import torch._dynamo
     import torch._inductor.config
 
-    # The seed is drawn inside the graph: eager's generator stream needs fallback_random.
-    monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
     torch._dynamo.reset()
     compiled = torch.compile(loss, fullgraph=True)
     results = []
-    for fn in (compiled, loss):
-        torch.manual_seed(3)
-        out = fn(logits, prior)
-        results.append((out,) + torch.autograd.grad(out, (logits, prior)))
+    # The seed is drawn inside the graph: eager's generator stream needs fallback_random.
+    # (config.patch, not monkeypatch: pytest >= 9 undoes a monkeypatched attribute of
+    # torch's config module by deleting it, which breaks every later test that reads it.)
+    with torch._inductor.config.patch(fallback_random=True):
+        for fn in (compiled, loss):
+            torch.manual_seed(3)
+            out = fn(logits, prior)
+            results.append((out,) + torch.autograd.grad(out, (logits, prior)))
     for actual, expected in zip(*results):
         assert_close(actual, expected, torch.float32)
 
@@ -362,6 +383,22 @@ def test_device_mismatch():
     logits = torch.zeros(3, 5, device=DEVICE)
     with pytest.raises(ValueError, match=f"^{OP}: prior_logits is on meta"):
         fastvae.sample_categorical(logits, 0.5, prior_logits=torch.zeros(5, device="meta"))
+
+
+def test_cpu_extension_rejects_bad_launches():
+    # What the C++ would otherwise turn into a bad read or a division by zero.
+    extension = pytest.importorskip("fastvae._C", reason="the CPU C++ backend is not built here")
+    logits, z, kl = torch.zeros(2, 3), torch.empty(2, 3), torch.empty(2)
+    prior, seed = torch.zeros(3), draw_seed(torch.device("cpu"))
+    args = [logits.data_ptr(), 0, seed.data_ptr(), z.data_ptr(), kl.data_ptr(), 2, 3, [0, 0, 1, 1], 0.5,
+            -math.log(3), 0, 0, False]
+    extension.categorical_fwd(*args)
+    with pytest.raises(ValueError, match="categorical_fwd: the seed_offset tensor is missing"):
+        extension.categorical_fwd(*args[:2], 0, *args[3:])
+    with pytest.raises(ValueError, match="categorical_fwd: the prior's size1 must be positive"):
+        extension.categorical_fwd(args[0], prior.data_ptr(), *args[2:7], [0, 0, 1, 0], *args[8:])
+    with pytest.raises(ValueError, match="categorical_fwd: the prior must be float32 or in the logits' dtype"):
+        extension.categorical_fwd(args[0], prior.data_ptr(), *args[2:7], [0, 0, 1, 1], 0.5, -math.log(3), 1, 2, False)
 
 
 def test_too_many_categories_for_kernels(kernel_backend):

@@ -1,13 +1,45 @@
 // The CPU launchers, one per kernel of csrc/cuda/ (same names, same argument structs).
 #pragma once
 
+#include "fastvae/discrete_args.h"
+#include "fastvae/iwae_args.h"
 #include "fastvae/latent_args.h"
+#include "fastvae/likelihood_args.h"
+#include "fastvae/logistic_args.h"
 
 namespace fastvae {
 namespace cpu {
 
 void gaussian_latent_forward(const LatentForwardArgs& args);
 void gaussian_latent_backward(const LatentBackwardArgs& args);
+
+void sample_gaussian_k_forward(const SampleKForwardArgs& args);
+void sample_gaussian_k_backward(const SampleKBackwardArgs& args);
+// log_mean_exp and iwae_bound (the log-mean-exp of the IWAE log weights).
+void log_mean_exp_forward(const LogMeanExpForwardArgs& args);
+void log_mean_exp_backward(const LogMeanExpBackwardArgs& args);
+
+// sample_categorical: Gumbel-softmax sample and categorical KL.
+void categorical_forward(const CategoricalForwardArgs& args);
+void categorical_backward(const CategoricalBackwardArgs& args);
+
+// Reconstruction likelihoods: Bernoulli and continuous Bernoulli, Gaussian.  Columns per
+// task (and per partial row sum of the nll, added in a fixed order in Python), so a small
+// batch of large samples still spreads over the threads.
+constexpr int64_t kLikelihoodChunk = 8192;
+void bernoulli_nll_forward(const BernoulliForwardArgs& args);
+void bernoulli_nll_backward(const BernoulliBackwardArgs& args);
+void gaussian_nll_forward(const GaussianNLLForwardArgs& args);
+void gaussian_nll_backward(const GaussianNLLBackwardArgs& args);
+
+// Discretized logistic and its mixture.  Columns (pixels) per task and per partial row sum
+// of the nll, added in a fixed order in Python.
+constexpr int64_t kLogisticRowPartialWidth = 4096;
+constexpr int64_t kMixtureRowPartialWidth = 64;
+void discretized_logistic_forward(const LogisticForwardArgs& args);
+void discretized_logistic_backward(const LogisticBackwardArgs& args);
+void logistic_mixture_forward(const LogisticMixtureForwardArgs& args);
+void logistic_mixture_backward(const LogisticMixtureBackwardArgs& args);
 
 }  // namespace cpu
 }  // namespace fastvae

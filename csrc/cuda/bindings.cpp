@@ -40,4 +40,173 @@ PYBIND11_MODULE(_C_cuda, module) {
         reinterpret_cast<cudaStream_t>(stream));
       },
       py::call_guard<py::gil_scoped_release>());
+  // IWAE family.  Columns per partial row sum of log q and log p (one warp's chunk).
+  module.attr("SAMPLE_GAUSSIAN_K_ROW_PARTIAL_WIDTH") = fastvae::cuda::kSampleKChunk;
+  module.def(
+      "sample_gaussian_k_fwd",
+      [](Address mu, Address logvar, Address prior_mu, Address prior_logvar, Address seed_offset, Address z,
+         Address log_q, Address log_p, int64_t num_samples, int64_t batch, int64_t features, int64_t row_partials,
+         const Layout& prior_mu_layout, const Layout& prior_logvar_layout, const Sizes& sizes, int dtype,
+         int prior_dtype, Address stream) {
+        fastvae::cuda::sample_gaussian_k_forward(sample_gaussian_k_forward_args(
+            mu, logvar, prior_mu, prior_logvar, seed_offset, z, log_q, log_p, num_samples, batch, features,
+            row_partials, prior_mu_layout, prior_logvar_layout, sizes, dtype, prior_dtype),
+            reinterpret_cast<cudaStream_t>(stream));
+      },
+      py::call_guard<py::gil_scoped_release>());
+  module.def(
+      "sample_gaussian_k_bwd",
+      [](Address mu, Address logvar, Address prior_mu, Address prior_logvar, Address seed_offset, Address grad_z,
+         Address grad_log_q, Address grad_log_p, Address grad_mu, Address grad_logvar, Address grad_prior_mu,
+         Address grad_prior_logvar, int64_t num_samples, int64_t batch, int64_t features,
+         const Layout& prior_mu_layout, const Layout& prior_logvar_layout, const Sizes& sizes, int dtype,
+         int prior_dtype, Address stream) {
+        fastvae::cuda::sample_gaussian_k_backward(sample_gaussian_k_backward_args(
+            mu, logvar, prior_mu, prior_logvar, seed_offset, grad_z, grad_log_q, grad_log_p, grad_mu, grad_logvar,
+            grad_prior_mu, grad_prior_logvar, num_samples, batch, features, prior_mu_layout, prior_logvar_layout,
+            sizes, dtype, prior_dtype),
+            reinterpret_cast<cudaStream_t>(stream));
+      },
+      py::call_guard<py::gil_scoped_release>());
+  module.def(
+      "log_mean_exp_fwd",
+      [](Address x, Address log_p, Address log_q, Address out, Address lse_parts, int64_t num_samples,
+         int64_t columns, int64_t inner, float log_num_samples, int dtype, Address stream) {
+        fastvae::cuda::log_mean_exp_forward(
+            log_mean_exp_forward_args(x, log_p, log_q, out, lse_parts, num_samples, columns, inner, log_num_samples,
+                                      dtype),
+            reinterpret_cast<cudaStream_t>(stream));
+      },
+      py::call_guard<py::gil_scoped_release>());
+  module.def(
+      "log_mean_exp_bwd",
+      [](Address x, Address log_p, Address log_q, Address lse_parts, Address grad_out, Address grad_x,
+         Address grad_log_p, Address grad_log_q, int64_t num_samples, int64_t columns, int64_t inner, int dtype,
+         Address stream) {
+        fastvae::cuda::log_mean_exp_backward(
+            log_mean_exp_backward_args(x, log_p, log_q, lse_parts, grad_out, grad_x, grad_log_p, grad_log_q,
+                                       num_samples, columns, inner, dtype),
+            reinterpret_cast<cudaStream_t>(stream));
+      },
+      py::call_guard<py::gil_scoped_release>());
+  // Likelihood family.  Columns per partial row sum of the nll (one warp's chunk).
+  module.attr("LIKELIHOOD_ROW_PARTIAL_WIDTH") = fastvae::cuda::kLikelihoodChunk;
+  module.def(
+      "bernoulli_nll_fwd",
+      [](Address logits, Address x, Address nll, int64_t batch, int64_t features, int64_t row_partials, int dtype,
+         int x_dtype, bool continuous, bool per_element, Address stream) {
+        fastvae::cuda::bernoulli_nll_forward(bernoulli_nll_forward_args(logits, x, nll, batch, features, row_partials,
+                                                                        dtype, x_dtype, continuous, per_element),
+                                             reinterpret_cast<cudaStream_t>(stream));
+      },
+      py::call_guard<py::gil_scoped_release>());
+  module.def(
+      "bernoulli_nll_bwd",
+      [](Address logits, Address x, Address grad_nll, Address grad_logits, Address grad_x, int64_t batch,
+         int64_t features, int dtype, int x_dtype, bool continuous, bool grad_per_element, Address stream) {
+        fastvae::cuda::bernoulli_nll_backward(
+            bernoulli_nll_backward_args(logits, x, grad_nll, grad_logits, grad_x, batch, features, dtype, x_dtype,
+                                        continuous, grad_per_element),
+            reinterpret_cast<cudaStream_t>(stream));
+      },
+      py::call_guard<py::gil_scoped_release>());
+  module.def(
+      "gaussian_nll_fwd",
+      [](Address mean, Address x, Address logvar, Address nll, int64_t batch, int64_t features, int64_t row_partials,
+         const Layout& logvar_layout, const Sizes& sizes, float logvar_value, int dtype, int x_dtype, int logvar_dtype,
+         bool per_element, Address stream) {
+        fastvae::cuda::gaussian_nll_forward(
+            gaussian_nll_forward_args(mean, x, logvar, nll, batch, features, row_partials, logvar_layout, sizes,
+                                      logvar_value, dtype, x_dtype, logvar_dtype, per_element),
+            reinterpret_cast<cudaStream_t>(stream));
+      },
+      py::call_guard<py::gil_scoped_release>());
+  module.def(
+      "gaussian_nll_bwd",
+      [](Address mean, Address x, Address logvar, Address grad_nll, Address grad_mean, Address grad_x,
+         Address grad_logvar, int64_t batch, int64_t features, const Layout& logvar_layout, const Sizes& sizes,
+         float logvar_value, int dtype, int x_dtype, int logvar_dtype, bool grad_per_element, Address stream) {
+        fastvae::cuda::gaussian_nll_backward(
+            gaussian_nll_backward_args(mean, x, logvar, grad_nll, grad_mean, grad_x, grad_logvar, batch, features,
+                                       logvar_layout, sizes, logvar_value, dtype, x_dtype, logvar_dtype,
+                                       grad_per_element),
+            reinterpret_cast<cudaStream_t>(stream));
+      },
+      py::call_guard<py::gil_scoped_release>());
+  // Discrete family.
+  module.def(
+      "categorical_fwd",
+      [](Address logits, Address prior_logits, Address seed_offset, Address z, Address kl, int64_t rows,
+         int64_t categories, const Layout& prior_layout, float tau, float log_uniform, int dtype, int prior_dtype,
+         bool hard, Address stream) {
+        fastvae::cuda::categorical_forward(categorical_forward_args(logits, prior_logits, seed_offset, z, kl, rows,
+                                                                    categories, prior_layout, tau, log_uniform, dtype,
+                                                                    prior_dtype, hard),
+                                           reinterpret_cast<cudaStream_t>(stream));
+      },
+      py::call_guard<py::gil_scoped_release>());
+  module.def(
+      "categorical_bwd",
+      [](Address logits, Address prior_logits, Address seed_offset, Address grad_z, Address grad_kl,
+         Address grad_logits, Address grad_prior, int64_t rows, int64_t categories, const Layout& prior_layout,
+         float tau, float log_uniform, int dtype, int prior_dtype, int grad_prior_dtype, Address stream) {
+        fastvae::cuda::categorical_backward(
+            categorical_backward_args(logits, prior_logits, seed_offset, grad_z, grad_kl, grad_logits, grad_prior,
+                                      rows, categories, prior_layout, tau, log_uniform, dtype, prior_dtype,
+                                      grad_prior_dtype),
+            reinterpret_cast<cudaStream_t>(stream));
+      },
+      py::call_guard<py::gil_scoped_release>());
+  // Discretized logistic family.  Columns (pixels) per partial row sum of the nll (one block's).
+  module.attr("LOGISTIC_ROW_PARTIAL_WIDTH") = fastvae::cuda::kLogisticChunk;
+  module.attr("LOGISTIC_MIXTURE_ROW_PARTIAL_WIDTH") = fastvae::cuda::kMixtureChunk;
+  module.attr("LOGISTIC_MIXTURE_MAX_COMPONENTS") = fastvae::kMaxMixtureComponents;
+  module.def(
+      "discretized_logistic_fwd",
+      [](Address mean, Address log_scale, Address x, Address nll, int64_t batch, int64_t features,
+         int64_t row_partials, const PixelStrideArgs& row_strides, int top_level, float level_scale, float half,
+         int dtype, int x_dtype, bool per_element, Address stream) {
+        fastvae::cuda::discretized_logistic_forward(
+            discretized_logistic_forward_args(mean, log_scale, x, nll, batch, features, row_partials, row_strides,
+                                              top_level, level_scale, half, dtype, x_dtype, per_element),
+            reinterpret_cast<cudaStream_t>(stream));
+      },
+      py::call_guard<py::gil_scoped_release>());
+  module.def(
+      "discretized_logistic_bwd",
+      [](Address mean, Address log_scale, Address x, Address grad_nll, Address grad_mean, Address grad_log_scale,
+         int64_t batch, int64_t features, const PixelStrideArgs& row_strides, int top_level, float level_scale,
+         float half, int dtype, int x_dtype, bool grad_per_element, Address stream) {
+        fastvae::cuda::discretized_logistic_backward(
+            discretized_logistic_backward_args(mean, log_scale, x, grad_nll, grad_mean, grad_log_scale, batch,
+                                               features, row_strides, top_level, level_scale, half, dtype, x_dtype,
+                                               grad_per_element),
+            reinterpret_cast<cudaStream_t>(stream));
+      },
+      py::call_guard<py::gil_scoped_release>());
+  module.def(
+      "logistic_mixture_fwd",
+      [](Address params, Address x, Address nll, int64_t batch, int64_t pixels, int64_t components,
+         int64_t pixel_partials, const PixelStrideArgs& params_strides, const PixelStrideArgs& x_strides,
+         int top_level, float level_scale, float half, int channels, int dtype, int x_dtype, bool per_pixel, Address stream) {
+        fastvae::cuda::logistic_mixture_forward(
+            logistic_mixture_forward_args(params, x, nll, batch, pixels, components, pixel_partials, params_strides,
+                                          x_strides, top_level, level_scale, half, channels, dtype, x_dtype,
+                                          per_pixel),
+            reinterpret_cast<cudaStream_t>(stream));
+      },
+      py::call_guard<py::gil_scoped_release>());
+  module.def(
+      "logistic_mixture_bwd",
+      [](Address params, Address x, Address grad_nll, Address grad_params, int64_t batch, int64_t pixels,
+         int64_t components, const PixelStrideArgs& params_strides, const PixelStrideArgs& x_strides,
+         const PixelStrideArgs& grad_strides, int top_level, float level_scale, float half, int channels, int dtype,
+         int x_dtype, bool grad_per_pixel, Address stream) {
+        fastvae::cuda::logistic_mixture_backward(
+            logistic_mixture_backward_args(params, x, grad_nll, grad_params, batch, pixels, components,
+                                           params_strides, x_strides, grad_strides, top_level, level_scale, half,
+                                           channels, dtype, x_dtype, grad_per_pixel),
+            reinterpret_cast<cudaStream_t>(stream));
+      },
+      py::call_guard<py::gil_scoped_release>());
 }

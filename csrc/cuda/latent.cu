@@ -122,7 +122,7 @@ void gaussian_latent_forward(const LatentForwardArgs& args, cudaStream_t stream)
   if (blocks == 0) return;
   FASTVAE_DISPATCH(args.dtype, "gaussian_latent_fwd", T, [&] {
     FASTVAE_DISPATCH(args.prior_dtype, "gaussian_latent_fwd", P, [&] {
-      latent_forward_kernel<T, P><<<blocks, kWarpsPerBlock * kWarpSize, 0, stream>>>(args, chunks_per_row);
+      latent_forward_kernel<T, P><<<grid_size(blocks, "gaussian_latent_fwd"), kWarpsPerBlock * kWarpSize, 0, stream>>>(args, chunks_per_row);
     });
   });
   check_launch("gaussian_latent_fwd");
@@ -134,7 +134,7 @@ void gaussian_latent_backward(const LatentBackwardArgs& args, cudaStream_t strea
   if (blocks == 0) return;
   FASTVAE_DISPATCH(args.dtype, "gaussian_latent_bwd", T, [&] {
     FASTVAE_DISPATCH(args.prior_dtype, "gaussian_latent_bwd", P, [&] {
-      latent_backward_kernel<T, P><<<blocks, kWarpsPerBlock * kWarpSize, 0, stream>>>(args, chunks_per_row);
+      latent_backward_kernel<T, P><<<grid_size(blocks, "gaussian_latent_bwd"), kWarpsPerBlock * kWarpSize, 0, stream>>>(args, chunks_per_row);
     });
   });
   check_launch("gaussian_latent_bwd");

@@ -3,7 +3,11 @@
 
 #include <cuda_runtime.h>
 
+#include "fastvae/discrete_args.h"
+#include "fastvae/iwae_args.h"
 #include "fastvae/latent_args.h"
+#include "fastvae/likelihood_args.h"
+#include "fastvae/logistic_args.h"
 
 namespace fastvae {
 namespace cuda {
@@ -14,6 +18,40 @@ constexpr int kLatentChunk = 128;
 
 void gaussian_latent_forward(const LatentForwardArgs& args, cudaStream_t stream);
 void gaussian_latent_backward(const LatentBackwardArgs& args, cudaStream_t stream);
+
+// Columns each warp covers in the sample_gaussian_k forward; log q and log p of a sample
+// row come back as one partial sum per such chunk, added in a fixed order in Python.
+constexpr int kSampleKChunk = 128;
+
+void sample_gaussian_k_forward(const SampleKForwardArgs& args, cudaStream_t stream);
+void sample_gaussian_k_backward(const SampleKBackwardArgs& args, cudaStream_t stream);
+// log_mean_exp and iwae_bound (the log-mean-exp of the IWAE log weights).
+void log_mean_exp_forward(const LogMeanExpForwardArgs& args, cudaStream_t stream);
+void log_mean_exp_backward(const LogMeanExpBackwardArgs& args, cudaStream_t stream);
+
+// sample_categorical: Gumbel-softmax sample and categorical KL.
+void categorical_forward(const CategoricalForwardArgs& args, cudaStream_t stream);
+void categorical_backward(const CategoricalBackwardArgs& args, cudaStream_t stream);
+
+// Discretized logistic and its mixture: columns (pixels) each block covers; a row's nll
+// comes back as one partial sum per such chunk, added in a fixed order in Python.
+constexpr int kLogisticChunk = 1024;
+constexpr int kMixtureChunk = 128;
+
+void discretized_logistic_forward(const LogisticForwardArgs& args, cudaStream_t stream);
+void discretized_logistic_backward(const LogisticBackwardArgs& args, cudaStream_t stream);
+void logistic_mixture_forward(const LogisticMixtureForwardArgs& args, cudaStream_t stream);
+void logistic_mixture_backward(const LogisticMixtureBackwardArgs& args, cudaStream_t stream);
+
+// Reconstruction likelihoods: Bernoulli and continuous Bernoulli, Gaussian.  Columns each
+// warp covers; a row's nll comes back as one partial sum per such chunk, added in a fixed
+// order in Python.
+constexpr int kLikelihoodChunk = 128;
+
+void bernoulli_nll_forward(const BernoulliForwardArgs& args, cudaStream_t stream);
+void bernoulli_nll_backward(const BernoulliBackwardArgs& args, cudaStream_t stream);
+void gaussian_nll_forward(const GaussianNLLForwardArgs& args, cudaStream_t stream);
+void gaussian_nll_backward(const GaussianNLLBackwardArgs& args, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace fastvae

@@ -15,7 +15,7 @@
 
 namespace fastvae {
 
-// Codes of the dtypes the bindings accept; fastvae/native/_launch.py uses the same.
+// Codes of the dtypes the bindings accept; fastvae/native/__init__.py (DTYPE_CODES) uses the same.
 enum DType : int { kFloat32 = 0, kBFloat16 = 1, kFloat16 = 2 };
 
 struct bfloat16 { uint16_t bits; };

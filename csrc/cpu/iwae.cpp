@@ -1,0 +1,229 @@
+// IWAE family on the CPU: the per-element math of fastvae/iwae.h in loops, parallel with
+// OpenMP.  Every sum runs in one fixed order (a row's log densities in column order, a
+// gradient over samples in k order, a logsumexp in k order), so results do not depend on
+// the number of threads.
+#include <algorithm>
+
+#include "fastvae/dispatch.h"
+#include "fastvae/iwae.h"
+#include "fastvae/iwae_args.h"
+#include "fastvae/philox.h"
+
+namespace fastvae {
+namespace cpu {
+
+namespace {
+
+// Columns one task keeps in flight: the backward of sample_gaussian_k and the forward of
+// log_mean_exp walk k in the outer loop and these columns in the inner one, so the inner
+// loop reads contiguous memory while each column's sum still runs in k order.  Also about
+// the elements per task of the elementwise log_mean_exp backward.
+constexpr int64_t kColumnBlock = 256;
+// Below this many elements per row, log_mean_exp's forward reads each column alone.
+constexpr int64_t kNarrowInner = 16;
+
+template <typename P>
+float prior_value(const P* prior, const BroadcastLayout& layout, const InnerSizes& sizes, int64_t row, int64_t col) {
+  return prior ? to_float(prior[broadcast_offset(layout, sizes, row, col)]) : 0.0f;
+}
+
+template <typename T, typename P>
+void sample_k_forward(const SampleKForwardArgs& args) {
+  const T* mu = static_cast<const T*>(args.mu);
+  const T* logvar = static_cast<const T*>(args.logvar);
+  const P* prior_mu = static_cast<const P*>(args.prior_mu);
+  const P* prior_logvar = static_cast<const P*>(args.prior_logvar);
+  T* z = static_cast<T*>(args.z);
+  const uint64_t seed = static_cast<uint64_t>(args.seed_offset[0]);
+  const uint64_t base = static_cast<uint64_t>(args.seed_offset[1]);
+  const int64_t features = args.features;
+  const int64_t sample_rows = args.num_samples * args.batch;
+  // One task per sample row k·B + b; its sums run in column order (row_partials is 1).
+#pragma omp parallel for schedule(static)
+  for (int64_t sample_row = 0; sample_row < sample_rows; ++sample_row) {
+    const int64_t row = sample_row % args.batch;
+    float row_log_q = 0.0f, row_log_p = 0.0f;
+    for (int64_t col = 0; col < features; ++col) {
+      const int64_t latent_index = row * features + col;
+      const int64_t sample_index = sample_row * features + col;
+      const float eps = philox_normal(seed, base + static_cast<uint64_t>(sample_index));
+      const SampleLogDensities sample = sample_with_log_densities(
+          to_float(mu[latent_index]), to_float(logvar[latent_index]),
+          prior_value(prior_mu, args.prior_mu_layout, args.sizes, row, col),
+          prior_value(prior_logvar, args.prior_logvar_layout, args.sizes, row, col), eps);
+      z[sample_index] = from_float<T>(sample.z);
+      row_log_q += sample.log_q;
+      row_log_p += sample.log_p;
+    }
+    args.log_q[sample_row * args.row_partials] = row_log_q;
+    args.log_p[sample_row * args.row_partials] = row_log_p;
+  }
+}
+
+template <typename T, typename P>
+void sample_k_backward(const SampleKBackwardArgs& args) {
+  const T* mu = static_cast<const T*>(args.mu);
+  const T* logvar = static_cast<const T*>(args.logvar);
+  const P* prior_mu = static_cast<const P*>(args.prior_mu);
+  const P* prior_logvar = static_cast<const P*>(args.prior_logvar);
+  const T* grad_z = static_cast<const T*>(args.grad_z);
+  T* grad_mu = static_cast<T*>(args.grad_mu);
+  T* grad_logvar = static_cast<T*>(args.grad_logvar);
+  const bool needs_noise = grad_z || args.grad_log_p;
+  const uint64_t seed = needs_noise ? static_cast<uint64_t>(args.seed_offset[0]) : 0;
+  const uint64_t base = needs_noise ? static_cast<uint64_t>(args.seed_offset[1]) : 0;
+  const int64_t features = args.features, batch = args.batch;
+  const int64_t blocks_per_row = (features + kColumnBlock - 1) / kColumnBlock;
+#pragma omp parallel for schedule(static)
+  for (int64_t task = 0; task < batch * blocks_per_row; ++task) {
+    const int64_t row = task / blocks_per_row;
+    const int64_t first_col = (task % blocks_per_row) * kColumnBlock;
+    const int64_t width = std::min(kColumnBlock, features - first_col);
+    float mu_value[kColumnBlock], sigma[kColumnBlock], prior_mu_value[kColumnBlock], prior_precision[kColumnBlock];
+    SampleGradSums sums[kColumnBlock];
+    for (int64_t c = 0; c < width; ++c) {
+      const int64_t col = first_col + c;
+      const int64_t index = row * features + col;
+      mu_value[c] = to_float(mu[index]);
+      sigma[c] = expf(0.5f * to_float(logvar[index]));
+      prior_mu_value[c] = prior_value(prior_mu, args.prior_mu_layout, args.sizes, row, col);
+      prior_precision[c] = expf(-prior_value(prior_logvar, args.prior_logvar_layout, args.sizes, row, col));
+      sums[c] = SampleGradSums{0.0f, 0.0f, 0.0f, 0.0f};
+    }
+    float grad_log_q_sum = 0.0f;
+    for (int64_t k = 0; k < args.num_samples; ++k) {
+      const int64_t sample_row = k * batch + row;
+      if (args.grad_log_q) grad_log_q_sum += args.grad_log_q[sample_row];
+      if (!needs_noise) continue;
+      const float grad_log_p = args.grad_log_p ? args.grad_log_p[sample_row] : 0.0f;
+      for (int64_t c = 0; c < width; ++c) {
+        const int64_t sample_index = sample_row * features + first_col + c;
+        const float eps = philox_normal(seed, base + static_cast<uint64_t>(sample_index));
+        const float upstream = grad_z ? to_float(grad_z[sample_index]) : 0.0f;
+        add_sample_grads(sums[c], mu_value[c], sigma[c], eps, prior_mu_value[c], prior_precision[c], upstream,
+                         args.grad_log_p != nullptr, grad_log_p);
+      }
+    }
+    for (int64_t c = 0; c < width; ++c) {
+      const int64_t index = row * features + first_col + c;
+      grad_mu[index] = from_float<T>(sums[c].mu);
+      grad_logvar[index] = from_float<T>(sums[c].logvar - 0.5f * grad_log_q_sum);
+      if (args.grad_prior_mu) args.grad_prior_mu[index] = sums[c].prior_mu;
+      if (args.grad_prior_logvar) args.grad_prior_logvar[index] = sums[c].prior_logvar;
+    }
+  }
+}
+
+// Stores column m's result and the two parts the backward reads.
+inline void store_log_mean_exp(const LogMeanExpForwardArgs& args, int64_t column, const OnlineLogSumExp& state) {
+  const float log_total = logf(state.total);
+  args.out[column] = (log_total + state.shift) - args.log_num_samples;
+  args.lse_parts[column] = state.shift;
+  args.lse_parts[args.columns + column] = log_total;
+}
+
+template <typename T>
+void log_mean_exp_forward_loop(const LogMeanExpForwardArgs& args) {
+  const T* x = static_cast<const T*>(args.x);
+  const T* log_p = static_cast<const T*>(args.log_p);
+  const T* log_q = static_cast<const T*>(args.log_q);
+  const int64_t inner = args.inner, num_samples = args.num_samples, columns = args.columns;
+  if (columns == 0) return;
+  if (inner < kNarrowInner) {
+    // Narrow rows (inner 1 reduces the last dimension): a column's terms lie (nearly)
+    // together, so each column runs alone with its state in registers.
+#pragma omp parallel for schedule(static)
+    for (int64_t column = 0; column < columns; ++column) {
+      const int64_t start = (column / inner) * num_samples * inner + column % inner;
+      OnlineLogSumExp state = online_logsumexp_start();
+      for (int64_t k = 0; k < num_samples; ++k) online_logsumexp_add(state, load_log_weight(x, log_p, log_q, start + k * inner));
+      store_log_mean_exp(args, column, state);
+    }
+    return;
+  }
+  const int64_t outer = columns / inner;
+  const int64_t blocks_per_outer = (inner + kColumnBlock - 1) / kColumnBlock;
+  // One task per (outer index, block of columns), reading a contiguous row of the block at
+  // each k; each column still adds its terms in k order.
+#pragma omp parallel for schedule(static)
+  for (int64_t task = 0; task < outer * blocks_per_outer; ++task) {
+    const int64_t outer_index = task / blocks_per_outer;
+    const int64_t first_j = (task % blocks_per_outer) * kColumnBlock;
+    const int64_t width = std::min(kColumnBlock, inner - first_j);
+    OnlineLogSumExp state[kColumnBlock];
+    for (int64_t c = 0; c < width; ++c) state[c] = online_logsumexp_start();
+    for (int64_t k = 0; k < num_samples; ++k) {
+      const int64_t row_start = (outer_index * num_samples + k) * inner + first_j;
+      for (int64_t c = 0; c < width; ++c) online_logsumexp_add(state[c], load_log_weight(x, log_p, log_q, row_start + c));
+    }
+    for (int64_t c = 0; c < width; ++c) store_log_mean_exp(args, outer_index * inner + first_j + c, state[c]);
+  }
+}
+
+template <typename T>
+void log_mean_exp_backward_loop(const LogMeanExpBackwardArgs& args) {
+  const T* x = static_cast<const T*>(args.x);
+  const T* log_p = static_cast<const T*>(args.log_p);
+  const T* log_q = static_cast<const T*>(args.log_q);
+  const float* shifts = args.lse_parts;                   // [M]
+  const float* log_totals = args.lse_parts + args.columns;  // [M]
+  const float* grad_out = args.grad_out;
+  T* grad_x = static_cast<T*>(args.grad_x);
+  T* grad_log_p = static_cast<T*>(args.grad_log_p);
+  T* grad_log_q = static_cast<T*>(args.grad_log_q);
+  const int64_t inner = args.inner, num_samples = args.num_samples, columns = args.columns;
+  if (columns == 0) return;
+  const int64_t rows = (columns / inner) * num_samples;  // the [outer·K] rows of inner elements
+  // Elementwise.  A task takes a run of rows of about kColumnBlock elements and steps its
+  // (outer index, k) along, so there is no division per element when rows are narrow.
+  const int64_t rows_per_task = std::max<int64_t>(1, kColumnBlock / inner);
+  const int64_t tasks = (rows + rows_per_task - 1) / rows_per_task;
+#pragma omp parallel for schedule(static)
+  for (int64_t task = 0; task < tasks; ++task) {
+    const int64_t first_row = task * rows_per_task;
+    const int64_t last_row = std::min(rows, first_row + rows_per_task);
+    int64_t k = first_row % num_samples;
+    int64_t first_column = (first_row / num_samples) * inner;
+    for (int64_t row = first_row; row < last_row; ++row) {
+      for (int64_t j = 0; j < inner; ++j) {
+        const int64_t index = row * inner + j;
+        const int64_t column = first_column + j;
+        const float weight =
+            log_mean_exp_weight(load_log_weight(x, log_p, log_q, index), shifts[column], log_totals[column]);
+        const float grad = grad_out[column] * weight;
+        if (grad_x) grad_x[index] = from_float<T>(grad);
+        if (grad_log_p) grad_log_p[index] = from_float<T>(grad);
+        if (grad_log_q) grad_log_q[index] = from_float<T>(-grad);
+      }
+      if (++k == num_samples) {
+        k = 0;
+        first_column += inner;
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void sample_gaussian_k_forward(const SampleKForwardArgs& args) {
+  FASTVAE_DISPATCH(args.dtype, "sample_gaussian_k_fwd", T, [&] {
+    FASTVAE_DISPATCH(args.prior_dtype, "sample_gaussian_k_fwd", P, [&] { sample_k_forward<T, P>(args); });
+  });
+}
+
+void sample_gaussian_k_backward(const SampleKBackwardArgs& args) {
+  FASTVAE_DISPATCH(args.dtype, "sample_gaussian_k_bwd", T, [&] {
+    FASTVAE_DISPATCH(args.prior_dtype, "sample_gaussian_k_bwd", P, [&] { sample_k_backward<T, P>(args); });
+  });
+}
+
+void log_mean_exp_forward(const LogMeanExpForwardArgs& args) {
+  FASTVAE_DISPATCH(args.dtype, "log_mean_exp_fwd", T, [&] { log_mean_exp_forward_loop<T>(args); });
+}
+
+void log_mean_exp_backward(const LogMeanExpBackwardArgs& args) {
+  FASTVAE_DISPATCH(args.dtype, "log_mean_exp_bwd", T, [&] { log_mean_exp_backward_loop<T>(args); });
+}
+
+}  // namespace cpu
+}  // namespace fastvae
