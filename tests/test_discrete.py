@@ -187,7 +187,7 @@ def test_fake_and_autograd_registration(kernel_backend):
 
 
 @pytest.mark.slow
-def test_torch_compile_fullgraph(kernel_backend, monkeypatch):
+def test_torch_compile_fullgraph(kernel_backend, fallback_random):
     logits = _leaf((4, 3, 5))
     prior = _leaf((5,), seed=1)
 
@@ -195,12 +195,7 @@ def test_torch_compile_fullgraph(kernel_backend, monkeypatch):
         z, kl = fastvae.sample_categorical(logits, 0.5, hard=True, prior_logits=prior)
         return (z * torch.arange(5.0, device=z.device)).sum() + kl.sum()
 
-    import torch._dynamo
-    import torch._inductor.config
-
     # The seed is drawn inside the graph: eager's generator stream needs fallback_random.
-    monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
-    torch._dynamo.reset()
     compiled = torch.compile(loss, fullgraph=True)
     results = []
     for fn in (compiled, loss):
