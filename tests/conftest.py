@@ -67,6 +67,21 @@ def _restore_backend_and_validation():
     fastvae.set_validate_args(validate)
 
 
+@pytest.fixture
+def fallback_random():
+    """Inductor draws random numbers with eager's generators (torch._inductor.config's
+    fallback_random), so a compiled graph that draws fastvae's seed matches eager, bit for
+    bit.  Set through the config's own patch(): monkeypatching a torch config module
+    deletes the option on undo under newer pytest."""
+    import torch._dynamo
+    import torch._inductor.config
+
+    torch._dynamo.reset()
+    with torch._inductor.config.patch(fallback_random=True):
+        yield
+    torch._dynamo.reset()
+
+
 def assert_close(actual, expected, dtype, scale=1.0, msg=""):
     """Compare in float64 with the tolerance of ``dtype``, atol scaled by ``scale``."""
     rtol, atol = TOLERANCES[dtype]

@@ -32,12 +32,7 @@ def loss_and_grads(model, fn, x, seed):
 
 
 @pytest.mark.parametrize("backend", ["torch"] + [b for b in fastvae.backends.available(DEVICE) if b != "torch"])
-def test_compiled_vae_equals_eager(backend, monkeypatch):
-    import torch._dynamo
-    import torch._inductor.config
-
-    monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
-    torch._dynamo.reset()
+def test_compiled_vae_equals_eager(backend, fallback_random):
     torch.manual_seed(0)
     model = TinyVAE().to(DEVICE)
     x = torch.rand(32, 12, device=DEVICE).round()

@@ -206,7 +206,7 @@ def test_fake_and_autograd_registration(kernel_backend):
 
 
 @pytest.mark.slow
-def test_torch_compile_fullgraph(kernel_backend):
+def test_torch_compile_fullgraph(kernel_backend, fallback_random):
     logits = _leaf((4, 3, 5))
     prior = _leaf((5,), seed=1)
 
@@ -214,20 +214,13 @@ def test_torch_compile_fullgraph(kernel_backend):
         z, kl = fastvae.sample_categorical(logits, 0.5, hard=True, prior_logits=prior)
         return (z * torch.arange(5.0, device=z.device)).sum() + kl.sum()
 
-    import torch._dynamo
-    import torch._inductor.config
-
-    torch._dynamo.reset()
+    # The seed is drawn inside the graph: eager's generator stream needs fallback_random.
     compiled = torch.compile(loss, fullgraph=True)
     results = []
-    # The seed is drawn inside the graph: eager's generator stream needs fallback_random.
-    # (config.patch, not monkeypatch: pytest >= 9 undoes a monkeypatched attribute of
-    # torch's config module by deleting it, which breaks every later test that reads it.)
-    with torch._inductor.config.patch(fallback_random=True):
-        for fn in (compiled, loss):
-            torch.manual_seed(3)
-            out = fn(logits, prior)
-            results.append((out,) + torch.autograd.grad(out, (logits, prior)))
+    for fn in (compiled, loss):
+        torch.manual_seed(3)
+        out = fn(logits, prior)
+        results.append((out,) + torch.autograd.grad(out, (logits, prior)))
     for actual, expected in zip(*results):
         assert_close(actual, expected, torch.float32)
 
