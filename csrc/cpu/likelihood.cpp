@@ -80,30 +80,58 @@ void run_tasks(int64_t batch, int64_t features, Body&& body) {
   for (int64_t index = 0; index < batch * chunks_per_row; ++index) body(task_at(index, features, chunks_per_row), avx2);
 }
 
-// Walks the offsets of a tensor broadcast to [B, N] along a row's columns, carrying from
-// one inner dimension to the next, instead of two int64 divisions per element.
+// Walks the offsets of a tensor broadcast to [B, N] along a row's columns, a run of the
+// innermost dimension at a time (offset, offset + stride2, ...), carrying into the outer
+// ones at the end of a run, instead of two int64 divisions per element.
 class BroadcastCursor {
  public:
   BroadcastCursor(const BroadcastLayout& layout, const InnerSizes& sizes, int64_t row, int64_t col)
       : layout_(layout), sizes_(sizes), offset_(broadcast_offset(layout, sizes, row, col)),
         i1_((col / sizes.size2) % sizes.size1), i2_(col % sizes.size2) {}
 
-  int64_t next() {
-    const int64_t offset = offset_;
-    offset_ += layout_.stride2;
-    if (++i2_ < sizes_.size2) return offset;
+  int64_t offset() const { return offset_; }
+  int64_t stride() const { return layout_.stride2; }
+  int64_t run_left() const { return sizes_.size2 - i2_; }  // columns to the end of this run
+
+  // Moves `count` <= run_left() columns on.
+  void skip(int64_t count) {
+    offset_ += count * layout_.stride2;
+    i2_ += count;
+    if (i2_ < sizes_.size2) return;
     i2_ = 0;
     offset_ += layout_.stride1 - sizes_.size2 * layout_.stride2;
-    if (++i1_ < sizes_.size1) return offset;
+    if (++i1_ < sizes_.size1) return;
     i1_ = 0;
     offset_ += layout_.stride0 - sizes_.size1 * layout_.stride1;
-    return offset;
   }
 
  private:
   BroadcastLayout layout_;
   InnerSizes sizes_;
   int64_t offset_, i1_, i2_;
+};
+
+// The sum of a task's nll in a fixed order: lane j adds the columns j, j + 8, j + 16, ...
+// of the task, and the 8 lanes are added pairwise at the end.  Bitwise repeatable (the
+// order depends only on the shape), and 8 independent chains instead of one, so the sum
+// does not bound the loop.
+class PartialSum {
+ public:
+  void add(const float* tile, int width) {
+    int i = 0;
+    for (; i + kLanes <= width; i += kLanes) {
+      for (int j = 0; j < kLanes; ++j) lanes_[j] += tile[i + j];
+    }
+    for (int j = 0; i < width; ++i, ++j) lanes_[j] += tile[i];  // the task's last, partial step
+  }
+
+  float total() const {
+    return ((lanes_[0] + lanes_[1]) + (lanes_[2] + lanes_[3])) + ((lanes_[4] + lanes_[5]) + (lanes_[6] + lanes_[7]));
+  }
+
+ private:
+  static constexpr int kLanes = 8;
+  float lanes_[kLanes] = {};
 };
 
 // Element i of a tensor in float32.  A half type is loaded as its 16-bit word: GCC does
@@ -149,7 +177,7 @@ inline void bernoulli_forward_task(const BernoulliForwardArgs& args, const Task&
   const int64_t row_start = task.row * args.features;
   const T* logits = static_cast<const T*>(args.logits) + row_start;
   const X* x = static_cast<const X*>(args.x) + row_start;
-  float partial = 0.0f;
+  PartialSum partial;
   float tile[kTile];
   for (int64_t start = task.begin; start < task.end; start += kTile) {
     const int width = tile_width(start, task.end);
@@ -158,11 +186,9 @@ inline void bernoulli_forward_task(const BernoulliForwardArgs& args, const Task&
     for (int i = 0; i < width; ++i) {
       nll[i] = bernoulli_family_nll<kContinuous, VectorMath>(load_float(logits, start + i), load_float(x, start + i));
     }
-    if (!args.per_element) {
-      for (int i = 0; i < width; ++i) partial += tile[i];
-    }
+    if (!args.per_element) partial.add(tile, width);
   }
-  if (!args.per_element) args.nll[task.row * args.row_partials + task.chunk] = partial;
+  if (!args.per_element) args.nll[task.row * args.row_partials + task.chunk] = partial.total();
 }
 
 template <typename T, typename X, bool kContinuous>
@@ -199,14 +225,27 @@ inline void bernoulli_backward_task(const BernoulliBackwardArgs& args, const Tas
 // ---------------------------------------------------------------------------------------
 
 // The logvar of a tile's columns in float32: the number, or the broadcast tensor gathered
-// in column order.
+// in column order a run of its innermost dimension at a time (a run of a per-channel logvar
+// is one value repeated).
 template <typename L>
 inline void gather_logvar(const L* logvar, float logvar_value, BroadcastCursor& cursor, int width,
                           float (&tile)[kTile]) {
-  if (logvar) {
-    for (int i = 0; i < width; ++i) tile[i] = load_float(logvar, cursor.next());
-  } else {
+  if (!logvar) {
     for (int i = 0; i < width; ++i) tile[i] = logvar_value;
+    return;
+  }
+  for (int i = 0; i < width;) {
+    const int run = static_cast<int>(cursor.run_left() < width - i ? cursor.run_left() : width - i);
+    const L* first = logvar + cursor.offset();
+    const int64_t stride = cursor.stride();
+    if (stride == 0) {
+      const float value = load_float(first, 0);
+      for (int k = 0; k < run; ++k) tile[i + k] = value;
+    } else {
+      for (int k = 0; k < run; ++k) tile[i + k] = load_float(first, k * stride);
+    }
+    cursor.skip(run);
+    i += run;
   }
 }
 
@@ -217,7 +256,7 @@ inline void gaussian_forward_task(const GaussianNLLForwardArgs& args, const Task
   const X* x = static_cast<const X*>(args.x) + row_start;
   const L* logvar = static_cast<const L*>(args.logvar);
   BroadcastCursor cursor(args.logvar_layout, args.sizes, task.row, task.begin);
-  float partial = 0.0f;
+  PartialSum partial;
   float tile[kTile], logvar_tile[kTile];
   for (int64_t start = task.begin; start < task.end; start += kTile) {
     const int width = tile_width(start, task.end);
@@ -227,11 +266,9 @@ inline void gaussian_forward_task(const GaussianNLLForwardArgs& args, const Task
     for (int i = 0; i < width; ++i) {
       nll[i] = gaussian_nll<VectorMath>(load_float(mean, start + i), load_float(x, start + i), logvar_tile[i]);
     }
-    if (!args.per_element) {
-      for (int i = 0; i < width; ++i) partial += tile[i];
-    }
+    if (!args.per_element) partial.add(tile, width);
   }
-  if (!args.per_element) args.nll[task.row * args.row_partials + task.chunk] = partial;
+  if (!args.per_element) args.nll[task.row * args.row_partials + task.chunk] = partial.total();
 }
 
 template <typename T, typename X, typename L>

@@ -55,7 +55,26 @@ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 // The single logistic
 // ---------------------------------------------------------------------------------------
 
-constexpr int kLogisticTile = 256;  // columns per SIMD loop (a stack buffer of their nll)
+constexpr int kLogisticTile = 256;  // columns per SIMD loop
+
+// A tile of columns in float32, loaded (and x snapped to the grid) before the math, so the
+// loop of the math vectorizes whatever the dtypes.
+struct LogisticTile {
+  float mean[kLogisticTile], log_scale[kLogisticTile], value[kLogisticTile];
+  int level[kLogisticTile];
+};
+
+template <typename T, typename X>
+inline void load_logistic_tile(const T* mean, const T* log_scale, const X* x, const LogisticGrid& grid, int width,
+                               LogisticTile& tile) {
+  for (int i = 0; i < width; ++i) tile.mean[i] = to_float(mean[i]);
+  for (int i = 0; i < width; ++i) tile.log_scale[i] = to_float(log_scale[i]);
+  for (int i = 0; i < width; ++i) {
+    const GridPoint point = grid_point(x[i], grid);
+    tile.level[i] = point.level;
+    tile.value[i] = point.value;
+  }
+}
 
 // Columns [begin, begin + count) of one row: the nll per element, or their sum in column
 // order.
@@ -66,14 +85,16 @@ inline float logistic_forward_task(const LogisticForwardArgs& args, int64_t row,
   const X* x = static_cast<const X*>(args.x) + row * args.x_stride_b + begin;
   const LogisticGrid grid = args.grid;
   float partial = 0.0f;
-  float tile[kLogisticTile];
+  LogisticTile tile;
+  float tile_nll[kLogisticTile];
   for (int64_t start = 0; start < count; start += kLogisticTile) {
     const int width = static_cast<int>(count - start < kLogisticTile ? count - start : kLogisticTile);
-    float* nll = args.per_element ? args.nll + row * args.features + begin + start : tile;
+    load_logistic_tile(mean + start, log_scale + start, x + start, grid, width, tile);
+    float* nll = args.per_element ? args.nll + row * args.features + begin + start : tile_nll;
 #pragma omp simd
     for (int i = 0; i < width; ++i) {
-      nll[i] = -discretized_logistic_log_prob<VectorMath>(to_float(mean[start + i]), to_float(log_scale[start + i]),
-                                                          grid_point(x[start + i], grid), grid);
+      nll[i] = -discretized_logistic_log_prob<VectorMath>(tile.mean[i], tile.log_scale[i],
+                                                          GridPoint{tile.level[i], tile.value[i]}, grid);
     }
     if (!args.per_element) {
       for (int i = 0; i < width; ++i) partial += nll[i];
@@ -89,17 +110,25 @@ inline void logistic_backward_task(const LogisticBackwardArgs& args, int64_t row
   const X* x = static_cast<const X*>(args.x) + row * args.x_stride_b + begin;
   T* grad_mean = static_cast<T*>(args.grad_mean) + row * args.features + begin;
   T* grad_log_scale = static_cast<T*>(args.grad_log_scale) + row * args.features + begin;
-  const float* grad_nll = args.grad_per_element ? args.grad_nll + row * args.features + begin : nullptr;
-  const float row_grad_nll = args.grad_per_element ? 0.0f : args.grad_nll[row];
   const LogisticGrid grid = args.grid;
+  LogisticTile tile;
+  float upstream[kLogisticTile], tile_grad_mean[kLogisticTile], tile_grad_log_scale[kLogisticTile];
+  for (int64_t start = 0; start < count; start += kLogisticTile) {
+    const int width = static_cast<int>(count - start < kLogisticTile ? count - start : kLogisticTile);
+    load_logistic_tile(mean + start, log_scale + start, x + start, grid, width, tile);
+    for (int i = 0; i < width; ++i) {
+      upstream[i] = args.grad_per_element ? args.grad_nll[row * args.features + begin + start + i] : args.grad_nll[row];
+    }
 #pragma omp simd
-  for (int64_t i = 0; i < count; ++i) {
-    const LogisticLogProbGrads grads = discretized_logistic_log_prob_grads<VectorMath>(
-        to_float(mean[i]), to_float(log_scale[i]), grid_point(x[i], grid), grid);
-    // nll = −log P.
-    const float upstream = grad_nll ? grad_nll[i] : row_grad_nll;
-    grad_mean[i] = from_float<T>(-upstream * grads.mean);
-    grad_log_scale[i] = from_float<T>(-upstream * grads.log_scale);
+    for (int i = 0; i < width; ++i) {
+      const LogisticLogProbGrads grads = discretized_logistic_log_prob_grads<VectorMath>(
+          tile.mean[i], tile.log_scale[i], GridPoint{tile.level[i], tile.value[i]}, grid);
+      // nll = −log P.
+      tile_grad_mean[i] = -upstream[i] * grads.mean;
+      tile_grad_log_scale[i] = -upstream[i] * grads.log_scale;
+    }
+    for (int i = 0; i < width; ++i) grad_mean[start + i] = from_float<T>(tile_grad_mean[i]);
+    for (int i = 0; i < width; ++i) grad_log_scale[start + i] = from_float<T>(tile_grad_log_scale[i]);
   }
 }
 
@@ -233,6 +262,7 @@ template <int C>
 inline MixtureComponent<C> component_at(const float (&slots)[ComponentSlots<C>::kCount][kBlock], int p) {
   MixtureComponent<C> component;
   component.logit = slots[0][p];
+#pragma GCC unroll 4
   for (int c = 0; c < C; ++c) {
     const int first = 1 + c * ComponentSlots<C>::kPerChannel;
     component.mean[c] = slots[first][p];
@@ -248,6 +278,7 @@ inline MixtureComponent<C> component_at(const float (&slots)[ComponentSlots<C>::
 
 template <int C>
 inline void grid_points_at(const BlockData<C>& data, int p, GridPoint (&points)[C]) {
+#pragma GCC unroll 4
   for (int c = 0; c < C; ++c) points[c] = GridPoint{data.level[c][p], data.value[c][p]};
 }
 
@@ -356,6 +387,7 @@ inline void mixture_backward_task(const LogisticMixtureBackwardArgs& args, float
       const int64_t at = k * kBlock + p;
       logits[at] = component.logit;
       joint[at] = component.logit + grads.log_prob;
+#pragma GCC unroll 4
       for (int c = 0; c < C; ++c) {
         d_mean[c * plane + at] = grads.mean[c];
         d_log_scale[c * plane + at] = grads.log_scale[c];
@@ -381,6 +413,7 @@ inline void mixture_backward_task(const LogisticMixtureBackwardArgs& args, float
       const float responsibility = VectorMath::exp(joint[at] - log_evidence[p]);
       const float weight = -upstream[p] * responsibility;
       out[0][p] = upstream[p] * (pi - responsibility);
+#pragma GCC unroll 4
       for (int c = 0; c < C; ++c) {
         const int first = 1 + c * Slots::kPerChannel;
         out[first][p] = weight * d_mean[c * plane + at];
