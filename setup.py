@@ -3,6 +3,7 @@
 * ``kernels/`` lives at the top of the repository (next to ``csrc/``) and is installed as
   the subpackage ``fastvae.kernels`` through ``package_dir``; an editable install
   (``pip install -e .``) maps it the same way.
+* The C++ backends are built only with ``FASTVAE_BUILD_CPP=1`` while they are brought up.
 * ``fastvae._C``: the CPU backend (csrc/cpu, OpenMP), built whenever a C++ compiler and
   pybind11 are there.
 * ``fastvae._C_cuda``: the CUDA backend (csrc/cuda), built when nvcc is found.
@@ -79,6 +80,10 @@ class BuildExtensions(build_ext):
 
 
 def extensions():
+    if os.environ.get("FASTVAE_BUILD_CPP", "0") != "1":
+        # The C++ backends are being brought up (issue 4): off until every family passes
+        # its suite on the cpu backend in CI.  FASTVAE_BUILD_CPP=1 builds them.
+        return []
     # Every header and source: a change to any rebuilds both modules (setuptools would
     # otherwise call a module up to date when only a shared header changed).
     depends = sorted(glob.glob("csrc/**/*", recursive=True))
