@@ -614,12 +614,15 @@ def bench_provider(
     device: torch.device,
     args,
     label: str,
+    check_build: Optional[Callable[[], Forward]] = None,
 ) -> list[dict]:
     """Every mode of one provider on one case: ``records`` (one per mode, in the order of
     ``modes``) filled in and returned.  ``build()`` makes the provider's forward (with
     the provider's backend current); a failure there or in the first call (which is when
     torch.compile compiles) sets every record's ``error``, a :class:`ProviderSkipped`
-    its ``skipped``, and the run goes on."""
+    its ``skipped``, and the run goes on.  ``check_build()``, when given, makes the
+    forward whose outputs are checked against ``expected`` in place of the timed one (a
+    baseline timed with torch's own noise is checked with fastvae's)."""
     records = [dict(record, copy_gbps=copy_gbps) for record in records]
     dtype = records[0]["dtype"] if records else "float32"
     if provider == "compile":
@@ -628,7 +631,9 @@ def bench_provider(
         with backend_scope(provider):
             try:
                 forward = build()
-                actual = forward_and_gradients(forward, sets[0])
+                checked = forward if check_build is None else check_build()
+                actual = forward_and_gradients(checked, sets[0])
+                del checked
                 rel_err = max((relative_error(a, e) for a, e in zip(actual, expected)), default=0.0)
                 del actual
             except ProviderSkipped as reason:
@@ -663,21 +668,25 @@ def bench_case(
     copy_gbps: float,
     device: torch.device,
     args,
+    build_check: Optional[Callable[[str], Forward]] = None,
 ) -> list[dict]:
     """All providers and modes of one case (op, size, dtype), on shared inputs.
 
     ``make_records(provider)`` gives the provider's unmeasured records, one per mode;
     ``build(provider)`` its forward; ``make_input_set()`` one independent input set, made
     as many times as :func:`rotation_sets` asks for ``footprint_bytes`` (the bytes one
-    call touches).  Every provider is checked against eager's outputs and gradients.
+    call touches).  Every provider is checked against eager's outputs and gradients:
+    ``build_check(provider)``'s forward where given, else ``build(provider)``'s.
     """
     calls_per_case = max(1, args.warmup) + 1 + args.reps
     sets = [make_input_set() for _ in range(rotation_sets(footprint_bytes, device, max_calls=calls_per_case))]
-    expected = forward_and_gradients(build("eager"), sets[0])
+    check = build if build_check is None else build_check
+    expected = forward_and_gradients(check("eager"), sets[0])
     records = []
     for provider in providers:
         records += bench_provider(make_records(provider), modes, provider, lambda p=provider: build(p), sets,
-                                  expected, copy_gbps, device, args, f"{label} {provider}")
+                                  expected, copy_gbps, device, args, f"{label} {provider}",
+                                  check_build=None if build_check is None else (lambda p=provider: build_check(p)))
     del sets, expected
     if device.type == "cuda":
         torch.cuda.empty_cache()

@@ -2,7 +2,6 @@
 with nvcc for sm_90, and the C++ noise stream equals the reference's and Triton's."""
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,10 +13,20 @@ from tests.test_random import GOLDEN
 
 ROOT = Path(__file__).resolve().parent.parent
 CUDA_SOURCES = sorted((ROOT / "csrc" / "cuda").glob("*.cu"))
+# What each CUDA source contributes to fastvae._C_cuda.
+CUDA_ENTRY_POINTS = {
+    "discrete": ["categorical_fwd", "categorical_bwd"],
+    "iwae": ["sample_gaussian_k_fwd", "sample_gaussian_k_bwd", "log_mean_exp_fwd", "log_mean_exp_bwd"],
+    "latent": ["gaussian_latent_fwd", "gaussian_latent_bwd"],
+    "likelihood": ["bernoulli_nll_fwd", "bernoulli_nll_bwd", "gaussian_nll_fwd", "gaussian_nll_bwd"],
+    "logistic": ["discretized_logistic_fwd", "discretized_logistic_bwd", "logistic_mixture_fwd",
+                 "logistic_mixture_bwd"],
+}
 
-# The C++ backends are built and checked only with FASTVAE_BUILD_CPP=1 while they are
-# brought up (setup.py); then this module compiles every CUDA kernel and tests the build.
-pytestmark = pytest.mark.skipif(os.environ.get("FASTVAE_BUILD_CPP") != "1", reason="C++ backends off (FASTVAE_BUILD_CPP=1)")
+
+def find_nvcc():
+    cuda_nvcc = os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "nvcc")
+    return cuda_nvcc if os.path.exists(cuda_nvcc) else shutil.which("nvcc")
 
 
 def cpu_extension():
@@ -31,19 +40,24 @@ def test_cpu_extension_was_built():
     assert "cpu" in fastvae.backends.available("cpu")
 
 
-@pytest.mark.parametrize("source", CUDA_SOURCES, ids=lambda p: p.name)
-def test_cuda_kernels_compile_for_sm90(source, tmp_path):
-    nvcc = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if os.path.exists("/usr/local/cuda/bin/nvcc") else None)
-    if nvcc is None:
+@pytest.mark.skipif(os.environ.get("FASTVAE_REQUIRE_CPP") != "1", reason="set FASTVAE_REQUIRE_CPP=1 (CI does)")
+def test_cuda_extension_was_built_where_nvcc_is():
+    """Under FASTVAE_REQUIRE_CPP=1 the install compiles every .cu file with nvcc (sm_90 in
+    CI) and -Werror all-warnings, and a compile error fails the install: so where nvcc is
+    found, the module must be there, holding every kernel of csrc/cuda."""
+    if find_nvcc() is None:
         pytest.skip("nvcc not found")
-    command = [nvcc, "-c", str(source), "-o", str(tmp_path / "kernel.o"), "-std=c++17", "-O3",
-               "-arch=sm_90", "-Werror", "all-warnings", "-I", str(ROOT / "csrc" / "include")]
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert completed.returncode == 0, completed.stderr
+    assert list((ROOT / "fastvae").glob("_C_cuda*.so")), "fastvae._C_cuda was not built"
+    import fastvae._C_cuda as extension
+
+    for source in CUDA_SOURCES:
+        entry_points = CUDA_ENTRY_POINTS[source.stem]
+        assert all(hasattr(extension, name) for name in entry_points), (source.name, entry_points)
 
 
-def test_at_least_one_cuda_source():
+def test_every_cuda_source_is_listed():
     assert CUDA_SOURCES, "csrc/cuda holds no kernels"
+    assert sorted(source.stem for source in CUDA_SOURCES) == sorted(CUDA_ENTRY_POINTS)
 
 
 @pytest.mark.parametrize("seed, base", list(GOLDEN), ids=str)

@@ -6,6 +6,7 @@
 #include "fastvae/bindings.h"
 #include "fastvae/philox.h"
 #include "ops.h"
+#include "vector_math.h"
 
 namespace py = pybind11;
 using namespace fastvae::bindings;
@@ -187,13 +188,16 @@ PYBIND11_MODULE(_C, module) {
                                            channels, dtype, x_dtype, grad_per_pixel));
       },
       py::call_guard<py::gil_scoped_release>());
-  // The noise stream itself, for tests that hold every backend to the same numbers.
+  // The noise stream itself, for tests that hold every backend to the same numbers: the
+  // normals with the CPU loops' elementary functions, as the latent family draws them.
   module.def(
       "philox_normal",
       [](int64_t seed, int64_t base, int64_t count, Address out) {
         float* values = pointer<float>(out);
-        for (int64_t i = 0; i < count; ++i)
-          values[i] = fastvae::philox_normal(static_cast<uint64_t>(seed), static_cast<uint64_t>(base + i));
+        for (int64_t i = 0; i < count; ++i) {
+          values[i] = fastvae::philox_normal<fastvae::cpu::VectorMath>(static_cast<uint64_t>(seed),
+                                                                      static_cast<uint64_t>(base + i));
+        }
       },
       py::call_guard<py::gil_scoped_release>());
   module.def(

@@ -8,6 +8,7 @@
 #include "fastvae/iwae.h"
 #include "fastvae/iwae_args.h"
 #include "fastvae/philox.h"
+#include "vector_math.h"
 
 namespace fastvae {
 namespace cpu {
@@ -46,8 +47,8 @@ void sample_k_forward(const SampleKForwardArgs& args) {
     for (int64_t col = 0; col < features; ++col) {
       const int64_t latent_index = row * features + col;
       const int64_t sample_index = sample_row * features + col;
-      const float eps = philox_normal(seed, base + static_cast<uint64_t>(sample_index));
-      const SampleLogDensities sample = sample_with_log_densities(
+      const float eps = philox_normal<VectorMath>(seed, base + static_cast<uint64_t>(sample_index));
+      const SampleLogDensities sample = sample_with_log_densities<VectorMath>(
           to_float(mu[latent_index]), to_float(logvar[latent_index]),
           prior_value(prior_mu, args.prior_mu_layout, args.sizes, row, col),
           prior_value(prior_logvar, args.prior_logvar_layout, args.sizes, row, col), eps);
@@ -85,7 +86,7 @@ void sample_k_backward(const SampleKBackwardArgs& args) {
       const int64_t col = first_col + c;
       const int64_t index = row * features + col;
       mu_value[c] = to_float(mu[index]);
-      sigma[c] = expf(0.5f * to_float(logvar[index]));
+      sigma[c] = VectorMath::exp(0.5f * to_float(logvar[index]));
       prior_mu_value[c] = prior_value(prior_mu, args.prior_mu_layout, args.sizes, row, col);
       prior_precision[c] = expf(-prior_value(prior_logvar, args.prior_logvar_layout, args.sizes, row, col));
       sums[c] = SampleGradSums{0.0f, 0.0f, 0.0f, 0.0f};
@@ -98,7 +99,7 @@ void sample_k_backward(const SampleKBackwardArgs& args) {
       const float grad_log_p = args.grad_log_p ? args.grad_log_p[sample_row] : 0.0f;
       for (int64_t c = 0; c < width; ++c) {
         const int64_t sample_index = sample_row * features + first_col + c;
-        const float eps = philox_normal(seed, base + static_cast<uint64_t>(sample_index));
+        const float eps = philox_normal<VectorMath>(seed, base + static_cast<uint64_t>(sample_index));
         const float upstream = grad_z ? to_float(grad_z[sample_index]) : 0.0f;
         add_sample_grads(sums[c], mu_value[c], sigma[c], eps, prior_mu_value[c], prior_precision[c], upstream,
                          args.grad_log_p != nullptr, grad_log_p);

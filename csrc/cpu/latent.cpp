@@ -1,14 +1,229 @@
-// Gaussian latent family on the CPU: the per-element math of fastvae/latent.h in loops
-// over rows, parallel over rows with OpenMP.  Each row's KL is summed in column order, so
-// results do not depend on the number of threads.
+// Gaussian latent family on the CPU: the per-element math of fastvae/latent.h and the
+// Philox normals of fastvae/philox.h, parallel over rows with OpenMP.
+//
+// A row runs in tiles of kTile columns: the tile's inputs are loaded into float32 arrays
+// (the priors gathered through their broadcast strides), then the math runs in SIMD loops
+// with csrc/cpu/vector_math.h's elementary functions: Philox's ten rounds in 32-bit lanes
+// (AVX2 intrinsics where the CPU has them), Box–Muller, the KL.  Those loops take float32 only, so they are compiled once per target
+// (baseline x86-64 and AVX2, picked at run time) and not once per dtype.  Each row's KL is
+// summed in column order, so results do not depend on the number of threads; both targets
+// compile the same source without floating-point contraction, so they give the same bits.
+//
+// GCC if-converts the selects of the branch-free math only when evaluating both sides may
+// not trap; nothing here reads the floating-point exception flags.  Before the includes,
+// so the inlined header functions are compiled alike.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("no-trapping-math")
+#endif
+
 #include "fastvae/dispatch.h"
 #include "fastvae/latent_args.h"
 #include "fastvae/philox.h"
+#include "vector_math.h"
+
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 namespace fastvae {
 namespace cpu {
 
 namespace {
+
+#if defined(__GNUC__) && defined(__x86_64__)
+#define FASTVAE_LATENT_AVX2_CLONE 1
+#define FASTVAE_LATENT_AVX2_TARGET __attribute__((target("avx2"), flatten))
+#define FASTVAE_LATENT_BASELINE_TARGET __attribute__((flatten))
+#else
+#define FASTVAE_LATENT_BASELINE_TARGET
+#endif
+
+constexpr int kTile = 256;  // columns per SIMD loop
+
+// One tile of a row in float32.  Absent priors are zeros (the standard normal).  words0
+// and words1: the first two Philox words of each column's counter, for Box–Muller.
+struct LatentTile {
+  uint32_t words0[kTile], words1[kTile];
+  float mu[kTile], logvar[kTile], prior_mu[kTile], prior_logvar[kTile];
+  float z[kTile], kl[kTile];                           // forward
+  float grad_z[kTile], grad_kl[kTile];                 // backward: incoming
+  float grad_mu[kTile], grad_logvar[kTile];            // backward: outgoing
+  float grad_prior_mu[kTile], grad_prior_logvar[kTile];
+};
+
+// ---------------------------------------------------------------------------------------
+// The SIMD loops
+// ---------------------------------------------------------------------------------------
+
+// Philox words 0 and 1 of the counters first_offset + i, i < width, into the tile: the
+// offset's arithmetic in 32-bit words with the carry, so the loop vectorizes.
+inline void philox_tile_words(LatentTile& tile, int width, uint64_t seed, uint64_t first_offset) {
+  const uint32_t low = static_cast<uint32_t>(first_offset), high = static_cast<uint32_t>(first_offset >> 32);
+#pragma omp simd
+  for (int i = 0; i < width; ++i) {
+    const uint32_t counter_low = low + static_cast<uint32_t>(i);
+    const PhiloxWords words = philox4x32_10_words(counter_low, high + (counter_low < low ? 1u : 0u),
+                                                  static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
+    tile.words0[i] = words.word[0];
+    tile.words1[i] = words.word[1];
+  }
+}
+
+#ifdef FASTVAE_LATENT_AVX2_CLONE
+// The high and low 32 bits of each lane's 64-bit product a·m, eight lanes at once
+// (AVX2 multiplies only the even lanes: the odd ones are shifted down for a second one).
+__attribute__((target("avx2"))) inline void multiply_high_low(__m256i a, __m256i m, __m256i& high, __m256i& low) {
+  const __m256i even = _mm256_mul_epu32(a, m);
+  const __m256i odd = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), m);
+  low = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
+  high = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
+}
+
+// philox_tile_words with AVX2 intrinsics, eight counters at a time: GCC vectorizes the
+// portable loop with 64-bit products and three times the instructions.  The words are
+// the same integers.  Fills whole groups of eight (kTile is a multiple of eight).
+__attribute__((target("avx2"))) void philox_tile_words_avx2(LatentTile& tile, int width, uint64_t seed,
+                                                            uint64_t first_offset) {
+  static_assert(kTile % 8 == 0, "the tile holds whole groups of eight");
+  const uint32_t low = static_cast<uint32_t>(first_offset), high = static_cast<uint32_t>(first_offset >> 32);
+  const __m256i sign = _mm256_set1_epi32(static_cast<int>(0x80000000u));
+  const __m256i low_biased = _mm256_xor_si256(_mm256_set1_epi32(static_cast<int>(low)), sign);
+  const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i multiplier_a = _mm256_set1_epi32(static_cast<int>(0xD2511F53u));
+  const __m256i multiplier_b = _mm256_set1_epi32(static_cast<int>(0xCD9E8D57u));
+  for (int start = 0; start < width; start += 8) {
+    __m256i c0 = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(low + static_cast<uint32_t>(start))), lanes);
+    // The carry into the high word where the low word wrapped (unsigned c0 < low).
+    const __m256i carry = _mm256_cmpgt_epi32(low_biased, _mm256_xor_si256(c0, sign));  // −1 or 0
+    __m256i c1 = _mm256_sub_epi32(_mm256_set1_epi32(static_cast<int>(high)), carry);
+    __m256i c2 = _mm256_setzero_si256(), c3 = _mm256_setzero_si256();
+    uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+    for (int round = 0; round < 10; ++round) {
+      __m256i high_a, low_a, high_b, low_b;
+      multiply_high_low(c0, multiplier_a, high_a, low_a);
+      multiply_high_low(c2, multiplier_b, high_b, low_b);
+      const __m256i next0 = _mm256_xor_si256(_mm256_xor_si256(high_b, c1), _mm256_set1_epi32(static_cast<int>(k0)));
+      const __m256i next2 = _mm256_xor_si256(_mm256_xor_si256(high_a, c3), _mm256_set1_epi32(static_cast<int>(k1)));
+      c1 = low_b;
+      c3 = low_a;
+      c0 = next0;
+      c2 = next2;
+      k0 += 0x9E3779B9u;
+      k1 += 0xBB67AE85u;
+    }
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(tile.words0 + start), c0);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(tile.words1 + start), c1);
+  }
+}
+#endif
+
+inline float tile_normal(const LatentTile& tile, int i) {
+  return box_muller<VectorMath>(PhiloxWords{{tile.words0[i], tile.words1[i], 0u, 0u}});
+}
+
+// z = mu + e^(logvar/2)·ε, ε from the tile's Philox words.
+inline void sample_body(LatentTile& tile, int width) {
+#pragma omp simd
+  for (int i = 0; i < width; ++i) {
+    tile.z[i] = tile.mu[i] + VectorMath::exp(0.5f * tile.logvar[i]) * tile_normal(tile, i);
+  }
+}
+
+inline void kl_body(LatentTile& tile, int width) {
+#pragma omp simd
+  for (int i = 0; i < width; ++i) {
+    tile.kl[i] = gaussian_kl<VectorMath>(tile.mu[i], tile.logvar[i], tile.prior_mu[i], tile.prior_logvar[i]);
+  }
+}
+
+// dz/dmu = 1, dz/dlogvar = σ·ε/2, with ε regenerated (from the tile's Philox words)
+// rather than stored.
+inline void sample_grads_body(LatentTile& tile, int width) {
+#pragma omp simd
+  for (int i = 0; i < width; ++i) {
+    const float eps = tile_normal(tile, i);
+    tile.grad_mu[i] += tile.grad_z[i];
+    tile.grad_logvar[i] += tile.grad_z[i] * 0.5f * VectorMath::exp(0.5f * tile.logvar[i]) * eps;
+  }
+}
+
+inline void kl_grads_body(LatentTile& tile, int width) {
+#pragma omp simd
+  for (int i = 0; i < width; ++i) {
+    const GaussianKLGrads grads = gaussian_kl_grads<VectorMath>(tile.mu[i], tile.logvar[i], tile.prior_mu[i],
+                                                                tile.prior_logvar[i], tile.grad_kl[i]);
+    tile.grad_mu[i] += grads.mu;
+    tile.grad_logvar[i] += grads.logvar;
+    tile.grad_prior_mu[i] = grads.prior_mu;
+    tile.grad_prior_logvar[i] = grads.prior_logvar;
+  }
+}
+
+// Each loop for this CPU, chosen once per call.
+struct LatentMath {
+  void (*sample)(LatentTile&, int, uint64_t, uint64_t);
+  void (*kl)(LatentTile&, int);
+  void (*sample_grads)(LatentTile&, int, uint64_t, uint64_t);
+  void (*kl_grads)(LatentTile&, int);
+};
+
+#ifdef FASTVAE_LATENT_AVX2_CLONE
+FASTVAE_LATENT_AVX2_TARGET void sample_avx2(LatentTile& tile, int width, uint64_t seed, uint64_t first_offset) {
+  philox_tile_words_avx2(tile, width, seed, first_offset);
+  sample_body(tile, width);
+}
+FASTVAE_LATENT_AVX2_TARGET void kl_avx2(LatentTile& tile, int width) { kl_body(tile, width); }
+FASTVAE_LATENT_AVX2_TARGET void sample_grads_avx2(LatentTile& tile, int width, uint64_t seed, uint64_t first_offset) {
+  philox_tile_words_avx2(tile, width, seed, first_offset);
+  sample_grads_body(tile, width);
+}
+FASTVAE_LATENT_AVX2_TARGET void kl_grads_avx2(LatentTile& tile, int width) { kl_grads_body(tile, width); }
+#endif
+
+FASTVAE_LATENT_BASELINE_TARGET void sample_baseline(LatentTile& tile, int width, uint64_t seed,
+                                                    uint64_t first_offset) {
+  philox_tile_words(tile, width, seed, first_offset);
+  sample_body(tile, width);
+}
+FASTVAE_LATENT_BASELINE_TARGET void kl_baseline(LatentTile& tile, int width) { kl_body(tile, width); }
+FASTVAE_LATENT_BASELINE_TARGET void sample_grads_baseline(LatentTile& tile, int width, uint64_t seed,
+                                                          uint64_t first_offset) {
+  philox_tile_words(tile, width, seed, first_offset);
+  sample_grads_body(tile, width);
+}
+FASTVAE_LATENT_BASELINE_TARGET void kl_grads_baseline(LatentTile& tile, int width) { kl_grads_body(tile, width); }
+
+LatentMath latent_math() {
+#ifdef FASTVAE_LATENT_AVX2_CLONE
+  if (__builtin_cpu_supports("avx2")) return {sample_avx2, kl_avx2, sample_grads_avx2, kl_grads_avx2};
+#endif
+  return {sample_baseline, kl_baseline, sample_grads_baseline, kl_grads_baseline};
+}
+
+// ---------------------------------------------------------------------------------------
+// Loads and stores around them
+// ---------------------------------------------------------------------------------------
+
+template <typename T>
+inline void load_floats(const T* data, int width, float* out) {
+  for (int i = 0; i < width; ++i) out[i] = to_float(data[i]);
+}
+
+template <typename T>
+inline void store_floats(const float* in, int width, T* data) {
+  for (int i = 0; i < width; ++i) data[i] = from_float<T>(in[i]);
+}
+
+// Columns [begin, begin + width) of a prior broadcast to [B, N], or zeros when absent.
+template <typename P>
+inline void gather_prior(const P* prior, const BroadcastLayout& layout, const InnerSizes& sizes, int64_t row,
+                         int64_t begin, int width, float* out) {
+  if (!prior) {
+    for (int i = 0; i < width; ++i) out[i] = 0.0f;
+    return;
+  }
+  for (int i = 0; i < width; ++i) out[i] = to_float(prior[broadcast_offset(layout, sizes, row, begin + i)]);
+}
 
 template <typename T, typename P>
 void latent_forward(const LatentForwardArgs& args) {
@@ -20,30 +235,34 @@ void latent_forward(const LatentForwardArgs& args) {
   const uint64_t seed = static_cast<uint64_t>(args.seed_offset ? args.seed_offset[0] : 0);
   const uint64_t base = static_cast<uint64_t>(args.seed_offset ? args.seed_offset[1] : 0);
   const int64_t features = args.features;
-#pragma omp parallel for schedule(static)
-  for (int64_t row = 0; row < args.batch; ++row) {
-    float row_kl = 0.0f;
-    for (int64_t col = 0; col < features; ++col) {
-      const int64_t index = row * features + col;
-      const float mu_value = to_float(mu[index]);
-      const float logvar_value = to_float(logvar[index]);
-      if (z) {
-        const float eps = philox_normal(seed, base + static_cast<uint64_t>(index));
-        z[index] = from_float<T>(mu_value + expf(0.5f * logvar_value) * eps);
+  const LatentMath math = latent_math();
+#pragma omp parallel
+  {
+    LatentTile tile;
+#pragma omp for schedule(static)
+    for (int64_t row = 0; row < args.batch; ++row) {
+      float row_kl = 0.0f;
+      for (int64_t begin = 0; begin < features; begin += kTile) {
+        const int width = static_cast<int>(features - begin < kTile ? features - begin : kTile);
+        const int64_t first = row * features + begin;
+        load_floats(mu + first, width, tile.mu);
+        load_floats(logvar + first, width, tile.logvar);
+        if (z) {
+          math.sample(tile, width, seed, base + static_cast<uint64_t>(first));
+          store_floats(tile.z, width, z + first);
+        }
+        if (args.kl_mode == kKLNone) continue;
+        gather_prior(prior_mu, args.prior_mu_layout, args.sizes, row, begin, width, tile.prior_mu);
+        gather_prior(prior_logvar, args.prior_logvar_layout, args.sizes, row, begin, width, tile.prior_logvar);
+        math.kl(tile, width);
+        if (args.kl_mode == kKLElement) {
+          for (int i = 0; i < width; ++i) args.kl[first + i] = tile.kl[i];
+        } else {
+          for (int i = 0; i < width; ++i) row_kl += tile.kl[i];
+        }
       }
-      if (args.kl_mode == kKLNone) continue;
-      const float prior_mu_value =
-          prior_mu ? to_float(prior_mu[broadcast_offset(args.prior_mu_layout, args.sizes, row, col)]) : 0.0f;
-      const float prior_logvar_value =
-          prior_logvar ? to_float(prior_logvar[broadcast_offset(args.prior_logvar_layout, args.sizes, row, col)]) : 0.0f;
-      const float kl = gaussian_kl(mu_value, logvar_value, prior_mu_value, prior_logvar_value);
-      if (args.kl_mode == kKLElement) {
-        args.kl[index] = kl;
-      } else {
-        row_kl += kl;
-      }
+      if (args.kl_mode == kKLRow) args.kl[row] = row_kl;
     }
-    if (args.kl_mode == kKLRow) args.kl[row] = row_kl;
   }
 }
 
@@ -59,34 +278,41 @@ void latent_backward(const LatentBackwardArgs& args) {
   const uint64_t seed = static_cast<uint64_t>(args.seed_offset ? args.seed_offset[0] : 0);
   const uint64_t base = static_cast<uint64_t>(args.seed_offset ? args.seed_offset[1] : 0);
   const int64_t features = args.features;
-#pragma omp parallel for schedule(static)
-  for (int64_t row = 0; row < args.batch; ++row) {
-    for (int64_t col = 0; col < features; ++col) {
-      const int64_t index = row * features + col;
-      const float mu_value = to_float(mu[index]);
-      const float logvar_value = to_float(logvar[index]);
-      float d_mu = 0.0f, d_logvar = 0.0f;
-      if (grad_z) {
-        // dz/dmu = 1, dz/dlogvar = σ·ε/2, with ε regenerated rather than stored.
-        const float upstream = to_float(grad_z[index]);
-        const float eps = philox_normal(seed, base + static_cast<uint64_t>(index));
-        d_mu += upstream;
-        d_logvar += upstream * 0.5f * expf(0.5f * logvar_value) * eps;
+  const LatentMath math = latent_math();
+#pragma omp parallel
+  {
+    LatentTile tile;
+#pragma omp for schedule(static)
+    for (int64_t row = 0; row < args.batch; ++row) {
+      for (int64_t begin = 0; begin < features; begin += kTile) {
+        const int width = static_cast<int>(features - begin < kTile ? features - begin : kTile);
+        const int64_t first = row * features + begin;
+        load_floats(mu + first, width, tile.mu);
+        load_floats(logvar + first, width, tile.logvar);
+        for (int i = 0; i < width; ++i) tile.grad_mu[i] = tile.grad_logvar[i] = 0.0f;
+        if (grad_z) {
+          load_floats(grad_z + first, width, tile.grad_z);
+          math.sample_grads(tile, width, seed, base + static_cast<uint64_t>(first));
+        }
+        if (args.grad_kl) {
+          if (args.grad_kl_per_element) {
+            load_floats(args.grad_kl + first, width, tile.grad_kl);
+          } else {
+            for (int i = 0; i < width; ++i) tile.grad_kl[i] = args.grad_kl[row];
+          }
+          gather_prior(prior_mu, args.prior_mu_layout, args.sizes, row, begin, width, tile.prior_mu);
+          gather_prior(prior_logvar, args.prior_logvar_layout, args.sizes, row, begin, width, tile.prior_logvar);
+          math.kl_grads(tile, width);
+          if (args.grad_prior_mu) {
+            for (int i = 0; i < width; ++i) args.grad_prior_mu[first + i] = tile.grad_prior_mu[i];
+          }
+          if (args.grad_prior_logvar) {
+            for (int i = 0; i < width; ++i) args.grad_prior_logvar[first + i] = tile.grad_prior_logvar[i];
+          }
+        }
+        store_floats(tile.grad_mu, width, grad_mu + first);
+        store_floats(tile.grad_logvar, width, grad_logvar + first);
       }
-      if (args.grad_kl) {
-        const float upstream = args.grad_kl_per_element ? args.grad_kl[index] : args.grad_kl[row];
-        const float prior_mu_value =
-            prior_mu ? to_float(prior_mu[broadcast_offset(args.prior_mu_layout, args.sizes, row, col)]) : 0.0f;
-        const float prior_logvar_value =
-            prior_logvar ? to_float(prior_logvar[broadcast_offset(args.prior_logvar_layout, args.sizes, row, col)]) : 0.0f;
-        const GaussianKLGrads grads = gaussian_kl_grads(mu_value, logvar_value, prior_mu_value, prior_logvar_value, upstream);
-        d_mu += grads.mu;
-        d_logvar += grads.logvar;
-        if (args.grad_prior_mu) args.grad_prior_mu[index] = grads.prior_mu;
-        if (args.grad_prior_logvar) args.grad_prior_logvar[index] = grads.prior_logvar;
-      }
-      grad_mu[index] = from_float<T>(d_mu);
-      grad_logvar[index] = from_float<T>(d_logvar);
     }
   }
 }

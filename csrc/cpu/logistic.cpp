@@ -11,9 +11,14 @@
 // components, not a [B, C, K, S] temporary; grad_params is written once.
 //
 // A task's sum runs in column (pixel) order and becomes one partial that Python adds in a
-// fixed order, so results do not depend on the number of threads.  The task bodies are
-// compiled twice, for the baseline x86-64 and for AVX2 (picked at run time), from the same
-// source without floating-point contraction, so both give the same bits.
+// fixed order, so results do not depend on the number of threads.  The SIMD loops of the
+// math are compiled twice, for the baseline x86-64 and for AVX2 (picked at run time), from
+// the same source without floating-point contraction, so both give the same bits.
+//
+// The math loops take float32 arrays only: the dtype of the parameters (3) and of x (4)
+// matter only to the loads and stores around them.  Instantiating the math once per dtype
+// pair, as a task templated on both would, compiled 12 copies of each loop (× 2 targets ×
+// 2 channel counts) and took minutes.
 // Without -ftrapping-math's promise that a comparison never raises a floating-point
 // exception, GCC will not turn the formulas' selects into vector blends, and no loop
 // vectorizes.  Results are unchanged (nothing reads the exception flags); set before the
@@ -76,10 +81,69 @@ inline void load_logistic_tile(const T* mean, const T* log_scale, const X* x, co
   }
 }
 
+// The math over one tile, the SIMD loops: nll, and the nll's derivatives scaled by the
+// incoming gradient.
+inline void logistic_tile_nll_body(const LogisticTile& tile, const LogisticGrid& grid, int width, float* nll) {
+#pragma omp simd
+  for (int i = 0; i < width; ++i) {
+    nll[i] = -discretized_logistic_log_prob<VectorMath>(tile.mean[i], tile.log_scale[i],
+                                                        GridPoint{tile.level[i], tile.value[i]}, grid);
+  }
+}
+
+inline void logistic_tile_grads_body(const LogisticTile& tile, const LogisticGrid& grid, int width,
+                                     const float* upstream, float* grad_mean, float* grad_log_scale) {
+#pragma omp simd
+  for (int i = 0; i < width; ++i) {
+    const LogisticLogProbGrads grads = discretized_logistic_log_prob_grads<VectorMath>(
+        tile.mean[i], tile.log_scale[i], GridPoint{tile.level[i], tile.value[i]}, grid);
+    // nll = −log P.
+    grad_mean[i] = -upstream[i] * grads.mean;
+    grad_log_scale[i] = -upstream[i] * grads.log_scale;
+  }
+}
+
+#ifdef FASTVAE_AVX2_CLONE
+FASTVAE_AVX2_TARGET void logistic_tile_nll_avx2(const LogisticTile& tile, const LogisticGrid& grid, int width,
+                                                float* nll) {
+  logistic_tile_nll_body(tile, grid, width, nll);
+}
+
+FASTVAE_AVX2_TARGET void logistic_tile_grads_avx2(const LogisticTile& tile, const LogisticGrid& grid, int width,
+                                                  const float* upstream, float* grad_mean, float* grad_log_scale) {
+  logistic_tile_grads_body(tile, grid, width, upstream, grad_mean, grad_log_scale);
+}
+#endif
+
+FASTVAE_BASELINE_TARGET void logistic_tile_nll_baseline(const LogisticTile& tile, const LogisticGrid& grid,
+                                                        int width, float* nll) {
+  logistic_tile_nll_body(tile, grid, width, nll);
+}
+
+FASTVAE_BASELINE_TARGET void logistic_tile_grads_baseline(const LogisticTile& tile, const LogisticGrid& grid,
+                                                          int width, const float* upstream, float* grad_mean,
+                                                          float* grad_log_scale) {
+  logistic_tile_grads_body(tile, grid, width, upstream, grad_mean, grad_log_scale);
+}
+
+// The tile loops for this CPU, chosen once per call.
+struct LogisticTileMath {
+  decltype(&logistic_tile_nll_baseline) nll;
+  decltype(&logistic_tile_grads_baseline) grads;
+};
+
+LogisticTileMath logistic_tile_math() {
+#ifdef FASTVAE_AVX2_CLONE
+  if (avx2_available()) return {logistic_tile_nll_avx2, logistic_tile_grads_avx2};
+#endif
+  return {logistic_tile_nll_baseline, logistic_tile_grads_baseline};
+}
+
 // Columns [begin, begin + count) of one row: the nll per element, or their sum in column
 // order.
 template <typename T, typename X>
-inline float logistic_forward_task(const LogisticForwardArgs& args, int64_t row, int64_t begin, int64_t count) {
+float logistic_forward_task(const LogisticForwardArgs& args, const LogisticTileMath& math, int64_t row,
+                            int64_t begin, int64_t count) {
   const T* mean = static_cast<const T*>(args.mean) + row * args.mean_stride_b + begin;
   const T* log_scale = static_cast<const T*>(args.log_scale) + row * args.log_scale_stride_b + begin;
   const X* x = static_cast<const X*>(args.x) + row * args.x_stride_b + begin;
@@ -91,11 +155,7 @@ inline float logistic_forward_task(const LogisticForwardArgs& args, int64_t row,
     const int width = static_cast<int>(count - start < kLogisticTile ? count - start : kLogisticTile);
     load_logistic_tile(mean + start, log_scale + start, x + start, grid, width, tile);
     float* nll = args.per_element ? args.nll + row * args.features + begin + start : tile_nll;
-#pragma omp simd
-    for (int i = 0; i < width; ++i) {
-      nll[i] = -discretized_logistic_log_prob<VectorMath>(tile.mean[i], tile.log_scale[i],
-                                                          GridPoint{tile.level[i], tile.value[i]}, grid);
-    }
+    math.nll(tile, grid, width, nll);
     if (!args.per_element) {
       for (int i = 0; i < width; ++i) partial += nll[i];
     }
@@ -104,7 +164,8 @@ inline float logistic_forward_task(const LogisticForwardArgs& args, int64_t row,
 }
 
 template <typename T, typename X>
-inline void logistic_backward_task(const LogisticBackwardArgs& args, int64_t row, int64_t begin, int64_t count) {
+void logistic_backward_task(const LogisticBackwardArgs& args, const LogisticTileMath& math, int64_t row,
+                            int64_t begin, int64_t count) {
   const T* mean = static_cast<const T*>(args.mean) + row * args.mean_stride_b + begin;
   const T* log_scale = static_cast<const T*>(args.log_scale) + row * args.log_scale_stride_b + begin;
   const X* x = static_cast<const X*>(args.x) + row * args.x_stride_b + begin;
@@ -119,43 +180,10 @@ inline void logistic_backward_task(const LogisticBackwardArgs& args, int64_t row
     for (int i = 0; i < width; ++i) {
       upstream[i] = args.grad_per_element ? args.grad_nll[row * args.features + begin + start + i] : args.grad_nll[row];
     }
-#pragma omp simd
-    for (int i = 0; i < width; ++i) {
-      const LogisticLogProbGrads grads = discretized_logistic_log_prob_grads<VectorMath>(
-          tile.mean[i], tile.log_scale[i], GridPoint{tile.level[i], tile.value[i]}, grid);
-      // nll = −log P.
-      tile_grad_mean[i] = -upstream[i] * grads.mean;
-      tile_grad_log_scale[i] = -upstream[i] * grads.log_scale;
-    }
+    math.grads(tile, grid, width, upstream, tile_grad_mean, tile_grad_log_scale);
     for (int i = 0; i < width; ++i) grad_mean[start + i] = from_float<T>(tile_grad_mean[i]);
     for (int i = 0; i < width; ++i) grad_log_scale[start + i] = from_float<T>(tile_grad_log_scale[i]);
   }
-}
-
-#ifdef FASTVAE_AVX2_CLONE
-template <typename T, typename X>
-FASTVAE_AVX2_TARGET float logistic_forward_task_avx2(const LogisticForwardArgs& args, int64_t row, int64_t begin,
-                                                     int64_t count) {
-  return logistic_forward_task<T, X>(args, row, begin, count);
-}
-
-template <typename T, typename X>
-FASTVAE_AVX2_TARGET void logistic_backward_task_avx2(const LogisticBackwardArgs& args, int64_t row, int64_t begin,
-                                                     int64_t count) {
-  logistic_backward_task<T, X>(args, row, begin, count);
-}
-#endif
-
-template <typename T, typename X>
-FASTVAE_BASELINE_TARGET float logistic_forward_task_baseline(const LogisticForwardArgs& args, int64_t row,
-                                                             int64_t begin, int64_t count) {
-  return logistic_forward_task<T, X>(args, row, begin, count);
-}
-
-template <typename T, typename X>
-FASTVAE_BASELINE_TARGET void logistic_backward_task_baseline(const LogisticBackwardArgs& args, int64_t row,
-                                                             int64_t begin, int64_t count) {
-  logistic_backward_task<T, X>(args, row, begin, count);
 }
 
 template <typename T, typename X>
@@ -165,7 +193,7 @@ void logistic_forward(const LogisticForwardArgs& args) {
     throw std::invalid_argument("fastvae discretized_logistic_fwd: row_partials must be ceil(features / " +
                                 std::to_string(kLogisticRowPartialWidth) + ")");
   }
-  const bool avx2 = avx2_available();
+  const LogisticTileMath math = logistic_tile_math();
 #pragma omp parallel for schedule(static)
   for (int64_t task = 0; task < args.batch * blocks_per_row; ++task) {
     const int64_t row = task / blocks_per_row;
@@ -173,36 +201,23 @@ void logistic_forward(const LogisticForwardArgs& args) {
     const int64_t begin = block * kLogisticRowPartialWidth;
     const int64_t count = args.features - begin < kLogisticRowPartialWidth ? args.features - begin
                                                                             : kLogisticRowPartialWidth;
-#ifdef FASTVAE_AVX2_CLONE
-    const float partial = avx2 ? logistic_forward_task_avx2<T, X>(args, row, begin, count)
-                               : logistic_forward_task_baseline<T, X>(args, row, begin, count);
-#else
-    const float partial = logistic_forward_task_baseline<T, X>(args, row, begin, count);
-#endif
+    const float partial = logistic_forward_task<T, X>(args, math, row, begin, count);
     if (!args.per_element) args.nll[row * blocks_per_row + block] = partial;
   }
-  (void)avx2;
 }
 
 template <typename T, typename X>
 void logistic_backward(const LogisticBackwardArgs& args) {
   const int64_t blocks_per_row = ceil_div(args.features, kLogisticRowPartialWidth);
-  const bool avx2 = avx2_available();
+  const LogisticTileMath math = logistic_tile_math();
 #pragma omp parallel for schedule(static)
   for (int64_t task = 0; task < args.batch * blocks_per_row; ++task) {
     const int64_t row = task / blocks_per_row;
     const int64_t begin = (task % blocks_per_row) * kLogisticRowPartialWidth;
     const int64_t count = args.features - begin < kLogisticRowPartialWidth ? args.features - begin
                                                                             : kLogisticRowPartialWidth;
-#ifdef FASTVAE_AVX2_CLONE
-    if (avx2) {
-      logistic_backward_task_avx2<T, X>(args, row, begin, count);
-      continue;
-    }
-#endif
-    logistic_backward_task_baseline<T, X>(args, row, begin, count);
+    logistic_backward_task<T, X>(args, math, row, begin, count);
   }
-  (void)avx2;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -284,7 +299,7 @@ inline void grid_points_at(const BlockData<C>& data, int p, GridPoint (&points)[
 
 // logsumexp over the K rows of values[k·kBlock + p] for each pixel p, as torch and the
 // Triton kernels: the maximum (−inf → 0 as the shift), then log Σ e^(v − max).
-inline void block_logsumexp(const float* values, int64_t components, int count, float* out) {
+inline void block_logsumexp_body(const float* values, int64_t components, int count, float* out) {
   float top[kBlock], total[kBlock];
   for (int p = 0; p < count; ++p) {
     top[p] = -INFINITY;
@@ -304,11 +319,139 @@ inline void block_logsumexp(const float* values, int64_t components, int count, 
   for (int p = 0; p < count; ++p) out[p] = top[p] + VectorMath::log(total[p]);
 }
 
+// Component k at the block's pixels, forward: its logit and logit + Σ_c log P_c,k.
+template <int C>
+inline void component_forward_body(const float (&slots)[ComponentSlots<C>::kCount][kBlock], const BlockData<C>& data,
+                                   const LogisticGrid& grid, int count, float* logits, float* joint) {
+#pragma omp simd
+  for (int p = 0; p < count; ++p) {
+    const MixtureComponent<C> component = component_at<C>(slots, p);
+    GridPoint points[C];
+    grid_points_at<C>(data, p, points);
+    logits[p] = component.logit;
+    joint[p] = component.logit + mixture_component_log_prob<C, VectorMath>(component, points, grid);
+  }
+}
+
+// Component k, backward's first pass: as forward, plus each channel's derivatives of
+// Σ_c log P_c,k, written at [c·plane + p] of d_mean, d_log_scale and d_coefficient.
+template <int C>
+inline void component_grads_body(const float (&slots)[ComponentSlots<C>::kCount][kBlock], const BlockData<C>& data,
+                                 const LogisticGrid& grid, int count, int64_t plane, float* logits, float* joint,
+                                 float* d_mean, float* d_log_scale, float* d_coefficient) {
+#pragma omp simd
+  for (int p = 0; p < count; ++p) {
+    const MixtureComponent<C> component = component_at<C>(slots, p);
+    GridPoint points[C];
+    grid_points_at<C>(data, p, points);
+    const MixtureComponentGrads<C> grads = mixture_component_grads<C, VectorMath>(component, points, grid);
+    logits[p] = component.logit;
+    joint[p] = component.logit + grads.log_prob;
+#pragma GCC unroll 4
+    for (int c = 0; c < C; ++c) {
+      d_mean[c * plane + p] = grads.mean[c];
+      d_log_scale[c * plane + p] = grads.log_scale[c];
+      if constexpr (C == 3) d_coefficient[c * plane + p] = grads.coefficient[c];
+    }
+  }
+}
+
+// Component k, backward's second pass: the gradient of each of its parameter slots.
+// nll = logsumexp(logits) − logsumexp(logits + Σ_c log P_c): with π = softmax(logits) and
+// the responsibilities r = softmax(logits + Σ_c log P_c), ∂nll/∂logit_k = π_k − r_k and
+// ∂nll/∂log P_c,k = −r_k.
+template <int C>
+inline void component_gradient_body(const float* logits, const float* joint, const float* d_mean,
+                                    const float* d_log_scale, const float* d_coefficient, int64_t plane,
+                                    const float* log_normalizer, const float* log_evidence, const float* upstream,
+                                    int count, float (&out)[ComponentSlots<C>::kCount][kBlock]) {
+  using Slots = ComponentSlots<C>;
+#pragma omp simd
+  for (int p = 0; p < count; ++p) {
+    const float pi = VectorMath::exp(logits[p] - log_normalizer[p]);
+    const float responsibility = VectorMath::exp(joint[p] - log_evidence[p]);
+    const float weight = -upstream[p] * responsibility;
+    out[0][p] = upstream[p] * (pi - responsibility);
+#pragma GCC unroll 4
+    for (int c = 0; c < C; ++c) {
+      const int first = 1 + c * Slots::kPerChannel;
+      out[first][p] = weight * d_mean[c * plane + p];
+      out[first + 1][p] = weight * d_log_scale[c * plane + p];
+      if constexpr (C == 3) out[first + 2][p] = weight * d_coefficient[c * plane + p];
+    }
+  }
+}
+
+// Each SIMD body compiled for AVX2 and for the baseline: MixtureMath<C>::pick() gives the
+// set for this CPU.
+template <int C>
+struct MixtureMath {
+  using SlotArray = float[ComponentSlots<C>::kCount][kBlock];
+  void (*logsumexp)(const float*, int64_t, int, float*);
+  void (*forward)(const SlotArray&, const BlockData<C>&, const LogisticGrid&, int, float*, float*);
+  void (*grads)(const SlotArray&, const BlockData<C>&, const LogisticGrid&, int, int64_t, float*, float*, float*,
+                float*, float*);
+  void (*gradient)(const float*, const float*, const float*, const float*, const float*, int64_t, const float*,
+                   const float*, const float*, int, SlotArray&);
+
+#ifdef FASTVAE_AVX2_CLONE
+  FASTVAE_AVX2_TARGET static void logsumexp_avx2(const float* values, int64_t components, int count, float* out) {
+    block_logsumexp_body(values, components, count, out);
+  }
+  FASTVAE_AVX2_TARGET static void forward_avx2(const SlotArray& slots, const BlockData<C>& data,
+                                               const LogisticGrid& grid, int count, float* logits, float* joint) {
+    component_forward_body<C>(slots, data, grid, count, logits, joint);
+  }
+  FASTVAE_AVX2_TARGET static void grads_avx2(const SlotArray& slots, const BlockData<C>& data,
+                                             const LogisticGrid& grid, int count, int64_t plane, float* logits,
+                                             float* joint, float* d_mean, float* d_log_scale, float* d_coefficient) {
+    component_grads_body<C>(slots, data, grid, count, plane, logits, joint, d_mean, d_log_scale, d_coefficient);
+  }
+  FASTVAE_AVX2_TARGET static void gradient_avx2(const float* logits, const float* joint, const float* d_mean,
+                                                const float* d_log_scale, const float* d_coefficient, int64_t plane,
+                                                const float* log_normalizer, const float* log_evidence,
+                                                const float* upstream, int count, SlotArray& out) {
+    component_gradient_body<C>(logits, joint, d_mean, d_log_scale, d_coefficient, plane, log_normalizer,
+                               log_evidence, upstream, count, out);
+  }
+#endif
+  FASTVAE_BASELINE_TARGET static void logsumexp_baseline(const float* values, int64_t components, int count,
+                                                         float* out) {
+    block_logsumexp_body(values, components, count, out);
+  }
+  FASTVAE_BASELINE_TARGET static void forward_baseline(const SlotArray& slots, const BlockData<C>& data,
+                                                       const LogisticGrid& grid, int count, float* logits,
+                                                       float* joint) {
+    component_forward_body<C>(slots, data, grid, count, logits, joint);
+  }
+  FASTVAE_BASELINE_TARGET static void grads_baseline(const SlotArray& slots, const BlockData<C>& data,
+                                                     const LogisticGrid& grid, int count, int64_t plane,
+                                                     float* logits, float* joint, float* d_mean, float* d_log_scale,
+                                                     float* d_coefficient) {
+    component_grads_body<C>(slots, data, grid, count, plane, logits, joint, d_mean, d_log_scale, d_coefficient);
+  }
+  FASTVAE_BASELINE_TARGET static void gradient_baseline(const float* logits, const float* joint,
+                                                        const float* d_mean, const float* d_log_scale,
+                                                        const float* d_coefficient, int64_t plane,
+                                                        const float* log_normalizer, const float* log_evidence,
+                                                        const float* upstream, int count, SlotArray& out) {
+    component_gradient_body<C>(logits, joint, d_mean, d_log_scale, d_coefficient, plane, log_normalizer,
+                               log_evidence, upstream, count, out);
+  }
+
+  static MixtureMath pick() {
+#ifdef FASTVAE_AVX2_CLONE
+    if (avx2_available()) return {logsumexp_avx2, forward_avx2, grads_avx2, gradient_avx2};
+#endif
+    return {logsumexp_baseline, forward_baseline, grads_baseline, gradient_baseline};
+  }
+};
+
 // Pixels [begin, begin + count) of one row: the nll per pixel, or their sum in pixel
 // order.  scratch: 2·K·kBlock floats.
 template <typename T, typename X, int C>
-inline float mixture_forward_task(const LogisticMixtureForwardArgs& args, float* scratch, int64_t row, int64_t begin,
-                                  int count) {
+float mixture_forward_task(const LogisticMixtureForwardArgs& args, const MixtureMath<C>& math, float* scratch,
+                           int64_t row, int64_t begin, int count) {
   using Slots = ComponentSlots<C>;
   const int64_t components = args.components;
   const LogisticGrid grid = args.grid;
@@ -325,19 +468,12 @@ inline float mixture_forward_task(const LogisticMixtureForwardArgs& args, float*
       load_slot(first_pixel + Slots::slot(components, j, k) * args.params_strides.channel,
                 args.params_strides.spatial, count, slots[j]);
     }
-#pragma omp simd
-    for (int p = 0; p < count; ++p) {
-      const MixtureComponent<C> component = component_at<C>(slots, p);
-      GridPoint points[C];
-      grid_points_at<C>(data, p, points);
-      logits[k * kBlock + p] = component.logit;
-      joint[k * kBlock + p] = component.logit + mixture_component_log_prob<C, VectorMath>(component, points, grid);
-    }
+    math.forward(slots, data, grid, count, logits + k * kBlock, joint + k * kBlock);
   }
   // −log p(x) = logsumexp_k(logits) − logsumexp_k(logits + Σ_c log P_c,k).
   float log_normalizer[kBlock], log_evidence[kBlock];
-  block_logsumexp(logits, components, count, log_normalizer);
-  block_logsumexp(joint, components, count, log_evidence);
+  math.logsumexp(logits, components, count, log_normalizer);
+  math.logsumexp(joint, components, count, log_evidence);
   float partial = 0.0f;
   for (int p = 0; p < count; ++p) {
     const float nll = log_normalizer[p] - log_evidence[p];
@@ -354,8 +490,8 @@ inline float mixture_forward_task(const LogisticMixtureForwardArgs& args, float*
 // channel's derivatives of Σ_c log P_c,k, kept from the pass over k that finds both
 // logsumexps for the pass that writes the gradient, so nothing is computed twice.
 template <typename T, typename X, int C>
-inline void mixture_backward_task(const LogisticMixtureBackwardArgs& args, float* scratch, int64_t row,
-                                  int64_t begin, int count) {
+void mixture_backward_task(const LogisticMixtureBackwardArgs& args, const MixtureMath<C>& math, float* scratch,
+                           int64_t row, int64_t begin, int count) {
   using Slots = ComponentSlots<C>;
   const int64_t components = args.components;
   const LogisticGrid grid = args.grid;
@@ -369,8 +505,8 @@ inline void mixture_backward_task(const LogisticMixtureBackwardArgs& args, float
                      data);
   float* logits = scratch;
   float* joint = scratch + plane;
-  float* d_mean = scratch + 2 * plane;                // [C, K, kBlock]
-  float* d_log_scale = scratch + (2 + C) * plane;     // [C, K, kBlock]
+  float* d_mean = scratch + 2 * plane;                   // [C, K, kBlock]
+  float* d_log_scale = scratch + (2 + C) * plane;        // [C, K, kBlock]
   float* d_coefficient = scratch + (2 + 2 * C) * plane;  // [C, K, kBlock], C = 3 only
   float slots[Slots::kCount][kBlock];
   for (int64_t k = 0; k < components; ++k) {
@@ -378,49 +514,21 @@ inline void mixture_backward_task(const LogisticMixtureBackwardArgs& args, float
       load_slot(first_pixel + Slots::slot(components, j, k) * args.params_strides.channel,
                 args.params_strides.spatial, count, slots[j]);
     }
-#pragma omp simd
-    for (int p = 0; p < count; ++p) {
-      const MixtureComponent<C> component = component_at<C>(slots, p);
-      GridPoint points[C];
-      grid_points_at<C>(data, p, points);
-      const MixtureComponentGrads<C> grads = mixture_component_grads<C, VectorMath>(component, points, grid);
-      const int64_t at = k * kBlock + p;
-      logits[at] = component.logit;
-      joint[at] = component.logit + grads.log_prob;
-#pragma GCC unroll 4
-      for (int c = 0; c < C; ++c) {
-        d_mean[c * plane + at] = grads.mean[c];
-        d_log_scale[c * plane + at] = grads.log_scale[c];
-        if constexpr (C == 3) d_coefficient[c * plane + at] = grads.coefficient[c];
-      }
-    }
+    const int64_t at = k * kBlock;
+    math.grads(slots, data, grid, count, plane, logits + at, joint + at, d_mean + at, d_log_scale + at,
+               d_coefficient + at);
   }
   float log_normalizer[kBlock], log_evidence[kBlock], upstream[kBlock];
-  block_logsumexp(logits, components, count, log_normalizer);
-  block_logsumexp(joint, components, count, log_evidence);
+  math.logsumexp(logits, components, count, log_normalizer);
+  math.logsumexp(joint, components, count, log_evidence);
   for (int p = 0; p < count; ++p) {
     upstream[p] = args.grad_per_pixel ? args.grad_nll[row * args.pixels + begin + p] : args.grad_nll[row];
   }
-  // nll = logsumexp(logits) − logsumexp(logits + Σ_c log P_c): with π = softmax(logits) and
-  // the responsibilities r = softmax(logits + Σ_c log P_c), ∂nll/∂logit_k = π_k − r_k and
-  // ∂nll/∂log P_c,k = −r_k.
   float out[Slots::kCount][kBlock];
   for (int64_t k = 0; k < components; ++k) {
-#pragma omp simd
-    for (int p = 0; p < count; ++p) {
-      const int64_t at = k * kBlock + p;
-      const float pi = VectorMath::exp(logits[at] - log_normalizer[p]);
-      const float responsibility = VectorMath::exp(joint[at] - log_evidence[p]);
-      const float weight = -upstream[p] * responsibility;
-      out[0][p] = upstream[p] * (pi - responsibility);
-#pragma GCC unroll 4
-      for (int c = 0; c < C; ++c) {
-        const int first = 1 + c * Slots::kPerChannel;
-        out[first][p] = weight * d_mean[c * plane + at];
-        out[first + 1][p] = weight * d_log_scale[c * plane + at];
-        if constexpr (C == 3) out[first + 2][p] = weight * d_coefficient[c * plane + at];
-      }
-    }
+    const int64_t at = k * kBlock;
+    math.gradient(logits + at, joint + at, d_mean + at, d_log_scale + at, d_coefficient + at, plane, log_normalizer,
+                  log_evidence, upstream, count, out);
     for (int j = 0; j < Slots::kCount; ++j) {
       T* grad = first_grad + Slots::slot(components, j, k) * args.grad_strides.channel;
       const int64_t stride_s = args.grad_strides.spatial;
@@ -433,32 +541,6 @@ inline void mixture_backward_task(const LogisticMixtureBackwardArgs& args, float
   }
 }
 
-#ifdef FASTVAE_AVX2_CLONE
-template <typename T, typename X, int C>
-FASTVAE_AVX2_TARGET float mixture_forward_task_avx2(const LogisticMixtureForwardArgs& args, float* scratch,
-                                                    int64_t row, int64_t begin, int count) {
-  return mixture_forward_task<T, X, C>(args, scratch, row, begin, count);
-}
-
-template <typename T, typename X, int C>
-FASTVAE_AVX2_TARGET void mixture_backward_task_avx2(const LogisticMixtureBackwardArgs& args, float* scratch,
-                                                    int64_t row, int64_t begin, int count) {
-  mixture_backward_task<T, X, C>(args, scratch, row, begin, count);
-}
-#endif
-
-template <typename T, typename X, int C>
-FASTVAE_BASELINE_TARGET float mixture_forward_task_baseline(const LogisticMixtureForwardArgs& args, float* scratch,
-                                                            int64_t row, int64_t begin, int count) {
-  return mixture_forward_task<T, X, C>(args, scratch, row, begin, count);
-}
-
-template <typename T, typename X, int C>
-FASTVAE_BASELINE_TARGET void mixture_backward_task_baseline(const LogisticMixtureBackwardArgs& args, float* scratch,
-                                                            int64_t row, int64_t begin, int count) {
-  mixture_backward_task<T, X, C>(args, scratch, row, begin, count);
-}
-
 template <typename T, typename X, int C>
 void mixture_forward(const LogisticMixtureForwardArgs& args) {
   const int64_t blocks_per_row = ceil_div(args.pixels, kBlock);
@@ -466,7 +548,7 @@ void mixture_forward(const LogisticMixtureForwardArgs& args) {
     throw std::invalid_argument("fastvae logistic_mixture_fwd: pixel_partials must be ceil(pixels / " +
                                 std::to_string(kBlock) + ")");
   }
-  const bool avx2 = avx2_available();
+  const MixtureMath<C> math = MixtureMath<C>::pick();
 #pragma omp parallel
   {
     std::vector<float> scratch(static_cast<size_t>(2 * args.components * kBlock));
@@ -476,22 +558,16 @@ void mixture_forward(const LogisticMixtureForwardArgs& args) {
       const int64_t block = task % blocks_per_row;
       const int64_t begin = block * kBlock;
       const int count = static_cast<int>(args.pixels - begin < kBlock ? args.pixels - begin : kBlock);
-#ifdef FASTVAE_AVX2_CLONE
-      const float partial = avx2 ? mixture_forward_task_avx2<T, X, C>(args, scratch.data(), row, begin, count)
-                                 : mixture_forward_task_baseline<T, X, C>(args, scratch.data(), row, begin, count);
-#else
-      const float partial = mixture_forward_task_baseline<T, X, C>(args, scratch.data(), row, begin, count);
-#endif
+      const float partial = mixture_forward_task<T, X, C>(args, math, scratch.data(), row, begin, count);
       if (!args.per_pixel) args.nll[row * blocks_per_row + block] = partial;
     }
   }
-  (void)avx2;
 }
 
 template <typename T, typename X, int C>
 void mixture_backward(const LogisticMixtureBackwardArgs& args) {
   const int64_t blocks_per_row = ceil_div(args.pixels, kBlock);
-  const bool avx2 = avx2_available();
+  const MixtureMath<C> math = MixtureMath<C>::pick();
 #pragma omp parallel
   {
     std::vector<float> scratch(static_cast<size_t>((2 + 3 * C) * args.components * kBlock));
@@ -500,16 +576,9 @@ void mixture_backward(const LogisticMixtureBackwardArgs& args) {
       const int64_t row = task / blocks_per_row;
       const int64_t begin = (task % blocks_per_row) * kBlock;
       const int count = static_cast<int>(args.pixels - begin < kBlock ? args.pixels - begin : kBlock);
-#ifdef FASTVAE_AVX2_CLONE
-      if (avx2) {
-        mixture_backward_task_avx2<T, X, C>(args, scratch.data(), row, begin, count);
-        continue;
-      }
-#endif
-      mixture_backward_task_baseline<T, X, C>(args, scratch.data(), row, begin, count);
+      mixture_backward_task<T, X, C>(args, math, scratch.data(), row, begin, count);
     }
   }
-  (void)avx2;
 }
 
 }  // namespace

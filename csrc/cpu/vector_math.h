@@ -1,5 +1,5 @@
-// Elementary functions for the CPU loops, as a Math policy of fastvae/logistic.h: exp, log,
-// log1p, expm1 and tanh in plain float arithmetic and bit operations, with no branches and
+// Elementary functions for the CPU loops, as a Math policy (fastvae/common.h): exp, log,
+// log1p, expm1, tanh, sqrt and cos in plain float arithmetic and bit operations, with no branches and
 // no calls, so that a loop over pixels calling them vectorizes (a call to libm's expf
 // keeps a loop scalar unless -ffast-math, which would also break NaN and inf handling).
 // Cephes' polynomials (S. Moshier), accurate to a few ulp over the whole float range;
@@ -97,6 +97,32 @@ struct VectorMath {
     const float m = expm1(-2.0f * fabsf(x));
     const float magnitude = -m / (2.0f + m);
     return x < 0.0f ? -magnitude : magnitude;  // NaN stays NaN
+  }
+
+  // The instruction (sqrtss/sqrtps): the library's sqrtf is the same correctly rounded
+  // value, but a call keeps a loop scalar unless errno is off (-fno-math-errno).
+  static inline float sqrt(float x) { return __builtin_sqrtf(x); }
+
+  static inline float cos(float x) {
+    // Cephes' cosf: x = j·π/4 + r with j from x·4/π made even, r by π/4 in three parts
+    // (exact for |x| up to a few thousand), then the sine or cosine polynomial on
+    // [−π/4, π/4] by the octant, both computed and one selected.  For the Box–Muller
+    // angles of philox_normal, in [0, 2π).
+    const float magnitude = fabsf(x);
+    int32_t j = static_cast<int32_t>(magnitude * 1.27323954473516f);
+    j += j & 1;
+    const float y = static_cast<float>(j);
+    j &= 7;
+    const bool upper_half = j > 3;
+    j = upper_half ? j - 4 : j;
+    const bool negate = upper_half != (j > 1);
+    const float r = ((magnitude - y * 0.78515625f) - y * 2.4187564849853515625e-4f) - y * 3.77489497744594108e-8f;
+    const float rr = r * r;
+    const float sine = r + r * rr * ((-1.9515295891e-4f * rr + 8.3321608736e-3f) * rr - 1.6666654611e-1f);
+    const float cosine =
+        1.0f - 0.5f * rr + rr * rr * ((2.443315711809948e-5f * rr - 1.388731625493765e-3f) * rr + 4.166664568298827e-2f);
+    const float value = (j == 1 || j == 2) ? sine : cosine;
+    return negate ? -value : value;
   }
 };
 

@@ -4,8 +4,13 @@
 
 #include <cuda_runtime.h>
 
+#include <cstdint>
+#include <initializer_list>
 #include <stdexcept>
 #include <string>
+#include <utility>
+
+#include "fastvae/common.h"
 
 namespace fastvae {
 namespace cuda {
@@ -35,6 +40,59 @@ __device__ __forceinline__ float warp_sum(float value) {
 #pragma unroll
   for (int offset = kWarpSize / 2; offset > 0; offset /= 2) value += __shfl_xor_sync(0xffffffffu, value, offset);
   return value;
+}
+
+// ---------------------------------------------------------------------------------------
+// Four consecutive elements per lane, loaded and stored as one vector (16 bytes of float32,
+// 8 of a 16-bit type) where alignment allows: a warp then moves 512 contiguous bytes of
+// float32 per instruction.
+// ---------------------------------------------------------------------------------------
+
+constexpr int kQuad = 4;
+
+template <typename T>
+struct alignas(kQuad * sizeof(T)) Quad {
+  T value[kQuad];
+};
+
+// Whether every row of `features` elements starts four-element aligned in each tensor:
+// rows a multiple of four long and each (pointer, element size) pair aligned to four
+// elements.  Null pointers (absent tensors) pass.
+inline bool quads_aligned(int64_t features, std::initializer_list<std::pair<const void*, size_t>> tensors) {
+  if (features % kQuad != 0) return false;
+  for (const auto& tensor : tensors) {
+    if (tensor.first && reinterpret_cast<uintptr_t>(tensor.first) % (kQuad * tensor.second) != 0) return false;
+  }
+  return true;
+}
+
+// data[index + i] for i < count (≤ 4) in float32, zeros past count: one vector load when
+// `vector` (the caller checked alignment, and count is then 4).
+template <typename T>
+__device__ __forceinline__ void load_quad(const T* data, int64_t index, int count, bool vector, float (&out)[kQuad]) {
+  if (vector) {
+    const Quad<T> quad = *reinterpret_cast<const Quad<T>*>(data + index);
+#pragma unroll
+    for (int i = 0; i < kQuad; ++i) out[i] = to_float(quad.value[i]);
+  } else {
+#pragma unroll
+    for (int i = 0; i < kQuad; ++i) out[i] = i < count ? to_float(data[index + i]) : 0.0f;
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ void store_quad(T* data, int64_t index, int count, bool vector, const float (&in)[kQuad]) {
+  if (vector) {
+    Quad<T> quad;
+#pragma unroll
+    for (int i = 0; i < kQuad; ++i) quad.value[i] = from_float<T>(in[i]);
+    *reinterpret_cast<Quad<T>*>(data + index) = quad;
+  } else {
+#pragma unroll
+    for (int i = 0; i < kQuad; ++i) {
+      if (i < count) data[index + i] = from_float<T>(in[i]);
+    }
+  }
 }
 
 }  // namespace cuda

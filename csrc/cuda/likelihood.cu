@@ -3,7 +3,8 @@
 // the inputs, so the forward saves nothing.
 //
 // Each warp takes one task: kRowsPerTask rows × one chunk of kLikelihoodChunk columns; lane
-// l handles columns chunk·128 + l + 32·e (e = 0..3), so loads are coalesced.  A task first
+// l handles the four columns chunk·128 + 4l + (0..3) of each row, loaded as one vector where
+// alignment allows (16 bytes of float32), so a warp reads 512 contiguous bytes at once.  A task first
 // loads all its inputs (many loads in flight per thread), then computes.  A broadcast
 // logvar's inner offset of each column is computed once per task and reused across its
 // rows, which keeps the index divisions off the per-element cost.  A row's nll is reduced
@@ -26,6 +27,7 @@ constexpr int kWarpsPerBlock = 8;
 constexpr int kThreadsPerBlock = kWarpsPerBlock * kWarpSize;
 constexpr int kElementsPerLane = kLikelihoodChunk / kWarpSize;
 constexpr int kRowsPerTask = 4;
+static_assert(kElementsPerLane == kQuad, "a lane takes one quad of each row");
 
 // Whether a companion type can hold a gradient (a float x can; 0/1 bytes never need one).
 template <typename X>
@@ -48,7 +50,18 @@ __device__ __forceinline__ bool warp_task(int64_t batch, int64_t chunks_per_row,
 }
 
 __device__ __forceinline__ int64_t task_col(const WarpTask& task, int e) {
-  return task.chunk * kLikelihoodChunk + e * kWarpSize + task.lane;
+  return task.chunk * kLikelihoodChunk + static_cast<int64_t>(task.lane) * kQuad + e;
+}
+
+// This lane's four columns of `row` in float32, zeros outside the tensor: one vector load
+// where alignment allows (`vector`: checked on the host for every row).
+template <typename T>
+__device__ __forceinline__ void load_lane(const T* data, int64_t row, const WarpTask& task, int64_t batch,
+                                          int64_t features, bool vector, float (&out)[kElementsPerLane]) {
+  const int64_t first = task_col(task, 0);
+  const int64_t left = row < batch ? features - first : 0;
+  const int count = left <= 0 ? 0 : (left < kQuad ? static_cast<int>(left) : kQuad);
+  load_quad(data, row * features + first, count, vector && count == kQuad, out);
 }
 
 template <typename T>
@@ -76,7 +89,7 @@ __device__ __forceinline__ int64_t inner_offset(const BroadcastLayout& layout, c
 // ---------------------------------------------------------------------------------------
 
 template <typename T, typename X, bool kContinuous>
-__global__ void bernoulli_forward_kernel(BernoulliForwardArgs args, int64_t chunks_per_row) {
+__global__ void bernoulli_forward_kernel(BernoulliForwardArgs args, int64_t chunks_per_row, bool vector) {
   WarpTask task;
   if (!warp_task(args.batch, chunks_per_row, task)) return;
   const T* logits = static_cast<const T*>(args.logits);
@@ -84,13 +97,8 @@ __global__ void bernoulli_forward_kernel(BernoulliForwardArgs args, int64_t chun
   float logits_values[kRowsPerTask][kElementsPerLane], x_values[kRowsPerTask][kElementsPerLane];
 #pragma unroll
   for (int r = 0; r < kRowsPerTask; ++r) {
-#pragma unroll
-    for (int e = 0; e < kElementsPerLane; ++e) {
-      const int64_t row = task.row0 + r, col = task_col(task, e);
-      const bool valid = row < args.batch && col < args.features;
-      logits_values[r][e] = load_or_zero(logits, row * args.features + col, valid);
-      x_values[r][e] = load_or_zero(x, row * args.features + col, valid);
-    }
+    load_lane(logits, task.row0 + r, task, args.batch, args.features, vector, logits_values[r]);
+    load_lane(x, task.row0 + r, task, args.batch, args.features, vector, x_values[r]);
   }
 #pragma unroll
   for (int r = 0; r < kRowsPerTask; ++r) {
@@ -116,7 +124,7 @@ __global__ void bernoulli_forward_kernel(BernoulliForwardArgs args, int64_t chun
 }
 
 template <typename T, typename X, bool kContinuous>
-__global__ void bernoulli_backward_kernel(BernoulliBackwardArgs args, int64_t chunks_per_row) {
+__global__ void bernoulli_backward_kernel(BernoulliBackwardArgs args, int64_t chunks_per_row, bool vector) {
   WarpTask task;
   if (!warp_task(args.batch, chunks_per_row, task)) return;
   const T* logits = static_cast<const T*>(args.logits);
@@ -129,13 +137,14 @@ __global__ void bernoulli_backward_kernel(BernoulliBackwardArgs args, int64_t ch
   for (int r = 0; r < kRowsPerTask; ++r) {
     const int64_t row = task.row0 + r;
     const float row_grad = load_or_zero(args.grad_nll, row, !args.grad_per_element && row < args.batch);
+    load_lane(logits, row, task, args.batch, args.features, vector, logits_values[r]);
+    // Only d/dl reads x.
+    load_lane(x, grad_logits ? row : args.batch, task, args.batch, args.features, vector, x_values[r]);
+    if (args.grad_per_element) {
+      load_lane(args.grad_nll, row, task, args.batch, args.features, vector, upstream[r]);
+    } else {
 #pragma unroll
-    for (int e = 0; e < kElementsPerLane; ++e) {
-      const int64_t col = task_col(task, e), index = row * args.features + col;
-      const bool valid = row < args.batch && col < args.features;
-      logits_values[r][e] = load_or_zero(logits, index, valid);
-      x_values[r][e] = load_or_zero(x, index, valid && grad_logits);  // only d/dl reads x
-      upstream[r][e] = args.grad_per_element ? load_or_zero(args.grad_nll, index, valid) : row_grad;
+      for (int e = 0; e < kElementsPerLane; ++e) upstream[r][e] = row_grad;
     }
   }
 #pragma unroll
@@ -194,7 +203,7 @@ __device__ __forceinline__ void load_logvar(const L* logvar, float logvar_value,
 }
 
 template <typename T, typename X, typename L>
-__global__ void gaussian_forward_kernel(GaussianNLLForwardArgs args, int64_t chunks_per_row) {
+__global__ void gaussian_forward_kernel(GaussianNLLForwardArgs args, int64_t chunks_per_row, bool vector) {
   WarpTask task;
   if (!warp_task(args.batch, chunks_per_row, task)) return;
   const T* mean = static_cast<const T*>(args.mean);
@@ -203,13 +212,8 @@ __global__ void gaussian_forward_kernel(GaussianNLLForwardArgs args, int64_t chu
   float logvar_values[kRowsPerTask][kElementsPerLane];
 #pragma unroll
   for (int r = 0; r < kRowsPerTask; ++r) {
-#pragma unroll
-    for (int e = 0; e < kElementsPerLane; ++e) {
-      const int64_t row = task.row0 + r, col = task_col(task, e);
-      const bool valid = row < args.batch && col < args.features;
-      mean_values[r][e] = load_or_zero(mean, row * args.features + col, valid);
-      x_values[r][e] = load_or_zero(x, row * args.features + col, valid);
-    }
+    load_lane(mean, task.row0 + r, task, args.batch, args.features, vector, mean_values[r]);
+    load_lane(x, task.row0 + r, task, args.batch, args.features, vector, x_values[r]);
   }
   load_logvar(static_cast<const L*>(args.logvar), args.logvar_value, args.logvar_layout, args.sizes, args.batch,
               args.features, task, logvar_values);
@@ -237,7 +241,7 @@ __global__ void gaussian_forward_kernel(GaussianNLLForwardArgs args, int64_t chu
 }
 
 template <typename T, typename X, typename L>
-__global__ void gaussian_backward_kernel(GaussianNLLBackwardArgs args, int64_t chunks_per_row) {
+__global__ void gaussian_backward_kernel(GaussianNLLBackwardArgs args, int64_t chunks_per_row, bool vector) {
   WarpTask task;
   if (!warp_task(args.batch, chunks_per_row, task)) return;
   const T* mean = static_cast<const T*>(args.mean);
@@ -251,13 +255,13 @@ __global__ void gaussian_backward_kernel(GaussianNLLBackwardArgs args, int64_t c
   for (int r = 0; r < kRowsPerTask; ++r) {
     const int64_t row = task.row0 + r;
     const float row_grad = load_or_zero(args.grad_nll, row, !args.grad_per_element && row < args.batch);
+    load_lane(mean, row, task, args.batch, args.features, vector, mean_values[r]);
+    load_lane(x, row, task, args.batch, args.features, vector, x_values[r]);
+    if (args.grad_per_element) {
+      load_lane(args.grad_nll, row, task, args.batch, args.features, vector, upstream[r]);
+    } else {
 #pragma unroll
-    for (int e = 0; e < kElementsPerLane; ++e) {
-      const int64_t col = task_col(task, e), index = row * args.features + col;
-      const bool valid = row < args.batch && col < args.features;
-      mean_values[r][e] = load_or_zero(mean, index, valid);
-      x_values[r][e] = load_or_zero(x, index, valid);
-      upstream[r][e] = args.grad_per_element ? load_or_zero(args.grad_nll, index, valid) : row_grad;
+      for (int e = 0; e < kElementsPerLane; ++e) upstream[r][e] = row_grad;
     }
   }
   load_logvar(static_cast<const L*>(args.logvar), args.logvar_value, args.logvar_layout, args.sizes, args.batch,
@@ -298,10 +302,11 @@ void bernoulli_nll_forward(const BernoulliForwardArgs& args, cudaStream_t stream
   FASTVAE_DISPATCH(args.dtype, "bernoulli_nll_fwd", T, [&] {
     dispatch_companion_dtype<T, true>(args.x_dtype, args.dtype, "bernoulli_nll_fwd", "x", [&](auto x_tag) {
       using X = typename decltype(x_tag)::type;
+      const bool vector = quads_aligned(args.features, {{args.logits, sizeof(T)}, {args.x, sizeof(X)}});
       if (args.continuous) {
-        bernoulli_forward_kernel<T, X, true><<<grid.blocks, kThreadsPerBlock, 0, stream>>>(args, grid.chunks_per_row);
+        bernoulli_forward_kernel<T, X, true><<<grid.blocks, kThreadsPerBlock, 0, stream>>>(args, grid.chunks_per_row, vector);
       } else {
-        bernoulli_forward_kernel<T, X, false><<<grid.blocks, kThreadsPerBlock, 0, stream>>>(args, grid.chunks_per_row);
+        bernoulli_forward_kernel<T, X, false><<<grid.blocks, kThreadsPerBlock, 0, stream>>>(args, grid.chunks_per_row, vector);
       }
     });
   });
@@ -314,10 +319,13 @@ void bernoulli_nll_backward(const BernoulliBackwardArgs& args, cudaStream_t stre
   FASTVAE_DISPATCH(args.dtype, "bernoulli_nll_bwd", T, [&] {
     dispatch_companion_dtype<T, true>(args.x_dtype, args.dtype, "bernoulli_nll_bwd", "x", [&](auto x_tag) {
       using X = typename decltype(x_tag)::type;
+      const bool vector = quads_aligned(
+          args.features, {{args.logits, sizeof(T)}, {args.x, sizeof(X)},
+                          {args.grad_per_element ? args.grad_nll : nullptr, sizeof(float)}});
       if (args.continuous) {
-        bernoulli_backward_kernel<T, X, true><<<grid.blocks, kThreadsPerBlock, 0, stream>>>(args, grid.chunks_per_row);
+        bernoulli_backward_kernel<T, X, true><<<grid.blocks, kThreadsPerBlock, 0, stream>>>(args, grid.chunks_per_row, vector);
       } else {
-        bernoulli_backward_kernel<T, X, false><<<grid.blocks, kThreadsPerBlock, 0, stream>>>(args, grid.chunks_per_row);
+        bernoulli_backward_kernel<T, X, false><<<grid.blocks, kThreadsPerBlock, 0, stream>>>(args, grid.chunks_per_row, vector);
       }
     });
   });
@@ -332,7 +340,8 @@ void gaussian_nll_forward(const GaussianNLLForwardArgs& args, cudaStream_t strea
       dispatch_companion_dtype<T, false>(args.logvar_dtype, args.dtype, "gaussian_nll_fwd", "logvar", [&](auto logvar_tag) {
         using X = typename decltype(x_tag)::type;
         using L = typename decltype(logvar_tag)::type;
-        gaussian_forward_kernel<T, X, L><<<grid.blocks, kThreadsPerBlock, 0, stream>>>(args, grid.chunks_per_row);
+        const bool vector = quads_aligned(args.features, {{args.mean, sizeof(T)}, {args.x, sizeof(X)}});
+        gaussian_forward_kernel<T, X, L><<<grid.blocks, kThreadsPerBlock, 0, stream>>>(args, grid.chunks_per_row, vector);
       });
     });
   });
@@ -347,7 +356,10 @@ void gaussian_nll_backward(const GaussianNLLBackwardArgs& args, cudaStream_t str
       dispatch_companion_dtype<T, false>(args.logvar_dtype, args.dtype, "gaussian_nll_bwd", "logvar", [&](auto logvar_tag) {
         using X = typename decltype(x_tag)::type;
         using L = typename decltype(logvar_tag)::type;
-        gaussian_backward_kernel<T, X, L><<<grid.blocks, kThreadsPerBlock, 0, stream>>>(args, grid.chunks_per_row);
+        const bool vector = quads_aligned(
+            args.features, {{args.mean, sizeof(T)}, {args.x, sizeof(X)},
+                            {args.grad_per_element ? args.grad_nll : nullptr, sizeof(float)}});
+        gaussian_backward_kernel<T, X, L><<<grid.blocks, kThreadsPerBlock, 0, stream>>>(args, grid.chunks_per_row, vector);
       });
     });
   });

@@ -13,6 +13,8 @@ import types
 
 import torch
 
+from fastvae.layout import prior_layout
+
 EXTENSIONS = {"cpu": "fastvae._C", "cuda": "fastvae._C_cuda"}
 # csrc/include/fastvae/common.h, enum DType.
 DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
@@ -46,6 +48,27 @@ def dtype_code(dtype: torch.dtype, op: str) -> int:
         return DTYPE_CODES[dtype]
     except KeyError:
         raise TypeError(f"fastvae.{op}: the C++ backends take float32, bfloat16 or float16, got {dtype}") from None
+
+
+def gaussian_dtypes(mu, logvar, prior_mu, prior_logvar, z_dtype):
+    """The Gaussian families (latent, IWAE): the C++ takes mu and logvar in one dtype and both priors in one dtype; cast the
+    rare mixed cases (each cast is one copy)."""
+    if mu.dtype != z_dtype or logvar.dtype != z_dtype:
+        mu, logvar = mu.to(z_dtype), logvar.to(z_dtype)
+    present = [p for p in (prior_mu, prior_logvar) if p is not None]
+    prior_dtype = present[0].dtype if present else torch.float32
+    for prior in present[1:]:
+        prior_dtype = torch.promote_types(prior_dtype, prior.dtype)
+    prior_mu = prior_mu.to(prior_dtype) if prior_mu is not None else None
+    prior_logvar = prior_logvar.to(prior_dtype) if prior_logvar is not None else None
+    return mu, logvar, prior_mu, prior_logvar, prior_dtype
+
+
+def prior_layout_args(prior_mu, prior_logvar, shape):
+    """The priors as the C++ takes them: each broadcast to ``shape`` through strides
+    (fastvae.layout.prior_layout), the two stride layouts and the two inner sizes."""
+    (prior_mu, prior_logvar), strides, size1, size2 = prior_layout([prior_mu, prior_logvar], shape)
+    return prior_mu, prior_logvar, strides[:4], strides[4:], [size1, size2]
 
 
 @functools.lru_cache(maxsize=None)

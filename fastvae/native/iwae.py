@@ -6,8 +6,7 @@ import math
 
 import torch
 
-from . import address, dtype_code
-from .latent import _common_dtypes, _layout_args
+from . import address, dtype_code, gaussian_dtypes, prior_layout_args
 
 LAUNCHERS = (
     "sample_gaussian_k_fwd", "sample_gaussian_k_bwd",
@@ -29,12 +28,12 @@ def sample_gaussian_k_fwd(native, mu, logvar, prior_mu, prior_logvar, seed_offse
     if num_rows == 0 or features == 0:
         log_q = torch.zeros((num_samples, batch), dtype=torch.float32, device=mu.device)
         return z, log_q, log_q.clone()
-    mu, logvar, prior_mu, prior_logvar, prior_dtype = _common_dtypes(mu, logvar, prior_mu, prior_logvar, z_dtype)
+    mu, logvar, prior_mu, prior_logvar, prior_dtype = gaussian_dtypes(mu, logvar, prior_mu, prior_logvar, z_dtype)
     width = native.constant("SAMPLE_GAUSSIAN_K_ROW_PARTIAL_WIDTH")
     row_partials = -(-features // width) if width else 1
     log_q = torch.empty((num_rows, row_partials), dtype=torch.float32, device=mu.device)
     log_p = torch.empty((num_rows, row_partials), dtype=torch.float32, device=mu.device)
-    prior_mu, prior_logvar, prior_mu_layout, prior_logvar_layout, sizes = _layout_args(prior_mu, prior_logvar, mu.shape)
+    prior_mu, prior_logvar, prior_mu_layout, prior_logvar_layout, sizes = prior_layout_args(prior_mu, prior_logvar, mu.shape)
     native.launch(
         "sample_gaussian_k_fwd", mu.device,
         address(mu), address(logvar), address(prior_mu), address(prior_logvar), address(seed_offset),
@@ -71,7 +70,7 @@ def sample_gaussian_k_bwd(native, grad_z, grad_log_q, grad_log_p, mu, logvar, pr
     if batch == 0 or features == 0:
         grad_mu, grad_logvar = torch.empty_like(mu), torch.empty_like(logvar)
     else:
-        mu_c, logvar_c, prior_mu, prior_logvar, prior_dtype = _common_dtypes(mu, logvar, prior_mu, prior_logvar, z_dtype)
+        mu_c, logvar_c, prior_mu, prior_logvar, prior_dtype = gaussian_dtypes(mu, logvar, prior_mu, prior_logvar, z_dtype)
         if grad_z is not None and grad_z.dtype != z_dtype:
             grad_z = grad_z.to(z_dtype)
         # Gradients of float32 outputs; cast only under an unusual caller.
@@ -79,7 +78,7 @@ def sample_gaussian_k_bwd(native, grad_z, grad_log_q, grad_log_p, mu, logvar, pr
         grad_log_p = grad_log_p.float() if grad_log_p is not None else None
         grad_mu = torch.empty(mu.shape, dtype=z_dtype, device=mu.device)
         grad_logvar = torch.empty(mu.shape, dtype=z_dtype, device=mu.device)
-        prior_mu, prior_logvar, prior_mu_layout, prior_logvar_layout, sizes = _layout_args(
+        prior_mu, prior_logvar, prior_mu_layout, prior_logvar_layout, sizes = prior_layout_args(
             prior_mu, prior_logvar, mu.shape
         )
         needs_noise = grad_z is not None or grad_log_p is not None

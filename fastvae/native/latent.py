@@ -4,38 +4,17 @@ from __future__ import annotations
 
 import torch
 
-from fastvae.layout import prior_layout
-
-from . import address, dtype_code
+from . import address, dtype_code, gaussian_dtypes, prior_layout_args
 
 LAUNCHERS = ("gaussian_latent_fwd", "gaussian_latent_bwd")
 KL_MODE_CODES = {"none": 0, "element": 1, "row": 2}
-
-
-def _common_dtypes(mu, logvar, prior_mu, prior_logvar, z_dtype):
-    """The C++ takes mu and logvar in one dtype and both priors in one dtype; cast the
-    rare mixed cases (each cast is one copy)."""
-    if mu.dtype != z_dtype or logvar.dtype != z_dtype:
-        mu, logvar = mu.to(z_dtype), logvar.to(z_dtype)
-    present = [p for p in (prior_mu, prior_logvar) if p is not None]
-    prior_dtype = present[0].dtype if present else torch.float32
-    for prior in present[1:]:
-        prior_dtype = torch.promote_types(prior_dtype, prior.dtype)
-    prior_mu = prior_mu.to(prior_dtype) if prior_mu is not None else None
-    prior_logvar = prior_logvar.to(prior_dtype) if prior_logvar is not None else None
-    return mu, logvar, prior_mu, prior_logvar, prior_dtype
-
-
-def _layout_args(prior_mu, prior_logvar, shape):
-    (prior_mu, prior_logvar), strides, size1, size2 = prior_layout([prior_mu, prior_logvar], shape)
-    return prior_mu, prior_logvar, strides[:4], strides[4:], [size1, size2]
 
 
 def gaussian_latent_fwd(native, mu, logvar, prior_mu, prior_logvar, seed_offset, sample: bool, kl_mode: str, z_dtype):
     """As :func:`fastvae.kernels.latent.gaussian_latent_fwd`."""
     batch = mu.shape[0]
     features = mu[0].numel() if batch else int(torch.Size(mu.shape[1:]).numel())
-    mu, logvar, prior_mu, prior_logvar, prior_dtype = _common_dtypes(mu, logvar, prior_mu, prior_logvar, z_dtype)
+    mu, logvar, prior_mu, prior_logvar, prior_dtype = gaussian_dtypes(mu, logvar, prior_mu, prior_logvar, z_dtype)
     z = torch.empty(mu.shape, dtype=z_dtype, device=mu.device) if sample else None
     row_partials = native.constant("LATENT_ROW_PARTIAL_WIDTH")
     row_partials = -(-features // row_partials) if row_partials else 1
@@ -45,7 +24,7 @@ def gaussian_latent_fwd(native, mu, logvar, prior_mu, prior_logvar, seed_offset,
     elif kl_mode == "row":
         kl = torch.zeros((batch, max(row_partials, 1)), dtype=torch.float32, device=mu.device)
     if batch and features:
-        prior_mu, prior_logvar, prior_mu_layout, prior_logvar_layout, sizes = _layout_args(prior_mu, prior_logvar, mu.shape)
+        prior_mu, prior_logvar, prior_mu_layout, prior_logvar_layout, sizes = prior_layout_args(prior_mu, prior_logvar, mu.shape)
         native.launch(
             "gaussian_latent_fwd", mu.device,
             address(mu), address(logvar), address(prior_mu), address(prior_logvar),
@@ -67,7 +46,7 @@ def gaussian_latent_bwd(native, grad_z, grad_kl, mu, logvar, prior_mu, prior_log
     features = mu[0].numel() if batch else int(torch.Size(mu.shape[1:]).numel())
     grad_dtypes = (mu.dtype, logvar.dtype)
     z_dtype = torch.promote_types(mu.dtype, logvar.dtype)
-    mu_c, logvar_c, prior_mu, prior_logvar, prior_dtype = _common_dtypes(mu, logvar, prior_mu, prior_logvar, z_dtype)
+    mu_c, logvar_c, prior_mu, prior_logvar, prior_dtype = gaussian_dtypes(mu, logvar, prior_mu, prior_logvar, z_dtype)
     if grad_z is not None and grad_z.dtype != z_dtype:
         grad_z = grad_z.to(z_dtype)
     grad_mu = torch.empty(mu.shape, dtype=z_dtype, device=mu.device)
@@ -78,7 +57,7 @@ def gaussian_latent_bwd(native, grad_z, grad_kl, mu, logvar, prior_mu, prior_log
         torch.empty(mu.shape, dtype=torch.float32, device=mu.device) if prior_logvar_grad and wants_prior else None
     )
     if batch and features:
-        prior_mu, prior_logvar, prior_mu_layout, prior_logvar_layout, sizes = _layout_args(prior_mu, prior_logvar, mu.shape)
+        prior_mu, prior_logvar, prior_mu_layout, prior_logvar_layout, sizes = prior_layout_args(prior_mu, prior_logvar, mu.shape)
         native.launch(
             "gaussian_latent_bwd", mu.device,
             address(mu_c), address(logvar_c), address(prior_mu), address(prior_logvar),

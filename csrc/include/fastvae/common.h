@@ -15,6 +15,20 @@
 
 namespace fastvae {
 
+// The C/CUDA math library as a Math policy: the per-element formulas of every family take
+// their elementary functions from a policy, this one by default (the CUDA kernels').  The
+// CPU loops pass csrc/cpu/vector_math.h's branch-free forms instead, which the compiler
+// vectorizes (a libm call per element keeps a loop scalar).
+struct LibraryMath {
+  FASTVAE_HD static float exp(float x) { return expf(x); }
+  FASTVAE_HD static float log(float x) { return logf(x); }
+  FASTVAE_HD static float log1p(float x) { return log1pf(x); }
+  FASTVAE_HD static float expm1(float x) { return expm1f(x); }
+  FASTVAE_HD static float tanh(float x) { return tanhf(x); }
+  FASTVAE_HD static float sqrt(float x) { return sqrtf(x); }
+  FASTVAE_HD static float cos(float x) { return cosf(x); }
+};
+
 // Codes of the dtypes the bindings accept; fastvae/native/__init__.py (DTYPE_CODES) uses the same.
 enum DType : int { kFloat32 = 0, kBFloat16 = 1, kFloat16 = 2 };
 

@@ -22,10 +22,12 @@ struct SampleLogDensities {
 };
 
 // Both densities at the float32 z, as fastvae.reference evaluates them.
+template <typename Math = LibraryMath>
 FASTVAE_HD SampleLogDensities sample_with_log_densities(float mu, float logvar, float prior_mu, float prior_logvar,
                                                         float eps) {
-  const float z = mu + expf(0.5f * logvar) * eps;
-  return SampleLogDensities{z, gaussian_log_density(z, mu, logvar), gaussian_log_density(z, prior_mu, prior_logvar)};
+  const float z = mu + Math::exp(0.5f * logvar) * eps;
+  return SampleLogDensities{z, gaussian_log_density<Math>(z, mu, logvar),
+                            gaussian_log_density<Math>(z, prior_mu, prior_logvar)};
 }
 
 // Gradients of one latent element, summed over its K samples.

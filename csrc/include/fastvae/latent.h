@@ -26,9 +26,11 @@ FASTVAE_HD int64_t broadcast_offset(const BroadcastLayout& layout, const InnerSi
 }
 
 // KL = ½·(prior_logvar − logvar + e^(logvar − prior_logvar) + (mu − prior_mu)²·e^(−prior_logvar) − 1)
+template <typename Math = LibraryMath>
 FASTVAE_HD float gaussian_kl(float mu, float logvar, float prior_mu, float prior_logvar) {
   const float diff = mu - prior_mu;
-  return 0.5f * (prior_logvar - logvar + expf(logvar - prior_logvar) + diff * diff * expf(-prior_logvar) - 1.0f);
+  return 0.5f *
+         (prior_logvar - logvar + Math::exp(logvar - prior_logvar) + diff * diff * Math::exp(-prior_logvar) - 1.0f);
 }
 
 struct GaussianKLGrads {
@@ -36,10 +38,11 @@ struct GaussianKLGrads {
 };
 
 // Gradients of grad_kl·KL with respect to each of the four inputs.
+template <typename Math = LibraryMath>
 FASTVAE_HD GaussianKLGrads gaussian_kl_grads(float mu, float logvar, float prior_mu, float prior_logvar, float grad_kl) {
   const float diff = mu - prior_mu;
-  const float precision = expf(-prior_logvar);
-  const float variance_ratio = expf(logvar - prior_logvar);
+  const float precision = Math::exp(-prior_logvar);
+  const float variance_ratio = Math::exp(logvar - prior_logvar);
   const float d_mu = grad_kl * diff * precision;
   return GaussianKLGrads{
       d_mu,
@@ -50,9 +53,10 @@ FASTVAE_HD GaussianKLGrads gaussian_kl_grads(float mu, float logvar, float prior
 }
 
 // log N(z; mu, e^logvar) = −½·(log 2π + logvar + (z − mu)²·e^(−logvar))
+template <typename Math = LibraryMath>
 FASTVAE_HD float gaussian_log_density(float z, float mu, float logvar) {
   const float diff = z - mu;
-  return -0.5f * (1.8378770664093453f + logvar + diff * diff * expf(-logvar));
+  return -0.5f * (1.8378770664093453f + logvar + diff * diff * Math::exp(-logvar));
 }
 
 }  // namespace fastvae

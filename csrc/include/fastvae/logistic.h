@@ -15,8 +15,8 @@
 // log(1 − e^(−d)) and d/(e^d − 1) come from expm1, exact for tiny d (a scale many bins
 // wide), where kernels/logistic.py uses a series.
 //
-// Every formula takes its elementary functions from a Math policy: LibraryMath, the C/CUDA
-// math library's expf, logf, log1pf, expm1f and tanhf (the CUDA kernels'), by default; the
+// Every formula takes its elementary functions from a Math policy: common.h's LibraryMath,
+// the C/CUDA math library (the CUDA kernels'), by default; the
 // CPU loops pass csrc/cpu/vector_math.h's branch-free forms, which the compiler vectorizes
 // over pixels (a libm call per element would not be, and costs ten times as much).
 #pragma once
@@ -34,14 +34,6 @@
 #endif
 
 namespace fastvae {
-
-struct LibraryMath {
-  FASTVAE_HD static float exp(float x) { return expf(x); }
-  FASTVAE_HD static float log(float x) { return logf(x); }
-  FASTVAE_HD static float log1p(float x) { return log1pf(x); }
-  FASTVAE_HD static float expm1(float x) { return expm1f(x); }
-  FASTVAE_HD static float tanh(float x) { return tanhf(x); }
-};
 
 // fastvae.reference.LOG_SCALE_MIN: log-scales below it act as it and get no gradient.
 constexpr float kLogScaleMin = -7.0f;

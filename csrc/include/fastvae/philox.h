@@ -14,9 +14,10 @@ struct PhiloxWords {
   uint32_t word[4];
 };
 
-FASTVAE_HD PhiloxWords philox4x32_10(uint64_t seed, uint64_t offset) {
-  uint32_t c0 = static_cast<uint32_t>(offset), c1 = static_cast<uint32_t>(offset >> 32), c2 = 0, c3 = 0;
-  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+// The counter's and the key's words as 32-bit values: a CPU loop over consecutive
+// offsets vectorizes this form (its 64-bit offset arithmetic would not).
+FASTVAE_HD PhiloxWords philox4x32_10_words(uint32_t c0, uint32_t c1, uint32_t k0, uint32_t k1) {
+  uint32_t c2 = 0, c3 = 0;
 #if defined(__CUDACC__)
 #pragma unroll
 #endif
@@ -35,21 +36,36 @@ FASTVAE_HD PhiloxWords philox4x32_10(uint64_t seed, uint64_t offset) {
   return PhiloxWords{{c0, c1, c2, c3}};
 }
 
+FASTVAE_HD PhiloxWords philox4x32_10(uint64_t seed, uint64_t offset) {
+  return philox4x32_10_words(static_cast<uint32_t>(offset), static_cast<uint32_t>(offset >> 32),
+                             static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
+}
+
 FASTVAE_HD float uint32_to_uniform(uint32_t word) {
-  int32_t signed_word = static_cast<int32_t>(word);
-  if (signed_word < 0) signed_word = -signed_word - 1;
-  return static_cast<float>(signed_word) * 4.6566127342e-10f;
+  const int32_t signed_word = static_cast<int32_t>(word);
+  // −x − 1 = ~x: one select, which a CPU loop vectorizes.
+  return static_cast<float>(signed_word < 0 ? ~signed_word : signed_word) * 4.6566127342e-10f;
 }
 
 FASTVAE_HD float philox_uniform(uint64_t seed, uint64_t offset) {
   return uint32_to_uniform(philox4x32_10(seed, offset).word[0]);
 }
 
-FASTVAE_HD float philox_normal(uint64_t seed, uint64_t offset) {
-  const PhiloxWords words = philox4x32_10(seed, offset);
-  const float u1 = fmaxf(1.0e-7f, uint32_to_uniform(words.word[0]));
+// The elementary functions from a Math policy (common.h): the CPU loops pass their
+// vectorizable ones, which agree with the library's to a few ulp.
+template <typename Math = LibraryMath>
+FASTVAE_HD float box_muller(const PhiloxWords& words) {
+  // max(1e-7, u): a select rather than fmaxf, whose NaN rules keep a CPU loop scalar (u
+  // is never NaN).
+  const float uniform = uint32_to_uniform(words.word[0]);
+  const float u1 = uniform < 1.0e-7f ? 1.0e-7f : uniform;
   const float u2 = uint32_to_uniform(words.word[1]);
-  return sqrtf(-2.0f * logf(u1)) * cosf(6.283185307179586f * u2);
+  return Math::sqrt(-2.0f * Math::log(u1)) * Math::cos(6.283185307179586f * u2);
+}
+
+template <typename Math = LibraryMath>
+FASTVAE_HD float philox_normal(uint64_t seed, uint64_t offset) {
+  return box_muller<Math>(philox4x32_10(seed, offset));
 }
 
 // Gumbel noise -log(-log u), u clamped below at 1e-20 (only u = 0 is below it).
