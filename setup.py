@@ -141,7 +141,8 @@ def extensions():
 
 
 setup(
-    packages=["fastvae", "fastvae.ops", "fastvae.native", "fastvae.kernels"],
+    packages=["fastvae", "fastvae.ops", "fastvae.native", "fastvae.kernels", "fastvae.nn", "fastvae.models",
+              "fastvae.train", "fastvae.eval", "fastvae.data", "fastvae.cli"],
     package_dir={"fastvae": "fastvae", "fastvae.kernels": "kernels"},
     ext_modules=extensions(),
     cmdclass={"build_ext": BuildExtensions},

@@ -1,8 +1,9 @@
-"""Smoke tests of the benchmarks on the CPU (CI): bench/bench_latent.py and
-bench/bench_likelihood.py run end to end at a tiny size with the eager and compile
-providers (and Triton, under the interpreter that tests/conftest.py switches on without
-a GPU), write their JSON and markdown, and print their tables; plus the minimum-bytes
-models, the bar checks and the shared helpers in bench/common.py.
+"""Smoke tests of the benchmarks on the CPU (CI): bench/bench_latent.py,
+bench/bench_likelihood.py and bench/bench_train.py run end to end at a tiny size with the
+eager and compile providers (and Triton, under the interpreter that tests/conftest.py
+switches on without a GPU), write their JSON and markdown, and print their tables; plus
+the minimum-bytes models, the bar checks, the training benchmark's routing check and the
+shared helpers in bench/common.py.
 
 bench/ is a folder of scripts, not a package, so the script is loaded by its path.
 """
@@ -336,3 +337,109 @@ def test_bench_likelihood_sizes_and_bars(bench_likelihood, tmp_path):
     assert [(r["shape"], r["verdict"]) for r in rows] == [("64x3x32x32", "met"),
                                                           ("16x3x64x64", "missed: peak_extra_vs_eager")]
     assert bench_likelihood.bar_rows(records, "cpu")[1] == []  # the CPU bar is the cpu backend's
+
+
+# --------------------------------------------------------------------------------------
+# bench/bench_train.py
+# --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bench_train():
+    return load_bench_script("bench_train")
+
+
+def test_bench_train_tiny_cpu(bench_train, tmp_path, capsys):
+    """Every provider trains both tiny models: timed, checked against eager, routed as
+    named (eager runs no fastvae custom op; Triton runs the fused ops)."""
+    triton = "triton" in backends.available("cpu")
+    # aot_eager: the compile path (dynamo, AOTAutograd) without inductor's minutes-long
+    # CPU code generation; the GPU run uses inductor.
+    providers = ["eager", "compile"] + (["triton", "triton+compile"] if triton else [])
+    out = tmp_path / "train.json"
+    argv = ["--device", "cpu", "--tiny", "--reps", "2", "--min-reps", "1", "--warmup", "1", "--budget-ms", "1",
+            "--compile-backend", "aot_eager", "--providers", ",".join(providers), "--out", str(out)]
+    assert bench_train.main(argv) == 0
+
+    payload = json.loads(out.read_text())
+    assert payload["benchmark"] == "train"
+    meta = payload["metadata"]
+    assert meta["command"].startswith("python bench/bench_train.py --device cpu --tiny")
+    assert meta["device"]["type"] == "cpu" and meta["compile_backend"] == "aot_eager"
+    records = payload["records"]
+    cases = {("mlp", 16, "784"), ("conv_mixture", 2, "3x8x8")}
+    assert {(r["model"], r["batch"], r["input"], r["provider"]) for r in records} == {
+        case + (p,) for case in cases for p in providers}
+    for record in records:
+        label = f"{record['model']} {record['provider']}"
+        assert record["error"] is None, f"{label}: {record['error']}"
+        assert record["dtype"] == "float32"
+        for field in ("median_ms", "min_ms", "steps_per_s", "samples_per_s", "speedup_vs_eager", "speedup_vs_compile"):
+            assert is_positive_finite(record[field]), f"{label}: {field} = {record[field]}"
+        assert record["steps_per_s"] == pytest.approx(1e3 / record["median_ms"])
+        assert record["samples_per_s"] == pytest.approx(record["batch"] * record["steps_per_s"])
+        assert record["peak_mib"] is None and record["peak_extra_mib"] is None  # no counter on the CPU
+        assert record["rel_err_vs_eager"] < 1e-3, label
+        assert record["backend"] == ("torch" if record["provider"] in ("eager", "compile") else "triton")
+        assert record["compiled"] == record["provider"].endswith("compile")
+        if record["backend"] == "torch":
+            assert record["fastvae_ops"] == [], label
+        else:
+            assert record["fastvae_ops"], label
+    if triton:
+        by_key = {(r["model"], r["provider"]): r for r in records}
+        # The mixture model's step runs the fused mixture op; the MLP's the Bernoulli one.
+        assert any("mixture" in op for op in by_key["conv_mixture", "triton"]["fastvae_ops"])
+        assert any("bernoulli" in op for op in by_key["mlp", "triton"]["fastvae_ops"])
+    printed = capsys.readouterr().out
+    assert "| model | batch | input | dtype | provider | median ms | steps/s |" in printed
+    assert out.with_suffix(".md").read_text().strip() == printed.strip()
+
+
+def test_bench_train_eager_routes_every_op_through_the_reference(bench_train, monkeypatch):
+    """fastvae.use_backend('torch') runs the models' every op as fastvae.reference's
+    PyTorch: no kernel module is ever looked up, and the reference functions are called."""
+    import fastvae
+    from fastvae import reference
+    from fastvae.ops import _common
+
+    def no_kernels(backend, family):
+        raise AssertionError(f"the torch backend looked up {backend} kernels of {family}")
+
+    monkeypatch.setattr(_common, "kernel_module", no_kernels)
+    called = set()
+    for name in ("sample_gaussian", "bernoulli_nll", "discretized_logistic_mixture_nll"):
+        original = getattr(reference, name)
+        monkeypatch.setattr(reference, name, lambda *a, _f=original, _n=name, **k: called.add(_n) or _f(*a, **k))
+    device = torch.device("cpu")
+    generator = torch.Generator().manual_seed(0)
+    with fastvae.use_backend("torch"):
+        for name, side in (("mlp", None), ("conv_mixture", 8)):
+            case = bench_train.MODELS[name]
+            model = bench_train.new_model(case, side, device)
+            step = bench_train.training_step(model, torch.optim.Adam(model.parameters()), device, "float32")
+            x = bench_train.make_batch(case, 4, side, device, generator)
+            assert bench_train.fastvae_ops_of_step(step, x) == []
+    assert called == {"sample_gaussian", "bernoulli_nll", "discretized_logistic_mixture_nll"}
+
+
+def test_bench_train_routing_check_and_arguments(bench_train):
+    with pytest.raises(RuntimeError, match="still ran fastvae custom ops"):
+        bench_train.check_routing("eager", ["gaussian_latent_fwd"])
+    with pytest.raises(RuntimeError, match="ran no fastvae custom op"):
+        bench_train.check_routing("triton+compile", [])
+    bench_train.check_routing("compile", [])
+    assert bench_train.provider_backend("cuda+compile") == "cuda" and bench_train.provider_backend("compile") == "torch"
+    assert bench_train.parse_sizes("default") == [("mlp", 4096, None), ("mlp", 65536, None), ("conv_mixture", 128, 32)]
+    assert bench_train.parse_sizes("mlp:8,conv_mixture:4:16") == [("mlp", 8, None), ("conv_mixture", 4, 16)]
+    for bad in ("resnet:4", "mlp:0", "conv_mixture:4:10", "mlp"):
+        with pytest.raises(SystemExit):
+            bench_train.parse_sizes(bad)
+    with pytest.raises(SystemExit, match="not available"):
+        bench_train.parse_providers("eager,cuda", torch.device("cpu"))
+    # The GPU bar: the conv mixture VAE at 3x32x32, kernel providers, >= 1.5x eager.
+    records = [{"model": "conv_mixture", "input": "3x32x32", "provider": p, "speedup_vs_eager": s, "error": None,
+                "skipped": None} for p, s in (("eager", 1.0), ("triton", 1.6), ("triton+compile", 1.2))]
+    assert [(r["provider"], r["verdict"]) for r in bench_train.bar_rows(records, "cuda")] == [
+        ("triton", "met"), ("triton+compile", "missed: speedup_vs_eager")]
+    assert bench_train.bar_rows(records, "cpu") == []

@@ -1,0 +1,7 @@
+"""``python -m fastvae``: the ``fastvae`` command (see :mod:`fastvae.cli`)."""
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,203 @@
+"""The ``fastvae`` command (also ``python -m fastvae``).
+
+Commands::
+
+    fastvae train [FLAGS] [--config FILE.toml] [--resume] [--stop-at STEP]
+    fastvae eval CHECKPOINT [--iwae-samples 5000] [--num-points N] [--split test] ...
+    fastvae sample CHECKPOINT [--num 64] [--seed 0] [--out FILE.png]
+    fastvae sweep --betas 0.25,1,4 [FLAGS of train] [--config FILE.toml]
+    fastvae bench [latent|likelihood|train|all] [ARGUMENTS of the benchmark]
+
+``fastvae train`` with no flags trains the default model on the embedded sprites and
+leaves a run folder (see :mod:`fastvae.cli.train`).  The flags of ``train`` and
+``sweep`` and the keys of their ``--config`` files are one table
+(:mod:`fastvae.cli.options`); flags given override the file.
+
+Example::
+
+    >>> from fastvae.cli import main
+    >>> main(["train", "--steps", "200", "--out", "runs/quick"])
+    0
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+from .options import PROGRAM, add_option_flags, given_flags, normalize_settings, read_toml
+
+__all__ = ["main", "build_parser"]
+
+# Errors that are the user's to fix (a bad setting, a missing file, a run that cannot
+# go on): reported as one line, without a traceback.
+_USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
+_positive_int.__name__ = "positive int"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``fastvae`` argument parser and its five commands."""
+    parser = argparse.ArgumentParser(
+        prog=PROGRAM, description="Train, evaluate and sample variational autoencoders on fastvae's fused ops.",
+        epilog=f"`{PROGRAM} COMMAND --help` lists a command's options.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    train = commands.add_parser(
+        "train", help="train a model and leave a run folder (config, metrics, checkpoints, PNGs, report.md)",
+        description="Train a VAE and write a run folder: config.toml, metrics.jsonl, checkpoints/, PNGs and "
+        "report.md (final ELBO, IWAE estimate, ELBO gap, active units, KL per dimension). With no flags: the "
+        "default conv VAE on the embedded sprites, about two minutes on a CPU.",
+    )
+    train.add_argument("--config", metavar="FILE.toml", help="settings from a TOML file whose keys are these flags "
+                       "(without --); flags given override it")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint "
+                       "(bit for bit on the same device); flags given override its config.toml")
+    train.add_argument("--stop-at", type=_positive_int, metavar="STEP", help="stop at this step with a checkpoint "
+                       "(continue later with --resume)")
+    add_option_flags(train)
+
+    evaluate = commands.add_parser(
+        "eval", help="evaluate a checkpoint: IWAE log-likelihood (K=5000), ELBO, gap, active units, KL per dimension",
+        description="Evaluate a checkpoint on a data split and write report.md and results.json. The data set is "
+        "the run's (from its config.toml) unless --data is given.",
+    )
+    evaluate.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint file or a run folder (its last one)")
+    evaluate.add_argument("--iwae-samples", type=_positive_int, default=5000,
+                          help="K, importance samples per data point (default: 5000, the papers' setting)")
+    evaluate.add_argument("--num-points", type=_positive_int, default=None,
+                          help="evaluate the first N points of the split (default: all)")
+    evaluate.add_argument("--split", default="test", choices=("test", "valid", "train"), help="(default: test)")
+    evaluate.add_argument("--batch-size", type=_positive_int, default=100, help="data points per call (default: 100)")
+    evaluate.add_argument("--sample-chunk", type=_positive_int, default=None,
+                          help="importance samples per model call (default: sized to bound memory)")
+    _add_checkpoint_flags(evaluate)
+    evaluate.add_argument("--out", help="the folder for report.md and results.json (default: "
+                          "RUN/eval-<split>-k<K>, or beside the checkpoint)")
+    evaluate.add_argument("--data", help="the data set (default: the run's)")
+    evaluate.add_argument("--data-root", help="the folder of the data files (default: the run's)")
+    evaluate.add_argument("--binarize", choices=("none", "static", "dynamic"), help="(default: the run's)")
+
+    sample = commands.add_parser("sample", help="write a PNG grid of samples of a checkpoint's model",
+                                 description="Draw z ~ p(z) and write the decoder's means as a PNG grid.")
+    sample.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint file or a run folder (its last one)")
+    sample.add_argument("--num", type=_positive_int, default=64, help="samples (default: 64)")
+    sample.add_argument("--ncol", type=_positive_int, default=8, help="columns of the grid (default: 8)")
+    _add_checkpoint_flags(sample)
+    sample.add_argument("--out", help="the PNG (default: RUN/samples-seed<seed>.png)")
+
+    sweep = commands.add_parser(
+        "sweep", help="rate–distortion: train one model per β and plot rate against distortion",
+        description="Train one model per β (all other settings equal, each in OUT/beta-<β> with its own report), "
+        "then write OUT/rate_distortion.png, .md and .json.",
+    )
+    sweep.add_argument("--betas", type=lambda text: [float(v) for v in text.split(",") if v], metavar="B,B,...",
+                       help="the β values, e.g. 0.25,1,4 (or betas = [...] in --config)")
+    sweep.add_argument("--config", metavar="FILE.toml", help="settings (and betas) from a TOML file; flags override")
+    add_option_flags(sweep)
+
+    bench = commands.add_parser(
+        "bench", help="run the benchmarks of a source checkout (bench/)",
+        description="Run bench/bench_<NAME>.py of a source checkout with the ARGUMENTS given (all three, with "
+        "their defaults, when no NAME is given). `fastvae bench NAME --help` lists a benchmark's options.",
+    )
+    bench.add_argument("arguments", nargs=argparse.REMAINDER, metavar="[NAME] ARGUMENTS",
+                       help="NAME is latent, likelihood, train or all")
+    return parser
+
+
+def _add_checkpoint_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None,
+                        help="use the weight average (default: when the checkpoint has one)")
+    parser.add_argument("--seed", type=int, default=0, help="seeds every random draw (default: 0)")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if present)")
+    parser.add_argument("--backend", default="auto", choices=("auto", "torch", "triton", "cuda", "cpu"),
+                        help="fastvae backend (default: auto)")
+
+
+def _run_train(args) -> int:
+    from .train import resolve_settings, train_run
+
+    file_settings = read_toml(args.config, "train") if args.config else {}
+    settings = resolve_settings(given_flags(args), file_settings, resume=args.resume)
+    train_run(settings, resume=args.resume, stop_at=args.stop_at)
+    return 0
+
+
+def _run_sweep(args) -> int:
+    from .sweep import sweep_run
+    from .train import resolve_settings
+
+    file_settings = read_toml(args.config, "sweep", allowed=("betas",)) if args.config else {}
+    betas = args.betas if args.betas is not None else file_settings.pop("betas", None)
+    file_settings.pop("betas", None)
+    if "beta" in given_flags(args) or "beta" in file_settings:
+        raise ValueError(f"{PROGRAM} sweep: give the β values with --betas (or betas = [...]), not --beta")
+    if betas is not None:
+        betas = normalize_settings({"betas": betas}, "sweep", allowed=("betas",))["betas"]
+    settings = resolve_settings(given_flags(args), file_settings, where="sweep")
+    sweep_run(settings, betas)
+    return 0
+
+
+def _run_eval(args) -> int:
+    from .checkpoints import eval_checkpoint
+
+    overrides = {"data": args.data, "data_root": args.data_root, "binarize": args.binarize}
+    eval_checkpoint(args.checkpoint, split=args.split, num_samples=args.iwae_samples, num_points=args.num_points,
+                    batch_size=args.batch_size, sample_chunk=args.sample_chunk, use_ema=args.ema, device=args.device,
+                    backend=args.backend, seed=args.seed, out=args.out, data_overrides=overrides)
+    return 0
+
+
+def _run_sample(args) -> int:
+    from .checkpoints import sample_checkpoint
+
+    sample_checkpoint(args.checkpoint, num=args.num, ncol=args.ncol, seed=args.seed, use_ema=args.ema,
+                      device=args.device, backend=args.backend, out=args.out)
+    return 0
+
+
+def _run_bench(args) -> int:
+    from .bench import BENCHMARKS, run_benchmarks
+
+    arguments = list(args.arguments)
+    if arguments and arguments[0] in BENCHMARKS + ("all",):
+        name = arguments.pop(0)
+    elif arguments and not arguments[0].startswith("-"):
+        raise ValueError(f"{PROGRAM} bench: unknown benchmark {arguments[0]!r}; choose from "
+                         f"{', '.join(BENCHMARKS)} or all")
+    else:
+        name = "all"
+    if name == "all" and arguments:
+        raise ValueError(f"{PROGRAM} bench: arguments go to one benchmark: name it ({', '.join(BENCHMARKS)})")
+    return run_benchmarks(BENCHMARKS if name == "all" else (name,), arguments)
+
+
+_COMMANDS = {"train": _run_train, "eval": _run_eval, "sample": _run_sample, "sweep": _run_sweep, "bench": _run_bench}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the ``fastvae`` command with ``argv`` (default ``sys.argv[1:]``); returns the
+    exit status.  A bad setting or a missing file exits with a one-line message."""
+    from ..train import TooManySkippedUpdates, distributed
+
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        return _COMMANDS[args.command](args)
+    except (*_USER_ERRORS, TooManySkippedUpdates) as error:
+        message = str(error)
+        if not message.startswith(PROGRAM):
+            message = f"{PROGRAM} {args.command}: {message}"
+        raise SystemExit(message) from None
+    finally:
+        distributed.cleanup()

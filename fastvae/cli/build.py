@@ -1,0 +1,123 @@
+"""From resolved settings to the things a run needs: the data splits, the model, the
+trainer's config, the device."""
+from __future__ import annotations
+
+import inspect
+from typing import Mapping, Optional
+
+import torch
+
+from .. import data as fastvae_data
+from ..models import MODELS, build_model
+from ..train import TrainConfig
+from .options import MODEL_KEYS, OPTION_BY_KEY, PROGRAM, ConfigError
+
+# Each split's own stream of the static binarization, so the train and test images of
+# one seed are drawn independently.
+_BINARIZE_SEED_OFFSET = {"train": 0, "valid": 1, "test": 2}
+DEFAULT_EVAL_BATCH = 100
+
+
+def pick_device(settings: Mapping, distributed: bool) -> Optional[str]:
+    """The device to train on: the setting, else CUDA when there is one; under torchrun
+    None, so the trainer takes cuda:LOCAL_RANK (or the CPU)."""
+    if settings.get("device"):
+        return settings["device"]
+    if distributed:
+        return None
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_split(settings: Mapping, split: str, device: Optional[str] = None):
+    """The data set of ``split`` as the settings describe it (data, data_root,
+    binarize, num_train/num_test, image_size), on ``device`` when given.
+
+    A dynamically binarized data set is binarized dynamically for training only: the
+    evaluation splits are binarized once (statically, from the run's seed), so every
+    evaluation of a run reads the same images."""
+    name = settings["data"]
+    count = settings.get("num_train") if split == "train" else settings.get("num_test")
+    kwargs = {}
+    if name == "sprites" and count is not None:
+        kwargs["num_images"] = count
+    if name == "image_folder" and settings.get("image_size") is not None:
+        kwargs["image_size"] = settings["image_size"]
+    dataset = fastvae_data.load_dataset(name, root=settings.get("data_root"), split=split, **kwargs)
+    if count is not None and name != "sprites" and count < len(dataset):
+        dataset = dataset.subset(torch.arange(count))
+    binarize = settings.get("binarize") or "none"
+    if binarize == "static" or (binarize == "dynamic" and split != "train"):
+        dataset = fastvae_data.static_binarize(dataset, seed=settings["seed"] + _BINARIZE_SEED_OFFSET.get(split, 3))
+    elif binarize == "dynamic":
+        dataset = fastvae_data.DynamicBinarization(dataset)
+    if device is not None and torch.device(device).type != "cpu" and hasattr(dataset, "to"):
+        dataset = dataset.to(device)
+    return dataset
+
+
+def model_config(settings: Mapping, data_shape) -> dict:
+    """The ``fastvae.models.build_model`` config of the settings' model for data of
+    ``data_shape``: every model setting given, checked against what the model takes."""
+    name = settings["model"]
+    if name not in MODELS:
+        raise ConfigError(f"{PROGRAM} train: unknown model {name!r}; known: {', '.join(sorted(MODELS))}")
+    accepted = inspect.signature(MODELS[name].__init__).parameters
+    config = {"name": name, "data_shape": list(data_shape)}
+    for key in MODEL_KEYS:
+        value = settings.get(key)
+        if value is None:
+            continue
+        if key not in accepted:
+            takes = sorted(OPTION_BY_KEY[k].flag for k in MODEL_KEYS if k in accepted)
+            raise ConfigError(
+                f"{PROGRAM} train: {OPTION_BY_KEY[key].flag} does not apply to the {name!r} model; its options are "
+                f"{', '.join(takes)}"
+            )
+        config[key] = value
+    return config
+
+
+def model_settings(model) -> dict:
+    """The model's resolved constructor arguments that are settings (its defaults
+    included), to write into the run's config."""
+    return {key: value for key, value in model.config.items() if key in MODEL_KEYS}
+
+
+def train_config(settings: Mapping, out_dir, device: Optional[str]) -> TrainConfig:
+    """The trainer's :class:`fastvae.train.TrainConfig` from the settings."""
+    return TrainConfig(
+        steps=settings.get("steps"),
+        epochs=settings.get("epochs"),
+        batch_size=settings["batch_size"],
+        lr=settings["lr"],
+        lr_warmup_steps=settings["lr_warmup_steps"],
+        optimizer=settings["optimizer"],
+        weight_decay=settings["weight_decay"],
+        grad_clip=settings.get("grad_clip") or None,
+        skip_threshold=settings.get("skip_threshold") or None,
+        max_consecutive_skips=settings["max_consecutive_skips"],
+        beta_schedule=settings["beta"],
+        temperature_schedule=settings.get("temperature_schedule"),
+        free_bits=settings["free_bits"],
+        ema_decay=settings.get("ema_decay"),
+        autocast=settings["autocast"],
+        compile=settings["compile"],
+        seed=settings["seed"],
+        device=device,
+        out_dir=str(out_dir) if out_dir is not None else None,
+        log_every=settings["log_every"],
+        eval_every=settings["eval_every"],
+        eval_batch_size=settings.get("eval_batch_size") or DEFAULT_EVAL_BATCH,
+        checkpoint_every=settings["checkpoint_every"],
+        keep_last=settings["keep_last"],
+        overwrite=settings.get("overwrite", False),
+        progress=settings["progress"],
+        tensorboard=settings["tensorboard"],
+    )
+
+
+def new_model(settings: Mapping, data_shape):
+    """The settings' model for data of ``data_shape``, its weights drawn from the
+    settings' seed (so the same seed gives the same initial model)."""
+    torch.manual_seed(settings["seed"])
+    return build_model(model_config(settings, data_shape))

@@ -1,0 +1,239 @@
+"""``fastvae train``: train a model and leave a run folder.
+
+The folder holds, when the run is done::
+
+    config.toml        every setting, resolved: `fastvae train --config config.toml` reruns it
+    metrics.jsonl      training and evaluation metrics, one JSON object per line
+    tensorboard/       the same as TensorBoard events (when tensorboard is installed)
+    checkpoints/       step_XXXXXXXX.pt, written atomically; `--resume` continues from the last
+    results.json       the final evaluation (fastvae.eval.evaluate)
+    samples.png, reconstructions.png, traversals.png, kl_per_dim.png, training_curves.png
+    report.md          the final ELBO, the IWAE estimate (K and the number of points), the
+                       ELBO gap, active units, KL per dimension, the pictures, the config
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Mapping, Optional
+
+import torch
+
+from .. import backends
+from ..eval import evaluate, iwae_estimate, save_pictures, write_report
+from ..train import Trainer, distributed, latest_checkpoint
+from ..train.checkpoint import list_checkpoints
+from ..train.metrics import METRICS_FILE, TENSORBOARD_DIR, MetricsLogger
+from .build import DEFAULT_EVAL_BATCH, load_split, model_settings, new_model, pick_device, train_config
+from .options import (INVOCATION_KEYS, PROGRAM, ConfigError, builtin_defaults, fill_data_defaults, overlay,
+                      read_toml, write_toml)
+
+CONFIG_FILE = "config.toml"
+RESULTS_FILE = "results.json"
+REPORT_FILE = "report.md"
+RUNS_DIR = "runs"
+# The mutual-information estimate costs the square of its points.
+MI_POINTS = 1000
+PICTURES = ("samples.png", "reconstructions.png", "traversals.png", "kl_per_dim.png", "training_curves.png")
+
+
+def resolve_settings(flags: Mapping, file_settings: Optional[Mapping] = None, resume: bool = False,
+                     where: str = "train") -> dict:
+    """The run's settings: built-in defaults, then (with ``resume``) the run folder's
+    config.toml, then ``file_settings`` (the ``--config`` file's), then ``flags``; what
+    is still unset is filled from the data set's defaults."""
+    settings = builtin_defaults()
+    file_settings = dict(file_settings or {})
+    if resume:
+        out = flags.get("out") or file_settings.get("out")
+        if out is None:
+            raise ConfigError(f"{PROGRAM} {where}: --resume continues a run folder: give it with --out RUN_FOLDER")
+        saved = Path(out) / CONFIG_FILE
+        if not saved.is_file():
+            raise FileNotFoundError(f"{PROGRAM} {where}: --resume: {str(out)!r} holds no {CONFIG_FILE}, so no run to "
+                                    f"continue")
+        settings = overlay(settings, read_toml(saved, where))
+    settings = overlay(settings, file_settings)
+    settings = overlay(settings, flags)
+    return fill_data_defaults(settings)
+
+
+def default_run_name(settings: Mapping) -> str:
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return f"{settings['data']}-{settings['model']}-{stamp}"
+
+
+def run_folder(settings: dict, context) -> Path:
+    """``--out``, else runs/<name>; the same on every process (rank 0's choice)."""
+    if settings.get("name") is None:
+        settings["name"] = default_run_name(settings)
+    folder = settings.get("out") or str(Path(RUNS_DIR) / settings["name"])
+    return Path(distributed.all_gather_objects(folder, context)[0])
+
+
+def _previous_run(folder: Path) -> list:
+    found = [folder / name for name in (METRICS_FILE, REPORT_FILE, RESULTS_FILE) if (folder / name).exists()]
+    return found + list_checkpoints(folder)
+
+
+def claim_folder(folder: Path, overwrite: bool) -> None:
+    """A fresh run needs a folder without another run in it: stop (the default) or clear
+    that run's files (``--overwrite``)."""
+    previous = _previous_run(folder)
+    if not previous:
+        return
+    if not overwrite:
+        raise FileExistsError(
+            f"{PROGRAM} train: {str(folder)!r} already holds a run ({previous[0].name}); continue it with "
+            f"`{PROGRAM} train --out {folder} --resume`, replace it with --overwrite, or choose another --out"
+        )
+    for path in previous + [folder / picture for picture in PICTURES] + [folder / CONFIG_FILE]:
+        path.unlink(missing_ok=True)
+    shutil.rmtree(folder / TENSORBOARD_DIR, ignore_errors=True)
+
+
+def say(message: str, context) -> None:
+    if context.is_main:
+        print(message, flush=True)
+
+
+def _milestones(every: int, start: int, end: int) -> list:
+    """The steps after ``start`` up to ``end`` at which training pauses for an IWAE
+    estimate (every ``every`` steps), ending with ``end``."""
+    stops = list(range(every, end, every)) if every else []
+    return [step for step in stops if step > start] + [end]
+
+
+def _evaluated_module(trainer: Trainer):
+    """The weights a run is judged by: the moving average when there is one."""
+    return (trainer.ema.module, "ema") if trainer.ema is not None else (trainer.model, "weights")
+
+
+def _iwae_event(trainer: Trainer, eval_data, settings: Mapping, split: str) -> dict:
+    module, _ = _evaluated_module(trainer)
+    points = settings["iwae_points"] or None
+    estimate = iwae_estimate(module, eval_data, settings["iwae_samples"],
+                             settings.get("eval_batch_size") or DEFAULT_EVAL_BATCH, num_points=points,
+                             seed=settings["seed"])
+    return {"step": trainer.step, f"{split}/iwae": estimate.mean, f"{split}/iwae_nll": estimate.nll,
+            f"{split}/iwae_num_samples": estimate.num_samples, f"{split}/iwae_num_points": estimate.num_points}
+
+
+def full_config(settings: Mapping, model, config) -> dict:
+    """What report.md shows: the settings, the model's config and the trainer's."""
+    return {"settings": {k: v for k, v in settings.items() if v is not None and k not in INVOCATION_KEYS},
+            "model": model.config, "train": config.to_dict()}
+
+
+def finish_run(trainer: Trainer, eval_data, settings: Mapping, folder: Path, config) -> dict:
+    """The final evaluation (rank 0): results.json, the pictures and report.md."""
+    module, which = _evaluated_module(trainer)
+    points = settings["iwae_points"] or None
+    batch = settings.get("eval_batch_size") or DEFAULT_EVAL_BATCH
+    started = time.perf_counter()
+    results = evaluate(module, eval_data, num_samples=settings["iwae_samples"], batch_size=batch,
+                       iwae_num_points=points, mi_num_points=MI_POINTS, seed=settings["seed"])
+    results.update(step=trainer.step, evaluated=which, split=settings["eval_split"], data=settings["data"],
+                   train_seconds=round(trainer.elapsed, 1), eval_seconds=round(time.perf_counter() - started, 1))
+    (folder / RESULTS_FILE).write_text(json.dumps(results, indent=1, allow_nan=True) + "\n")
+    split = settings["eval_split"]
+    logger = MetricsLogger(folder, tensorboard=False)
+    logger.log({"step": trainer.step, f"{split}/iwae": results["iwae"], f"{split}/iwae_nll": results["iwae_nll"],
+                f"{split}/iwae_num_samples": results["iwae_num_samples"],
+                f"{split}/iwae_num_points": results["iwae_num_points"]})
+    logger.close()
+    if settings["pictures"]:
+        save_pictures(module, eval_data, folder, kl_per_dim=torch.tensor(results["kl_per_dim"]),
+                      metrics_path=folder / METRICS_FILE, seed=settings["seed"])
+    title = f"fastvae report: {settings['name']} ({settings['data']}, {settings['model']}, step {trainer.step}" + (
+        ", weight average)" if which == "ema" else ")")
+    write_report(folder / REPORT_FILE, results, config=full_config(settings, module, config), title=title)
+    return results
+
+
+def summary_lines(results: Mapping, folder: Path) -> list:
+    gap = results["elbo_gap"]
+    return [
+        f"ELBO {results['elbo']:.3f} nats ({results['num_points']} {results['split']} points); "
+        f"IWAE log p(x) >= {results['iwae']:.3f} nats (K={results['iwae_num_samples']}, "
+        f"{results['iwae_num_points']} points); ELBO gap {gap:.3f} nats",
+        f"active units {results['active_units']} of {results['latent_dim']}; KL {results['kl']:.3f} nats; "
+        f"bits/dim {results['bits_per_dim']:.4f}" if results.get("bits_per_dim") is not None else
+        f"active units {results['active_units']} of {results['latent_dim']}; KL {results['kl']:.3f} nats",
+        f"run folder: {folder} (report.md, results.json, metrics.jsonl, checkpoints/, PNGs)",
+    ]
+
+
+def train_run(settings: dict, resume: bool = False, stop_at: Optional[int] = None) -> Optional[dict]:
+    """Train the run the settings describe, into its run folder; returns the final
+    evaluation (on rank 0; None on the other ranks or when stopped at ``stop_at``)."""
+    context = distributed.init_from_env()
+    device = pick_device(settings, context.enabled)
+    # On the CPU, Adam's second moments of a Bernoulli decoder's saturated logits
+    # underflow into denormal floats, whose arithmetic is tens of times slower there.
+    # The flag is per thread, inherited by the worker threads torch starts later: a
+    # `fastvae train` process sets it before its first parallel op.
+    flushing = torch.device(device or "cpu").type == "cpu" and torch.set_flush_denormal(True)
+    try:
+        return _train(settings, context, device, resume, stop_at)
+    finally:
+        if flushing:
+            torch.set_flush_denormal(False)
+
+
+def _train(settings: dict, context, device: Optional[str], resume: bool, stop_at: Optional[int]) -> Optional[dict]:
+    folder = run_folder(settings, context)
+    if context.is_main and not resume:
+        claim_folder(folder, settings.get("overwrite", False))
+    distributed.barrier(context)
+    with backends.use_backend(settings["backend"]):
+        train_data = load_split(settings, "train", device)
+        eval_data = load_split(settings, settings["eval_split"], device)
+        model = new_model(settings, train_data.data_shape)
+        settings.update(model_settings(model))
+        config = train_config(settings, folder, device)
+        if context.is_main:
+            header = (f"fastvae train: {settings['name']}\nRerun: {PROGRAM} train --config {folder / CONFIG_FILE} "
+                      f"--out NEW_FOLDER; continue: {PROGRAM} train --out {folder} --resume")
+            write_toml(folder / CONFIG_FILE, {k: v for k, v in settings.items() if k not in INVOCATION_KEYS}, header)
+        trainer = Trainer(model, train_data, config, eval_data=eval_data)
+        if resume:
+            checkpoint = latest_checkpoint(folder)
+            if checkpoint is None:
+                raise FileNotFoundError(f"{PROGRAM} train: --resume: no checkpoint under {folder / 'checkpoints'}")
+            trainer.resume(checkpoint)
+            say(f"resuming {folder} from step {trainer.step} of {trainer.total_steps}", context)
+        backend = backends.resolve("sample_gaussian", trainer.device, torch.float32)
+        say(f"training {settings['model']} on {settings['data']} ({len(train_data)} images, "
+            f"{trainer.total_steps} steps of {config.batch_size}) on {trainer.device}, fastvae backend '{backend}'; "
+            f"run folder {folder}", context)
+        end = trainer.total_steps if stop_at is None else min(stop_at, trainer.total_steps)
+        split = settings["eval_split"]
+        for milestone in _milestones(settings["iwae_every"], trainer.step, end):
+            metrics = trainer.fit(stop_at=milestone)
+            if math.isfinite(metrics.get("elbo", math.nan)):
+                say(f"step {trainer.step}: train ELBO {metrics['elbo']:.3f}"
+                    + (f", {split} ELBO {metrics['eval/elbo']:.3f}" if "eval/elbo" in metrics else ""), context)
+            if milestone < trainer.total_steps and context.is_main:
+                event = _iwae_event(trainer, eval_data, settings, split)
+                logger = MetricsLogger(folder, tensorboard=False)
+                logger.log(event)
+                logger.close()
+                say(f"step {trainer.step}: {split} IWAE NLL {event[f'{split}/iwae_nll']:.3f} nats "
+                    f"(K={settings['iwae_samples']}, {event[f'{split}/iwae_num_points']} points)", context)
+            distributed.barrier(context)
+        if trainer.step < trainer.total_steps:
+            say(f"stopped at step {trainer.step} of {trainer.total_steps}; continue with "
+                f"`{PROGRAM} train --out {folder} --resume`", context)
+            return None
+        results = None
+        if context.is_main:
+            results = finish_run(trainer, eval_data, settings, folder, config)
+            for line in summary_lines(results, folder):
+                print(line, flush=True)
+        distributed.barrier(context)
+        return results

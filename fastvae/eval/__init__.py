@@ -1,0 +1,46 @@
+"""Evaluation of trained VAEs: how good a model really is, and pictures of it.
+
+- :func:`iwae_estimate` / :func:`iwae_log_likelihood`: the importance-weighted estimate
+  of log p(x) with K samples (Burda et al., 2016), batched over K; :func:`elbo_estimate`,
+  :func:`elbo_gap`, :func:`bits_per_dim`.
+- :func:`active_units`, :func:`kl_per_dimension`, :func:`mutual_information`: how the
+  latent space is used.
+- :mod:`~fastvae.eval.pictures`: sample grids, reconstructions, latent traversals, KL per
+  dimension, training curves, as PNG (:func:`write_png` needs no imaging library).
+- :func:`sweep_betas`, :func:`plot_rate_distortion`: the rate–distortion trade-off.
+- :func:`evaluate` and :func:`write_report`: everything at once, and report.md.
+"""
+from .latent import ActiveUnits, active_units, kl_per_dimension, mutual_information
+from .likelihood import (
+    ELBOEstimate,
+    IWAEEstimate,
+    bits_per_dim,
+    elbo_estimate,
+    elbo_gap,
+    iwae_estimate,
+    iwae_log_likelihood,
+)
+from .pictures import (
+    as_images,
+    image_grid,
+    plot_kl_per_dim,
+    plot_training_curves,
+    read_training_curves,
+    save_image_grid,
+    save_latent_traversals,
+    save_pictures,
+    save_reconstructions,
+    save_samples,
+)
+from .png import encode_png, to_uint8, write_png
+from .rate_distortion import RatePoint, plot_rate_distortion, rate_distortion_point, sweep_betas
+from .report import evaluate, write_report
+
+__all__ = [
+    "IWAEEstimate", "ELBOEstimate", "iwae_estimate", "iwae_log_likelihood", "elbo_estimate", "elbo_gap",
+    "bits_per_dim", "ActiveUnits", "active_units", "kl_per_dimension", "mutual_information",
+    "as_images", "image_grid", "save_image_grid", "save_samples", "save_reconstructions",
+    "save_latent_traversals", "plot_kl_per_dim", "read_training_curves", "plot_training_curves",
+    "save_pictures", "encode_png", "write_png", "to_uint8", "RatePoint", "rate_distortion_point",
+    "sweep_betas", "plot_rate_distortion", "evaluate", "write_report",
+]

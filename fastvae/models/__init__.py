@@ -1,0 +1,25 @@
+"""VAE models built on :mod:`fastvae.nn`, all keeping the contract of :mod:`fastvae.models.base`.
+
+``build_model(config)`` rebuilds any of them from its ``model.config``:
+
+* ``'mlp'``: :class:`MLPVAE`, fully connected (Burda et al.'s 784-200-200-50 model by default).
+* ``'conv'``: :class:`ConvVAE`, convolutional, Bernoulli or discretized logistic mixture decoder.
+* ``'hierarchical'``: :class:`HierarchicalVAE`, stochastic layers with top-down inference.
+* ``'discrete'``: :class:`DiscreteVAE`, Gumbel-softmax categorical latents.
+
+Priors (:mod:`fastvae.models.priors`): standard normal, a learned mixture of Gaussians,
+the VampPrior.  Objectives: the ELBO; the IWAE with K samples, optionally with DReG.
+"""
+from .base import MODELS, VAE, VAEOutput, build_model, register_model
+from .conv import ConvVAE
+from .discrete import DiscreteVAE, anneal_temperature
+from .hierarchical import HierarchicalVAE
+from .mlp import MLPVAE
+from .objectives import OBJECTIVES
+from .priors import PRIORS, MixtureOfGaussiansPrior, Prior, StandardNormalPrior, VampPrior, make_prior
+
+__all__ = [
+    "VAE", "VAEOutput", "MODELS", "register_model", "build_model", "MLPVAE", "ConvVAE", "HierarchicalVAE",
+    "DiscreteVAE", "anneal_temperature", "Prior", "StandardNormalPrior", "MixtureOfGaussiansPrior", "VampPrior",
+    "make_prior", "PRIORS", "OBJECTIVES",
+]

@@ -1,0 +1,99 @@
+"""The MLP VAE: fully connected encoder and decoder around one Gaussian latent vector."""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+from torch import Tensor, nn
+
+from ..nn.latent import GaussianLatent
+from .base import register_model
+from .layers import activation as make_activation, data_shape_of, mlp, positive_int, positive_ints
+from .objectives import check_objective
+from .single import SingleLatentVAE, build_likelihood, flat_size
+
+
+@register_model("mlp")
+class MLPVAE(SingleLatentVAE):
+    r"""A VAE whose encoder and decoder are multilayer perceptrons (images are flattened).
+
+    Encoder: data (flattened) → hidden_sizes[0] → … → hidden_sizes[-1], an activation after
+    each, then a :class:`fastvae.nn.GaussianLatent` head (mu, logvar).  Decoder: the
+    mirror image, latent_dim → hidden_sizes[-1] → … → hidden_sizes[0] → the likelihood's
+    parameters.  Burda et al.'s one-stochastic-layer model for binarized MNIST is the
+    default: ``MLPVAE(data_shape=(784,), hidden_sizes=(200, 200), latent_dim=50,
+    activation='tanh', likelihood='bernoulli')``.
+
+    Args:
+        data_shape: the shape of one data point, e.g. (784,) or (1, 28, 28); for the
+            discretized logistic mixture, [C, *spatial] with C = 1 or 3.
+        hidden_sizes: widths of the encoder's hidden layers (the decoder's, reversed).
+        latent_dim: D of the latent.
+        activation: 'tanh' (default), 'relu', 'elu', 'silu', 'gelu', 'softplus', 'leaky_relu'.
+        likelihood: the decoder's distribution, a name of :func:`fastvae.nn.make_likelihood`.
+        num_mixtures: components of 'discretized_logistic_mixture'.
+        likelihood_kwargs: further arguments of the likelihood head (num_bins, logvar, …).
+        prior: 'standard_normal' (analytic KL), 'mixture' or 'vamp' (Monte Carlo KL, see
+            :mod:`fastvae.models.priors`).
+        prior_components: components (pseudo-inputs) of the 'mixture' ('vamp') prior.
+        objective: 'elbo', or 'iwae' (the importance-weighted bound with ``num_samples`` K).
+        num_samples: K of the IWAE objective (unused by 'elbo').
+        dreg: the doubly reparameterized gradient (Tucker et al. 2018) for the encoder
+            with the IWAE objective.
+
+    Example::
+
+        >>> model = MLPVAE(data_shape=(784,), hidden_sizes=(200, 200), latent_dim=50)
+        >>> out = model(x, beta=1.0)                    # x [B, 784] in [0, 1]
+        >>> out.loss.backward()
+        >>> log_w = model.log_importance_weights(x, 64)   # [64, B]
+    """
+
+    def __init__(
+        self,
+        data_shape: Sequence[int] = (784,),
+        hidden_sizes: Sequence[int] = (200, 200),
+        latent_dim: int = 50,
+        activation: str = "tanh",
+        likelihood: str = "bernoulli",
+        num_mixtures: int = 10,
+        likelihood_kwargs: Optional[dict] = None,
+        prior: str = "standard_normal",
+        prior_components: int = 10,
+        objective: str = "elbo",
+        num_samples: int = 5,
+        dreg: bool = False,
+    ):
+        super().__init__()
+        where = "fastvae.models.MLPVAE"
+        self.data_shape = data_shape_of(where, list(data_shape))
+        hidden = positive_ints(where, "hidden_sizes", list(hidden_sizes), allow_empty=True)
+        self.latent_dim = positive_int(where, "latent_dim", latent_dim)
+        make_activation(where, activation)  # a clear ValueError for an unknown name, before building
+        objective, num_samples, dreg = check_objective(where, objective, num_samples, dreg)
+        self.likelihood, param_channels = build_likelihood(where, likelihood, self.data_shape, num_mixtures,
+                                                           likelihood_kwargs)
+        data_size = flat_size(self.data_shape)
+        self._params_shape = (param_channels,) + self.data_shape[1:]
+        self.encoder = nn.Sequential(nn.Flatten(), mlp(where, (data_size,) + hidden, activation))
+        self.latent = GaussianLatent(hidden[-1] if hidden else data_size, self.latent_dim)
+        decoder_sizes = (self.latent_dim,) + tuple(reversed(hidden)) + (flat_size(self._params_shape),)
+        self.decoder = mlp(where, decoder_sizes, activation, final_activation=False)
+        self._setup(where, prior, prior_components, objective, num_samples, dreg)
+        self.config = {
+            "name": "mlp",
+            "data_shape": list(self.data_shape),
+            "hidden_sizes": list(hidden),
+            "latent_dim": self.latent_dim,
+            "activation": activation,
+            "likelihood": likelihood,
+            "num_mixtures": num_mixtures,
+            "likelihood_kwargs": dict(likelihood_kwargs or {}),
+            "prior": prior,
+            "prior_components": prior_components,
+            "objective": objective,
+            "num_samples": num_samples,
+            "dreg": dreg,
+        }
+
+    def decoder_params(self, z: Tensor) -> Tensor:
+        return self.decoder(z).view((z.shape[0],) + self._params_shape)

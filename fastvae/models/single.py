@@ -1,0 +1,160 @@
+"""The machinery of a VAE with one Gaussian latent vector, shared by the MLP and the
+convolutional models: the prior, the likelihood head, the ELBO and IWAE objectives (with
+DReG), importance weights, and the evaluation methods of the :class:`VAE` contract.
+
+A subclass builds ``self.encoder`` (x → features [B, F]), ``self.latent`` (a
+:class:`fastvae.nn.GaussianLatent` on those features) and implements
+:meth:`SingleLatentVAE.decoder_params` (z [N, D] → the likelihood's parameters
+[N, P, *spatial]).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .. import ops
+from ..nn.elbo import ELBO
+from ..nn.latent import kl_per_dimension
+from ..nn.likelihood import Likelihood, make_likelihood
+from .base import VAE, VAEOutput
+from .layers import check_batch, positive_int
+from .objectives import (check_forward_args, doubly_reparameterize, log_density_fixed_params, repeat_batch,
+                         tempered_iwae_bound)
+from .priors import make_prior
+
+
+def build_likelihood(where: str, name: str, data_shape: tuple, num_mixtures: int,
+                     likelihood_kwargs: Optional[dict]) -> tuple[Likelihood, int]:
+    """The likelihood head of a model for data of ``data_shape`` ([C, *spatial], or [D]
+    whose D features count as channels), and how many parameter channels it needs.
+
+    ``num_mixtures`` goes to the mixture; a learned Gaussian log-variance is per channel
+    unless ``likelihood_kwargs`` says otherwise."""
+    if likelihood_kwargs is not None and not isinstance(likelihood_kwargs, dict):
+        raise TypeError(f"{where}: likelihood_kwargs must be a dict or None, got {type(likelihood_kwargs).__name__}")
+    kwargs = dict(likelihood_kwargs or {})
+    channels = data_shape[0]
+    if name == "discretized_logistic_mixture":
+        kwargs.setdefault("num_mixtures", positive_int(where, "num_mixtures", num_mixtures))
+    if name == "gaussian" and kwargs.get("learn_logvar"):
+        kwargs.setdefault("num_channels", channels)
+    head = make_likelihood(name, **kwargs)
+    try:
+        param_channels = head.param_channels(channels)
+    except ValueError as error:
+        raise ValueError(f"{where}: likelihood {name!r} does not fit data_shape {list(data_shape)}: {error}") from None
+    return head, param_channels
+
+
+class SingleLatentVAE(VAE):
+    """Base of the models with one Gaussian latent vector (see the module's docstring).
+
+    Set by :meth:`_setup`: ``data_shape``, ``latent_dim``, ``likelihood``, ``prior``,
+    ``objective``, ``num_samples``, ``dreg``.
+    """
+
+    def _setup(self, where: str, prior: str, prior_components: int, objective: str, num_samples: int,
+               dreg: bool) -> None:
+        self._where = where
+        self.prior = make_prior(prior, self.latent_dim, prior_components, self.data_shape, self.encode)
+        self.objective, self.num_samples, self.dreg = objective, num_samples, dreg
+        self.elbo_loss = ELBO()
+
+    # -- the networks -------------------------------------------------------------------
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(mu, logvar) of q(z|x), each [B, latent_dim]."""
+        return self.latent.params(self.encoder(x))
+
+    def decoder_params(self, z: Tensor) -> Tensor:
+        """The likelihood's parameters [N, P, *spatial] for latents z [N, latent_dim]."""
+        raise NotImplementedError
+
+    def _log_likelihood(self, z: Tensor, x: Tensor) -> Tensor:
+        """[K, B] log p(x|z_k) for z [K, B, D]: the decoder runs once on all K·B latents."""
+        num_samples, batch = z.shape[0], z.shape[1]
+        params = self.decoder_params(z.flatten(0, 1))
+        nll = self.likelihood.nll(params, repeat_batch(x, num_samples))
+        return -nll.view(num_samples, batch)
+
+    # -- training objective -------------------------------------------------------------
+
+    def forward(self, x: Tensor, beta: float = 1.0, free_bits: float = 0.0) -> VAEOutput:
+        check_batch(self._where, x, self.data_shape)
+        beta, free_bits = check_forward_args(self._where, beta, free_bits, self.objective)
+        mu, logvar = self.encode(x)
+        if self.objective == "iwae":
+            return self._iwae_forward(x, mu, logvar, beta)
+        latent = self.prior.posterior_sample(mu, logvar, free_bits)
+        nll = self.likelihood.nll(self.decoder_params(latent.z), x)
+        return self.elbo_loss(nll, latent.kl, latent.kl_objective, latent.kl_per_dim, beta)
+
+    def _iwae_forward(self, x: Tensor, mu: Tensor, logvar: Tensor, beta: float) -> VAEOutput:
+        if self.dreg:
+            z, _, _ = self.prior.sample_k(mu, logvar, self.num_samples)
+            # log p and log q from z in torch, so that their whole gradient to the encoder
+            # passes through z (where the DReG hook scales it), q's parameters held fixed.
+            log_p = self.prior.log_prob(z)
+            log_q = log_density_fixed_params(z, mu, logvar)
+        else:
+            z, log_q, log_p = self.prior.sample_k(mu, logvar, self.num_samples)
+        log_px_z = self._log_likelihood(z, x)
+        bound = tempered_iwae_bound(log_px_z, log_p, log_q, beta)
+        if self.dreg:
+            doubly_reparameterize(z, log_px_z + beta * (log_p - log_q))
+        with torch.no_grad():
+            nll = -log_px_z.mean(0)
+            if self.prior.analytic_kl:
+                kl_by_dim = kl_per_dimension(ops.gaussian_kl(mu, logvar, reduction="none"))
+                kl, kl_per_dim = kl_by_dim.sum(1), kl_by_dim.mean(0)
+            else:
+                kl, kl_per_dim = (log_q - log_p).mean(0), torch.zeros(0, device=x.device)
+            iwae = bound.detach() if beta == 1.0 else ops.iwae_bound(log_px_z, log_p, log_q)
+        return VAEOutput(
+            loss=-bound.mean(),
+            elbo=(-(nll + kl)).float(),
+            nll=nll.float(),
+            kl=kl.float(),
+            kl_per_dim=kl_per_dim.float(),
+            extras={"iwae": iwae.float()},
+        )
+
+    # -- evaluation ---------------------------------------------------------------------
+
+    def log_importance_weights(self, x: Tensor, num_samples: int) -> Tensor:
+        check_batch(self._where, x, self.data_shape)
+        num_samples = positive_int(self._where, "num_samples", num_samples)
+        mu, logvar = self.encode(x)
+        z, log_q, log_p = self.prior.sample_k(mu, logvar, num_samples)
+        return (self._log_likelihood(z, x) + log_p - log_q).float()
+
+    def posterior_mean(self, x: Tensor) -> Tensor:
+        check_batch(self._where, x, self.data_shape)
+        return self.encode(x)[0]
+
+    def posterior_params(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        check_batch(self._where, x, self.data_shape)
+        return self.encode(x)
+
+    def decode(self, z: Tensor) -> Tensor:
+        if not isinstance(z, Tensor) or z.dim() != 2 or z.shape[1] != self.latent_dim:
+            shape = tuple(z.shape) if isinstance(z, Tensor) else type(z).__name__
+            raise ValueError(f"{self._where}.decode: z must have shape [N, {self.latent_dim}], got {shape}")
+        return self.likelihood.mean(self.decoder_params(z))
+
+    @torch.no_grad()
+    def sample(self, num_samples: int, generator: Optional[torch.Generator] = None) -> Tensor:
+        num_samples = positive_int(self._where, "num_samples", num_samples)
+        device = next(self.parameters()).device
+        return self.decode(self.prior.sample(num_samples, generator, device))
+
+    @torch.no_grad()
+    def reconstruct(self, x: Tensor) -> Tensor:
+        return self.decode(self.posterior_mean(x))
+
+
+def flat_size(shape) -> int:
+    return int(math.prod(shape))
