@@ -4,7 +4,8 @@ information, PNG pictures, rate–distortion, and report.md.
 The models here are small VAEs of the tests' own, written with fastvae's ops against the
 contract of fastvae.models.base, so the evaluation is checked independently of the
 library's models: a tiny MLP VAE, a linear-Gaussian model whose log p(x) and exact
-posterior are known in closed form, and a stub that serves a fixed table of log-weights.
+posterior are known in closed form, and a test double that serves a fixed table of
+log-weights (to check the chunked combination exactly).
 """
 import json
 import math
