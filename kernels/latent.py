@@ -219,12 +219,21 @@ def gaussian_latent_fwd(mu, logvar, prior_mu, prior_logvar, seed_offset, sample:
     return z, kl
 
 
-def gaussian_latent_bwd(grad_z, grad_kl, mu, logvar, prior_mu, prior_logvar, seed_offset,
+def backward_reads_sample(z_dtype: torch.dtype) -> bool:
+    """Whether :func:`gaussian_latent_bwd` takes the forward's z, from which
+    ∂z/∂logvar = (z − mu)/2, rather than regenerating ε.  Never here: on a GPU the op is
+    memory-bound, and regenerating ε costs no traffic where reading z costs a load."""
+    return False
+
+
+def gaussian_latent_bwd(grad_z, grad_kl, mu, logvar, prior_mu, prior_logvar, seed_offset, z,
                         prior_mu_grad: bool, prior_logvar_grad: bool):
     """Launch the backward.  grad_z: [B, *inner] or None; grad_kl: per element (mu's
-    shape), per sample [B], or None.  Returns (grad_mu, grad_logvar, grad_prior_mu,
-    grad_prior_logvar); the prior gradients are per element (float32 unless the prior is
-    full-size) and None unless asked for."""
+    shape), per sample [B], or None; z: None (see :func:`backward_reads_sample`).  Returns
+    (grad_mu, grad_logvar, grad_prior_mu, grad_prior_logvar); the prior gradients are per
+    element (float32 unless the prior is full-size) and None unless asked for."""
+    if z is not None:
+        raise ValueError("fastvae gaussian_latent_bwd (triton): regenerates ε and takes no z")
     batch = mu.shape[0]
     features = mu.numel() // batch if batch else int(torch.Size(mu.shape[1:]).numel())
     grad_mu = torch.empty_like(mu)

@@ -526,10 +526,21 @@ def _mixture_blocks(num_mixtures: int, pixels: int, device: torch.device) -> tup
     return block_k, block_s
 
 
-def logistic_mixture_fwd(params, x, num_mixtures: int, num_bins: int, per_pixel: bool):
+def mixture_forward_writes_grad() -> bool:
+    """Whether :func:`logistic_mixture_fwd` can also write ∂nll/∂params, so that the
+    backward only scales it.  Not here: :func:`logistic_mixture_bwd` recomputes it, which
+    keeps the forward at one read of params and costs no params-sized write and read back
+    (whether a GPU would gain from the other way awaits a measurement on one)."""
+    return False
+
+
+def logistic_mixture_fwd(params, x, num_mixtures: int, num_bins: int, per_pixel: bool, grad_params=None):
     """Launch the mixture's forward.  params [B, P, *spatial], x [B, C, *spatial] (float
-    or uint8), each read through strides where :func:`mixture_layout` allows.  Returns the
-    nll per pixel (float32, contiguous [B, *spatial]) or per sample (float32 [B])."""
+    or uint8), each read through strides where :func:`mixture_layout` allows; grad_params:
+    None (see :func:`mixture_forward_writes_grad`).  Returns the nll per pixel (float32,
+    contiguous [B, *spatial]) or per sample (float32 [B])."""
+    if grad_params is not None:
+        raise ValueError("logistic_mixture_fwd (triton): computes no gradient in the forward")
     batch, channels = x.shape[0], x.shape[1]
     pixels = int(torch.Size(x.shape[2:]).numel())
     shape = (batch,) + tuple(x.shape[2:])

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import fastvae
+from fastvae import random as fv_random
 from fastvae import reference
 from tests.conftest import DEVICE, assert_close
 
@@ -205,6 +206,67 @@ def test_backward_is_bitwise_repeatable(kernel_backend):
         results.append(torch.autograd.grad((z.square().sum() + kl.sum()), [mu, logvar, prior_mu]) + (kl,))
     for a, b in zip(*results):
         assert torch.equal(a, b)
+
+
+def latent_launchers(backend):
+    from fastvae.ops._common import kernel_module
+
+    return kernel_module(backend, "latent")
+
+
+def test_noise_crosses_the_offset_carry(kernel_backend):
+    """Offsets base + i whose low word wraps mid-row (the carry into the counter's high
+    word): the forward's z and the regenerated ε of the backward are the reference's."""
+    launchers = latent_launchers(kernel_backend)
+    shape = (3, 777)  # rows cross the CPU's 256-column tiles and the carry at 2^32
+    seed_offset = torch.tensor([2**40 + 17, 2**32 - 1000], dtype=torch.int64, device=DEVICE)
+    zeros = torch.zeros(shape, device=DEVICE)
+    z, _ = launchers.gaussian_latent_fwd(zeros, zeros, None, None, seed_offset, True, "none", torch.float32)
+    expected = fv_random.philox_normal(seed_offset.cpu(), shape)
+    torch.testing.assert_close(z.cpu(), expected, rtol=0, atol=5e-6)
+    # With logvar = 0 and grad_z = 1, grad_logvar = ε/2.
+    _, grad_logvar, _, _ = launchers.gaussian_latent_bwd(
+        torch.ones(shape, device=DEVICE), None, zeros, zeros, None, None, seed_offset, None, False, False
+    )
+    torch.testing.assert_close(grad_logvar.cpu(), 0.5 * expected, rtol=0, atol=3e-6)
+
+
+@pytest.mark.parametrize("mu_scale", [1.0, 1000.0], ids=["mu~1", "mu>>sigma"])
+def test_backward_from_z_equals_backward_from_regenerated_noise(kernel_backend, mu_scale):
+    """Backends whose backward reads z (the cpu backend in float32) give the gradients of
+    the backward that regenerates ε, up to the rounding of z, also where |mu| ≫ σ."""
+    launchers = latent_launchers(kernel_backend)
+    if not launchers.backward_reads_sample(torch.float32):
+        pytest.skip(f"the {kernel_backend} backend always regenerates ε")
+    assert not launchers.backward_reads_sample(torch.bfloat16)  # z − mu in bfloat16 loses σ·ε
+    mu, logvar = make_latent((37, 300), torch.float32, requires_grad=False)
+    mu, logvar = mu * mu_scale, logvar - 4.0
+    seed_offset = torch.tensor([5, 77], dtype=torch.int64, device=DEVICE)
+    z, kl = launchers.gaussian_latent_fwd(mu, logvar, None, None, seed_offset, True, "row", torch.float32)
+    grad_z, grad_kl = upstream_grads([z, kl])
+    from_z = launchers.gaussian_latent_bwd(grad_z, grad_kl, mu, logvar, None, None, seed_offset, z, False, False)
+    regenerated = launchers.gaussian_latent_bwd(grad_z, grad_kl, mu, logvar, None, None, seed_offset, None, False, False)
+    assert torch.equal(from_z[0], regenerated[0])
+    # |z − mu − σ·ε| ≤ ulp(z)/2, so the difference is at most |grad_z|·ulp(z)/4.
+    bound = grad_z.abs() * torch.finfo(torch.float32).eps * z.abs() / 2 + 1e-6
+    assert ((from_z[1] - regenerated[1]).abs() <= bound).all()
+
+
+def test_in_place_change_of_z_never_gives_a_wrong_gradient(kernel_backend):
+    """A backward that reads z refuses once z was changed in place (autograd's version
+    check); one that regenerates ε gives the gradient of the changed z."""
+    mu, logvar = make_latent((6, 9), torch.float32)
+    z, _ = fastvae.sample_gaussian(mu, logvar)
+    noise = (z.detach() - mu.detach()) / torch.exp(0.5 * logvar.detach())
+    z.mul_(3.0)
+    try:
+        grad_mu, grad_logvar = torch.autograd.grad(z.sum(), [mu, logvar])
+    except RuntimeError as error:
+        assert "modified by an inplace operation" in str(error)
+        assert latent_launchers(kernel_backend).backward_reads_sample(torch.float32)
+        return
+    torch.testing.assert_close(grad_mu, torch.full_like(mu, 3.0))
+    torch.testing.assert_close(grad_logvar, 1.5 * noise * torch.exp(0.5 * logvar.detach()), rtol=1e-5, atol=1e-5)
 
 
 def test_noise_is_standard_normal(kernel_backend):

@@ -168,6 +168,48 @@ def test_mixture_matches_reference(kernel_backend, dtype, channels, num_mixtures
         assert kernel_launches == ["logistic_mixture_fwd", "logistic_mixture_bwd"]
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+def test_mixture_nll_does_not_depend_on_requires_grad(kernel_backend, channels):
+    """The nll is the same bits whether or not the forward also computes the gradient
+    (as the cpu backend does for params that require grad)."""
+    params = make_params(2, channels, 4, (9, 11))
+    x = as_data(make_levels((2, channels, 9, 11)))
+    for reduction in ("none", "batch"):
+        with_grad = fastvae.discretized_logistic_mixture_nll(params, x, 4, reduction=reduction)
+        with torch.no_grad():
+            without = fastvae.discretized_logistic_mixture_nll(params, x, 4, reduction=reduction)
+        assert torch.equal(with_grad.detach(), without)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("per_pixel", [True, False], ids=["per_pixel", "per_sample"])
+def test_mixture_forward_gradient_is_the_backward_at_one(kernel_backend, channels, per_pixel):
+    """A forward that writes ∂nll/∂params writes the backward kernel's gradient for an
+    upstream gradient of 1, bit for bit; scaled, the backward's for any upstream one."""
+    from fastvae.ops._common import kernel_module
+    from fastvae.ops.logistic import _grad_params_buffer, _mixture_scale_grad
+
+    launchers = kernel_module(kernel_backend, "logistic")
+    if not launchers.mixture_forward_writes_grad():
+        with pytest.raises(ValueError, match="computes no gradient in the forward"):
+            launchers.logistic_mixture_fwd(make_params(1, 1, 2, (3,)), as_data(make_levels((1, 1, 3))), 2, 256,
+                                           per_pixel, torch.empty(1, 6, 3, device=DEVICE))
+        return
+    # 2·70 pixels: tasks of 64 pixels, the last one partial; channels_last params.
+    params = make_params(2, channels, 5, (7, 20), requires_grad=False)
+    params = params.contiguous(memory_format=torch.channels_last)
+    x = as_data(make_levels((2, channels, 7, 20)))
+    grad = _grad_params_buffer(params)
+    nll = launchers.logistic_mixture_fwd(params, x, 5, 256, per_pixel, grad)
+    assert grad.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(nll, launchers.logistic_mixture_fwd(params, x, 5, 256, per_pixel))
+    ones = torch.ones_like(nll)
+    assert torch.equal(grad, launchers.logistic_mixture_bwd(ones, params, x, 5, 256, _grad_params_buffer(params)))
+    incoming = upstream(nll)
+    expected = launchers.logistic_mixture_bwd(incoming, params, x, 5, 256, _grad_params_buffer(params))
+    torch.testing.assert_close(_mixture_scale_grad(grad, incoming), expected, rtol=1e-6, atol=1e-7)
+
+
 @pytest.mark.parametrize("reduction", ["batch", "none", "sum", "mean"])
 def test_mixture_reductions(kernel_backend, reduction):
     params = make_params(3, 1, 3, (4, 5))
@@ -728,18 +770,31 @@ def test_double_backward_raises(kernel_backend):
 
 
 def test_fake_and_autograd_registration(kernel_backend):
-    from fastvae.ops.logistic import _discretized_logistic_bwd, _discretized_logistic_fwd, _mixture_bwd, _mixture_fwd
+    from fastvae.ops.logistic import (
+        _discretized_logistic_bwd,
+        _discretized_logistic_fwd,
+        _mixture_bwd,
+        _mixture_forward_writes_grad,
+        _mixture_fwd,
+        _mixture_scale_grad,
+    )
 
     checks = ("test_schema", "test_faketensor", "test_autograd_registration")
     params = make_params(2, 3, 2, (3, 4))
     x = make_levels((2, 3, 3, 4)).to(torch.uint8)
-    torch.library.opcheck(_mixture_fwd, (params, x, 2, 256, True, kernel_backend), test_utils=checks)
-    params_gray = make_params(2, 1, 2, (3, 4))
-    torch.library.opcheck(_mixture_fwd, (params_gray, x[:, :1], 2, 256, False, kernel_backend), test_utils=checks)
     channels_last = params.detach().contiguous(memory_format=torch.channels_last)
+    with_grad_choices = (False, True) if _mixture_forward_writes_grad(kernel_backend) else (False,)
+    for with_grad in with_grad_choices:
+        torch.library.opcheck(_mixture_fwd, (params, x, 2, 256, True, with_grad, kernel_backend), test_utils=checks)
+        torch.library.opcheck(_mixture_fwd, (channels_last, x, 2, 256, False, with_grad, kernel_backend),
+                              test_utils=("test_schema", "test_faketensor"))
+        params_gray = make_params(2, 1, 2, (3, 4))
+        torch.library.opcheck(_mixture_fwd, (params_gray, x[:, :1], 2, 256, False, with_grad, kernel_backend),
+                              test_utils=checks)
     for grad in (torch.randn(2, 3, 4, device=DEVICE), torch.randn(2, device=DEVICE)):
         torch.library.opcheck(_mixture_bwd, (grad, channels_last, x, 2, 256, kernel_backend),
                               test_utils=("test_schema", "test_faketensor"))
+        torch.library.opcheck(_mixture_scale_grad, (channels_last, grad), test_utils=("test_schema", "test_faketensor"))
     mean, log_scale = make_logistic((2, 3, 4))
     x = as_data(make_levels((2, 3, 4)))
     for per_element in (True, False):
@@ -750,9 +805,12 @@ def test_fake_and_autograd_registration(kernel_backend):
                           test_utils=("test_schema", "test_faketensor"))
 
 
-def test_autograd_saves_only_the_inputs(kernel_backend):
-    """Memory: the forward keeps nothing for the backward but params and x (no
-    [B, C, K, S] intermediates; eager keeps about a dozen of them)."""
+def test_autograd_saves_only_the_inputs_or_the_gradient(kernel_backend):
+    """Memory: the forward keeps nothing for the backward but params and x, or, where the
+    backend's forward writes ∂nll/∂params, that gradient alone (no [B, C, K, S]
+    intermediates; eager keeps about a dozen of them)."""
+    from fastvae.ops.logistic import _mixture_forward_writes_grad
+
     params = make_params(2, 3, 10, (8, 8))
     x = make_levels((2, 3, 8, 8)).to(torch.uint8)
     saved = []
@@ -764,9 +822,14 @@ def test_autograd_saves_only_the_inputs(kernel_backend):
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
         nll = fastvae.discretized_logistic_mixture_nll(params, x, 10, reduction="mean")
     big = [t for t in saved if t.numel() > params.shape[0]]
-    assert {t.data_ptr() for t in big} <= {params.data_ptr(), x.data_ptr()}
+    if _mixture_forward_writes_grad(kernel_backend):
+        assert len(big) == 1 and big[0].shape == params.shape
+        assert big[0].data_ptr() not in (params.data_ptr(), x.data_ptr())
+    else:
+        assert {t.data_ptr() for t in big} <= {params.data_ptr(), x.data_ptr()}
     assert all(t.numel() <= params.numel() for t in saved)
     nll.backward()
+    assert params.grad is not None and torch.isfinite(params.grad).all()
 
 
 @pytest.mark.slow

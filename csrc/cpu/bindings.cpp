@@ -28,12 +28,12 @@ PYBIND11_MODULE(_C, module) {
       py::call_guard<py::gil_scoped_release>());
   module.def(
       "gaussian_latent_bwd",
-      [](Address mu, Address logvar, Address prior_mu, Address prior_logvar, Address seed_offset, Address grad_z,
-         Address grad_kl, Address grad_mu, Address grad_logvar, Address grad_prior_mu, Address grad_prior_logvar,
-         int64_t batch, int64_t features, const Layout& prior_mu_layout, const Layout& prior_logvar_layout,
-         const Sizes& sizes, int dtype, int prior_dtype, bool grad_kl_per_element) {
+      [](Address mu, Address logvar, Address prior_mu, Address prior_logvar, Address seed_offset, Address z,
+         Address grad_z, Address grad_kl, Address grad_mu, Address grad_logvar, Address grad_prior_mu,
+         Address grad_prior_logvar, int64_t batch, int64_t features, const Layout& prior_mu_layout,
+         const Layout& prior_logvar_layout, const Sizes& sizes, int dtype, int prior_dtype, bool grad_kl_per_element) {
         fastvae::cpu::gaussian_latent_backward(latent_backward_args(
-            mu, logvar, prior_mu, prior_logvar, seed_offset, grad_z, grad_kl, grad_mu, grad_logvar, grad_prior_mu,
+            mu, logvar, prior_mu, prior_logvar, seed_offset, z, grad_z, grad_kl, grad_mu, grad_logvar, grad_prior_mu,
             grad_prior_logvar, batch, features, prior_mu_layout, prior_logvar_layout, sizes, dtype, prior_dtype,
             grad_kl_per_element));
       },
@@ -167,13 +167,14 @@ PYBIND11_MODULE(_C, module) {
       py::call_guard<py::gil_scoped_release>());
   module.def(
       "logistic_mixture_fwd",
-      [](Address params, Address x, Address nll, int64_t batch, int64_t pixels, int64_t components,
-         int64_t pixel_partials, const PixelStrideArgs& params_strides, const PixelStrideArgs& x_strides,
-         int top_level, float level_scale, float half, int channels, int dtype, int x_dtype, bool per_pixel) {
+      [](Address params, Address x, Address nll, Address grad_params, int64_t batch, int64_t pixels,
+         int64_t components, int64_t pixel_partials, const PixelStrideArgs& params_strides,
+         const PixelStrideArgs& x_strides, const PixelStrideArgs& grad_strides, int top_level, float level_scale,
+         float half, int channels, int dtype, int x_dtype, bool per_pixel) {
         fastvae::cpu::logistic_mixture_forward(
-            logistic_mixture_forward_args(params, x, nll, batch, pixels, components, pixel_partials, params_strides,
-                                          x_strides, top_level, level_scale, half, channels, dtype, x_dtype,
-                                          per_pixel));
+            logistic_mixture_forward_args(params, x, nll, grad_params, batch, pixels, components, pixel_partials,
+                                          params_strides, x_strides, grad_strides, top_level, level_scale, half,
+                                          channels, dtype, x_dtype, per_pixel));
       },
       py::call_guard<py::gil_scoped_release>());
   module.def(

@@ -8,7 +8,9 @@
 // component k at a time, gathers its 3 (C = 1) or 10 (C = 3) parameter slots for the
 // block's pixels into float arrays, then computes every pixel's Σ_c log P_c,k (and, going
 // backward, its derivatives) in one SIMD loop.  A thread's scratch holds one block's
-// components, not a [B, C, K, S] temporary; grad_params is written once.
+// components, not a [B, C, K, S] temporary; grad_params is written once.  When params need
+// a gradient, the forward runs the backward's task with an upstream gradient of 1 instead,
+// writing the nll and ∂nll/∂params together, and the backward only scales the latter.
 //
 // A task's sum runs in column (pixel) order and becomes one partial that Python adds in a
 // fixed order, so results do not depend on the number of threads.  The SIMD loops of the
@@ -447,6 +449,18 @@ struct MixtureMath {
   }
 };
 
+// The block's nll per pixel into args.nll, or their sum in pixel order returned.
+inline float store_block_nll(const LogisticMixtureForwardArgs& args, int64_t row, int64_t begin, int count,
+                             const float* nll) {
+  if (args.per_pixel) {
+    for (int p = 0; p < count; ++p) args.nll[row * args.pixels + begin + p] = nll[p];
+    return 0.0f;
+  }
+  float partial = 0.0f;
+  for (int p = 0; p < count; ++p) partial += nll[p];
+  return partial;
+}
+
 // Pixels [begin, begin + count) of one row: the nll per pixel, or their sum in pixel
 // order.  scratch: 2·K·kBlock floats.
 template <typename T, typename X, int C>
@@ -471,27 +485,21 @@ float mixture_forward_task(const LogisticMixtureForwardArgs& args, const Mixture
     math.forward(slots, data, grid, count, logits + k * kBlock, joint + k * kBlock);
   }
   // −log p(x) = logsumexp_k(logits) − logsumexp_k(logits + Σ_c log P_c,k).
-  float log_normalizer[kBlock], log_evidence[kBlock];
+  float log_normalizer[kBlock], log_evidence[kBlock], nll[kBlock];
   math.logsumexp(logits, components, count, log_normalizer);
   math.logsumexp(joint, components, count, log_evidence);
-  float partial = 0.0f;
-  for (int p = 0; p < count; ++p) {
-    const float nll = log_normalizer[p] - log_evidence[p];
-    if (args.per_pixel) {
-      args.nll[row * args.pixels + begin + p] = nll;
-    } else {
-      partial += nll;
-    }
-  }
-  return partial;
+  for (int p = 0; p < count; ++p) nll[p] = log_normalizer[p] - log_evidence[p];
+  return store_block_nll(args, row, begin, count, nll);
 }
 
 // scratch: (2 + 3C)·K·kBlock floats: the logits, the joint log-probabilities and each
 // channel's derivatives of Σ_c log P_c,k, kept from the pass over k that finds both
-// logsumexps for the pass that writes the gradient, so nothing is computed twice.
+// logsumexps for the pass that writes the gradient, so nothing is computed twice.  A null
+// args.grad_nll is an upstream gradient of 1 (the forward's own gradient); nll, when not
+// null, gets the block's nll per pixel, which this pass finds on the way.
 template <typename T, typename X, int C>
 void mixture_backward_task(const LogisticMixtureBackwardArgs& args, const MixtureMath<C>& math, float* scratch,
-                           int64_t row, int64_t begin, int count) {
+                           int64_t row, int64_t begin, int count, float* nll) {
   using Slots = ComponentSlots<C>;
   const int64_t components = args.components;
   const LogisticGrid grid = args.grid;
@@ -522,7 +530,12 @@ void mixture_backward_task(const LogisticMixtureBackwardArgs& args, const Mixtur
   math.logsumexp(logits, components, count, log_normalizer);
   math.logsumexp(joint, components, count, log_evidence);
   for (int p = 0; p < count; ++p) {
-    upstream[p] = args.grad_per_pixel ? args.grad_nll[row * args.pixels + begin + p] : args.grad_nll[row];
+    upstream[p] = !args.grad_nll ? 1.0f
+                                 : (args.grad_per_pixel ? args.grad_nll[row * args.pixels + begin + p]
+                                                        : args.grad_nll[row]);
+  }
+  if (nll) {
+    for (int p = 0; p < count; ++p) nll[p] = log_normalizer[p] - log_evidence[p];
   }
   float out[Slots::kCount][kBlock];
   for (int64_t k = 0; k < components; ++k) {
@@ -541,6 +554,44 @@ void mixture_backward_task(const LogisticMixtureBackwardArgs& args, const Mixtur
   }
 }
 
+// The forward that also writes ∂nll/∂params: the backward's task with an upstream gradient
+// of 1, which finds the nll on its way.  Training then costs this pass and a scaling of its
+// gradient rather than a forward pass and a backward pass that repeats all of it.
+template <typename T, typename X, int C>
+void mixture_forward_with_grad(const LogisticMixtureForwardArgs& args, int64_t blocks_per_row,
+                               const MixtureMath<C>& math) {
+  LogisticMixtureBackwardArgs gradient_args{};
+  gradient_args.params = args.params;
+  gradient_args.x = args.x;
+  gradient_args.grad_nll = nullptr;  // an upstream gradient of 1
+  gradient_args.grad_params = args.grad_params;
+  gradient_args.batch = args.batch;
+  gradient_args.pixels = args.pixels;
+  gradient_args.components = args.components;
+  gradient_args.params_strides = args.params_strides;
+  gradient_args.x_strides = args.x_strides;
+  gradient_args.grad_strides = args.grad_strides;
+  gradient_args.grid = args.grid;
+  gradient_args.channels = args.channels;
+  gradient_args.dtype = args.dtype;
+  gradient_args.x_dtype = args.x_dtype;
+#pragma omp parallel
+  {
+    std::vector<float> scratch(static_cast<size_t>((2 + 3 * C) * args.components * kBlock));
+#pragma omp for schedule(static)
+    for (int64_t task = 0; task < args.batch * blocks_per_row; ++task) {
+      const int64_t row = task / blocks_per_row;
+      const int64_t block = task % blocks_per_row;
+      const int64_t begin = block * kBlock;
+      const int count = static_cast<int>(args.pixels - begin < kBlock ? args.pixels - begin : kBlock);
+      float nll[kBlock];
+      mixture_backward_task<T, X, C>(gradient_args, math, scratch.data(), row, begin, count, nll);
+      const float partial = store_block_nll(args, row, begin, count, nll);
+      if (!args.per_pixel) args.nll[row * blocks_per_row + block] = partial;
+    }
+  }
+}
+
 template <typename T, typename X, int C>
 void mixture_forward(const LogisticMixtureForwardArgs& args) {
   const int64_t blocks_per_row = ceil_div(args.pixels, kBlock);
@@ -549,6 +600,10 @@ void mixture_forward(const LogisticMixtureForwardArgs& args) {
                                 std::to_string(kBlock) + ")");
   }
   const MixtureMath<C> math = MixtureMath<C>::pick();
+  if (args.grad_params) {
+    mixture_forward_with_grad<T, X, C>(args, blocks_per_row, math);
+    return;
+  }
 #pragma omp parallel
   {
     std::vector<float> scratch(static_cast<size_t>(2 * args.components * kBlock));
@@ -576,7 +631,7 @@ void mixture_backward(const LogisticMixtureBackwardArgs& args) {
       const int64_t row = task / blocks_per_row;
       const int64_t begin = (task % blocks_per_row) * kBlock;
       const int count = static_cast<int>(args.pixels - begin < kBlock ? args.pixels - begin : kBlock);
-      mixture_backward_task<T, X, C>(args, math, scratch.data(), row, begin, count);
+      mixture_backward_task<T, X, C>(args, math, scratch.data(), row, begin, count, nullptr);
     }
   }
 }

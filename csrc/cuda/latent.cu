@@ -153,6 +153,9 @@ void gaussian_latent_forward(const LatentForwardArgs& args, cudaStream_t stream)
 }
 
 void gaussian_latent_backward(const LatentBackwardArgs& args, cudaStream_t stream) {
+  // On a GPU the op is memory-bound and regenerating ε costs no traffic, while reading z
+  // would cost a load per element: this kernel always regenerates.
+  if (args.z) throw std::invalid_argument("fastvae gaussian_latent_bwd (cuda): regenerates ε and takes no z");
   const int64_t chunks_per_row = ceil_div(args.features, kLatentChunk);
   const int64_t blocks = blocks_for(args.batch * chunks_per_row);
   if (blocks == 0) return;

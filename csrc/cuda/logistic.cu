@@ -234,6 +234,10 @@ void discretized_logistic_backward(const LogisticBackwardArgs& args, cudaStream_
 }
 
 void logistic_mixture_forward(const LogisticMixtureForwardArgs& args, cudaStream_t stream) {
+  // The backward kernel recomputes the gradient, as the Triton kernels do.
+  if (args.grad_params) {
+    throw std::invalid_argument("fastvae logistic_mixture_fwd (cuda): computes no gradient in the forward");
+  }
   const int64_t chunks_per_row = ceil_div(args.pixels, kMixtureChunk);
   if (!args.per_pixel && args.pixel_partials != chunks_per_row) {
     throw std::invalid_argument("fastvae logistic_mixture_fwd: pixel_partials must be ceil(pixels / " +

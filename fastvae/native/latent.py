@@ -6,7 +6,7 @@ import torch
 
 from . import address, dtype_code, gaussian_dtypes, prior_layout_args
 
-LAUNCHERS = ("gaussian_latent_fwd", "gaussian_latent_bwd")
+LAUNCHERS = ("gaussian_latent_fwd", "gaussian_latent_bwd", "backward_reads_sample")
 KL_MODE_CODES = {"none": 0, "element": 1, "row": 2}
 
 
@@ -38,10 +38,22 @@ def gaussian_latent_fwd(native, mu, logvar, prior_mu, prior_logvar, seed_offset,
     return z, kl
 
 
-def gaussian_latent_bwd(native, grad_z, grad_kl, mu, logvar, prior_mu, prior_logvar, seed_offset,
+def backward_reads_sample(native, z_dtype: torch.dtype) -> bool:
+    """Whether the backward takes z (see :func:`fastvae.kernels.latent.backward_reads_sample`).
+
+    On the CPU, yes for float32: the ten rounds of 32-bit products of Philox are most of
+    a backward that regenerates ε, while reading z costs one load.  In float32, z − mu is
+    σ·ε up to half an ulp of z; a bfloat16 or float16 z would lose most of σ·ε's bits
+    where |mu| ≫ σ, so those regenerate ε.  The CUDA kernel always regenerates: on a GPU
+    the op is memory-bound and Philox is free."""
+    return native.name == "cpu" and z_dtype == torch.float32
+
+
+def gaussian_latent_bwd(native, grad_z, grad_kl, mu, logvar, prior_mu, prior_logvar, seed_offset, z,
                         prior_mu_grad: bool, prior_logvar_grad: bool):
     """As :func:`fastvae.kernels.latent.gaussian_latent_bwd`; the prior gradients come back
-    per element in float32."""
+    per element in float32.  z: the forward's sample when :func:`backward_reads_sample`,
+    else None."""
     batch = mu.shape[0]
     features = mu[0].numel() if batch else int(torch.Size(mu.shape[1:]).numel())
     grad_dtypes = (mu.dtype, logvar.dtype)
@@ -61,7 +73,8 @@ def gaussian_latent_bwd(native, grad_z, grad_kl, mu, logvar, prior_mu, prior_log
         native.launch(
             "gaussian_latent_bwd", mu.device,
             address(mu_c), address(logvar_c), address(prior_mu), address(prior_logvar),
-            address(seed_offset) if grad_z is not None else 0, address(grad_z), address(grad_kl),
+            address(seed_offset) if grad_z is not None and z is None else 0,
+            address(z) if grad_z is not None else 0, address(grad_z), address(grad_kl),
             address(grad_mu), address(grad_logvar), address(grad_prior_mu), address(grad_prior_logvar),
             batch, features, prior_mu_layout, prior_logvar_layout, sizes,
             dtype_code(z_dtype, "sample_gaussian"), dtype_code(prior_dtype, "sample_gaussian"),

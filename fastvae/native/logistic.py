@@ -16,7 +16,10 @@ from fastvae.layout import mixture_layout, row_stride, spatial_stride
 
 from . import address, dtype_code
 
-LAUNCHERS = ("discretized_logistic_fwd", "discretized_logistic_bwd", "logistic_mixture_fwd", "logistic_mixture_bwd")
+LAUNCHERS = (
+    "discretized_logistic_fwd", "discretized_logistic_bwd",
+    "logistic_mixture_fwd", "logistic_mixture_bwd", "mixture_forward_writes_grad",
+)
 # csrc/include/fastvae/logistic_args.h, enum GridDataCode: the float dtypes' codes, and
 # uint8 level indices.
 X_LEVELS_CODE = 3
@@ -128,9 +131,21 @@ def _pixel_strides(tensor):
     return [tensor.stride(0), tensor.stride(1), spatial_stride(tensor)]
 
 
-def logistic_mixture_fwd(native, params, x, num_mixtures: int, num_bins: int, per_pixel: bool):
+def mixture_forward_writes_grad(native) -> bool:
+    """Whether :func:`logistic_mixture_fwd` can write ∂nll/∂params on its way (see
+    :func:`fastvae.kernels.logistic.mixture_forward_writes_grad`).  On the CPU, yes: the
+    math is the cost, and a backward that recomputes repeats all of the forward's.  The
+    CUDA kernels recompute it, as the Triton kernels do."""
+    return native.name == "cpu"
+
+
+def logistic_mixture_fwd(native, params, x, num_mixtures: int, num_bins: int, per_pixel: bool, grad_params=None):
     """As :func:`fastvae.kernels.logistic.logistic_mixture_fwd`: the nll per pixel
-    (float32, contiguous [B, *spatial]) or per sample (float32 [B])."""
+    (float32, contiguous [B, *spatial]) or per sample (float32 [B]).  grad_params: None, or
+    (where :func:`mixture_forward_writes_grad`) a buffer as :func:`logistic_mixture_bwd`'s
+    that gets ∂nll/∂params, the gradient for an upstream gradient of 1."""
+    if grad_params is not None and spatial_stride(grad_params) is None:
+        raise ValueError("logistic_mixture_fwd: grad_params' spatial dimensions must form one strided run")
     _check_components(native, num_mixtures)
     batch, channels = x.shape[0], x.shape[1]
     pixels = int(torch.Size(x.shape[2:]).numel())
@@ -143,8 +158,9 @@ def logistic_mixture_fwd(native, params, x, num_mixtures: int, num_bins: int, pe
     nll = torch.empty(shape if per_pixel else (batch, pixel_partials), dtype=torch.float32, device=params.device)
     native.launch(
         "logistic_mixture_fwd", params.device,
-        address(params), address(x), address(nll), batch, pixels, num_mixtures, pixel_partials,
-        _pixel_strides(params), _pixel_strides(x), *grid_constants(num_bins), channels,
+        address(params), address(x), address(nll), address(grad_params), batch, pixels, num_mixtures, pixel_partials,
+        _pixel_strides(params), _pixel_strides(x), _pixel_strides(grad_params if grad_params is not None else params),
+        *grid_constants(num_bins), channels,
         dtype_code(params.dtype, MIXTURE_OP), _x_code(x, MIXTURE_OP), per_pixel,
     )
     return nll if per_pixel else _sum_partials(nll)

@@ -78,25 +78,27 @@ def _gaussian_latent_bwd(
     prior_mu: Optional[Tensor],
     prior_logvar: Optional[Tensor],
     seed_offset: Optional[Tensor],
+    z: Optional[Tensor],
     prior_mu_grad: bool,
     prior_logvar_grad: bool,
     backend: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(grad_mu, grad_logvar, grad_prior_mu, grad_prior_logvar); the prior gradients per
-    element of mu's shape, empty when not asked for."""
+    element of mu's shape, empty when not asked for.  z: the forward's sample where the
+    backend's backward reads it, else None (ε is regenerated from seed_offset)."""
     kernels = kernel_module(backend, "latent")
     grads = kernels.gaussian_latent_bwd(
         None if grad_z is None else grad_z.contiguous(),
         None if grad_kl is None else grad_kl.contiguous(),
         mu.contiguous(), logvar.contiguous(), prior_mu, prior_logvar, seed_offset,
-        prior_mu_grad, prior_logvar_grad,
+        None if z is None else z.contiguous(), prior_mu_grad, prior_logvar_grad,
     )
     # Absent gradients come back as distinct empty tensors: outputs may not alias.
     return tuple(g if g is not None else mu.new_empty((0,), dtype=torch.float32) for g in grads)
 
 
 @_gaussian_latent_bwd.register_fake
-def _(grad_z, grad_kl, mu, logvar, prior_mu, prior_logvar, seed_offset, prior_mu_grad, prior_logvar_grad, backend):
+def _(grad_z, grad_kl, mu, logvar, prior_mu, prior_logvar, seed_offset, z, prior_mu_grad, prior_logvar_grad, backend):
     def prior_grad(prior, wanted):
         if not wanted or grad_kl is None:
             return mu.new_empty((0,), dtype=torch.float32)
@@ -113,20 +115,26 @@ def _(grad_z, grad_kl, mu, logvar, prior_mu, prior_logvar, seed_offset, prior_mu
 
 def _setup_context(ctx, inputs, output):
     mu, logvar, prior_mu, prior_logvar, seed_offset, sample, kl_mode, backend = inputs
-    ctx.save_for_backward(mu, logvar, prior_mu, prior_logvar, seed_offset)
+    z = output[0]
+    # Some backends get dz/dlogvar from z rather than regenerating ε (the cpu backend, where
+    # Philox costs more than a load).  z is kept alive until the backward, as the decoder
+    # that takes it keeps it anyway; an in-place change to z then fails the backward with
+    # autograd's error rather than giving a wrong gradient.
+    reads_z = sample and kernel_module(backend, "latent").backward_reads_sample(z.dtype)
+    ctx.save_for_backward(mu, logvar, prior_mu, prior_logvar, seed_offset, z if reads_z else None)
     ctx.sample, ctx.kl_mode, ctx.backend = sample, kl_mode, backend
     # An unused output gets None rather than zeros, so the kernel skips its term.
     ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, grad_z, grad_kl):
-    mu, logvar, prior_mu, prior_logvar, seed_offset = ctx.saved_tensors
+    mu, logvar, prior_mu, prior_logvar, seed_offset, z = ctx.saved_tensors
     grad_z = grad_z if ctx.sample else None
     grad_kl = grad_kl if ctx.kl_mode != "none" else None
     prior_mu_grad = prior_mu is not None and ctx.needs_input_grad[2]
     prior_logvar_grad = prior_logvar is not None and ctx.needs_input_grad[3]
     grad_mu, grad_logvar, grad_prior_mu, grad_prior_logvar = _gaussian_latent_bwd(
-        grad_z, grad_kl, mu, logvar, prior_mu, prior_logvar, seed_offset,
+        grad_z, grad_kl, mu, logvar, prior_mu, prior_logvar, seed_offset, z if grad_z is not None else None,
         prior_mu_grad, prior_logvar_grad, ctx.backend,
     )
     # A broadcast prior's gradient is the sum over its broadcast dimensions (a torch

@@ -6,9 +6,12 @@ Argument checks, the ``torch.library`` custom ops (with fake implementations and
 registered autograd), and dispatch to a backend.  The ``torch`` backend is
 :mod:`fastvae.reference` itself; the others run one fused kernel forward and one backward
 (``kernels/logistic.py``).  The backward recomputes everything from the inputs: nothing is
-saved for it but the inputs themselves (see the design note in ``kernels/logistic.py``;
-the gradient-in-forward variant for a terminal loss awaits a GPU measurement).  The
-samples and means are plain PyTorch: they are not on the training path.
+saved for it but the inputs themselves (see the design note in ``kernels/logistic.py``).
+One exception: where the backend's mixture forward can write ∂nll/∂params on its way
+(the cpu backend, where the math is the cost) and params need a gradient, it does, and
+the backward only scales that gradient by the upstream one; it is saved instead of the
+inputs, and has their size.  The samples and means are plain PyTorch: they are not on the
+training path.
 """
 from __future__ import annotations
 
@@ -102,15 +105,28 @@ _discretized_logistic_bwd.register_autograd(
 
 
 @torch.library.custom_op("fastvae::discretized_logistic_mixture_fwd", mutates_args=())
-def _mixture_fwd(params: Tensor, x: Tensor, num_mixtures: int, num_bins: int, per_pixel: bool, backend: str) -> Tensor:
-    """The nll per pixel (float32, contiguous [B, *spatial]) or per sample (float32 [B])."""
-    return kernel_module(backend, "logistic").logistic_mixture_fwd(params, x, num_mixtures, num_bins, per_pixel)
+def _mixture_fwd(
+    params: Tensor, x: Tensor, num_mixtures: int, num_bins: int, per_pixel: bool, with_grad: bool, backend: str
+) -> tuple[Tensor, Tensor]:
+    """The nll per pixel (float32, contiguous [B, *spatial]) or per sample (float32 [B]),
+    and with ``with_grad`` ∂nll/∂params for an upstream gradient of 1 (see
+    :func:`_grad_params_buffer`), else an empty tensor."""
+    kernels = kernel_module(backend, "logistic")
+    grad_params = _grad_params_buffer(params) if with_grad else None
+    nll = kernels.logistic_mixture_fwd(params, x, num_mixtures, num_bins, per_pixel, grad_params)
+    return nll, grad_params if with_grad else params.new_empty((0,))
 
 
 @_mixture_fwd.register_fake
-def _(params, x, num_mixtures, num_bins, per_pixel, backend):
+def _(params, x, num_mixtures, num_bins, per_pixel, with_grad, backend):
     shape = (x.shape[0],) + tuple(x.shape[2:]) if per_pixel else (x.shape[0],)
-    return params.new_empty(shape, dtype=torch.float32)
+    grad_params = _grad_params_buffer(params) if with_grad else params.new_empty((0,))
+    return params.new_empty(shape, dtype=torch.float32), grad_params
+
+
+@torch.compiler.assume_constant_result
+def _mixture_forward_writes_grad(backend: str) -> bool:
+    return kernel_module(backend, "logistic").mixture_forward_writes_grad()
 
 
 def _grad_params_buffer(params: Tensor) -> Tensor:
@@ -136,26 +152,50 @@ def _(grad_nll, params, x, num_mixtures, num_bins, backend):
     return _grad_params_buffer(params)
 
 
+def _upstream_per_slot(grad_nll: Tensor, grad: Tensor) -> Tensor:
+    """grad_nll ([B] or [B, *spatial]) viewed to broadcast over grad's [B, P, *spatial]."""
+    if grad_nll.dim() == 1:
+        return grad_nll.reshape((grad_nll.shape[0],) + (1,) * (grad.dim() - 1))
+    return grad_nll.unsqueeze(1)
+
+
+@torch.library.custom_op("fastvae::discretized_logistic_mixture_scale_grad", mutates_args=())
+def _mixture_scale_grad(grad: Tensor, grad_nll: Tensor) -> Tensor:
+    """The backward after a forward that wrote ∂nll/∂params: that gradient times the
+    upstream one, in grad's dtype and layout."""
+    return torch.mul(grad, _upstream_per_slot(grad_nll, grad)).to(grad.dtype)
+
+
+@_mixture_scale_grad.register_fake
+def _(grad, grad_nll):
+    return torch.empty_like(grad)
+
+
 def _mixture_setup_context(ctx, inputs, output):
-    params, x, num_mixtures, num_bins, per_pixel, backend = inputs
-    # The inputs only: the backward recomputes every intermediate.
-    ctx.save_for_backward(params, x)
-    ctx.num_mixtures, ctx.num_bins, ctx.backend = num_mixtures, num_bins, backend
+    params, x, num_mixtures, num_bins, per_pixel, with_grad, backend = inputs
+    # The inputs only, and the backward recomputes every intermediate; or the gradient
+    # the forward wrote, which is all the backward needs.
+    ctx.save_for_backward(*((output[1],) if with_grad else (params, x)))
+    ctx.with_grad, ctx.num_mixtures, ctx.num_bins, ctx.backend = with_grad, num_mixtures, num_bins, backend
     ctx.set_materialize_grads(False)
 
 
-def _mixture_backward(ctx, grad_nll):
+def _mixture_backward(ctx, grad_nll, _grad_of_grad_params):
     if grad_nll is None or not ctx.needs_input_grad[0]:
-        return None, None, None, None, None, None
+        return None, None, None, None, None, None, None
+    if ctx.with_grad:
+        (grad_params,) = ctx.saved_tensors
+        return _mixture_scale_grad(grad_params, grad_nll), None, None, None, None, None, None
     params, x = ctx.saved_tensors
     grad_params = _mixture_bwd(grad_nll, params, x, ctx.num_mixtures, ctx.num_bins, ctx.backend)
-    return grad_params, None, None, None, None, None
+    return grad_params, None, None, None, None, None, None
 
 
 _mixture_fwd.register_autograd(_mixture_backward, setup_context=_mixture_setup_context)
-_mixture_bwd.register_autograd(
-    no_double_backward("discretized_logistic_mixture_nll"), setup_context=lambda ctx, inputs, output: None
-)
+for _backward_op in (_mixture_bwd, _mixture_scale_grad):
+    _backward_op.register_autograd(
+        no_double_backward("discretized_logistic_mixture_nll"), setup_context=lambda ctx, inputs, output: None
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -386,7 +426,8 @@ def discretized_logistic_mixture_nll(
     if backend == "torch":
         return reference.discretized_logistic_mixture_nll(params, x, num_mixtures, num_bins, reduction)
     per_pixel = reduction == "none"
-    nll = _mixture_fwd(params, x, num_mixtures, num_bins, per_pixel, backend)
+    with_grad = params.requires_grad and torch.is_grad_enabled() and _mixture_forward_writes_grad(backend)
+    nll, _ = _mixture_fwd(params, x, num_mixtures, num_bins, per_pixel, with_grad, backend)
     return nll if per_pixel else reference.reduce(nll, reduction)
 
 

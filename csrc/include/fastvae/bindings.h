@@ -40,15 +40,16 @@ inline LatentForwardArgs latent_forward_args(Address mu, Address logvar, Address
 }
 
 inline LatentBackwardArgs latent_backward_args(Address mu, Address logvar, Address prior_mu, Address prior_logvar,
-                                               Address seed_offset, Address grad_z, Address grad_kl, Address grad_mu,
-                                               Address grad_logvar, Address grad_prior_mu, Address grad_prior_logvar,
-                                               int64_t batch, int64_t features, const Layout& prior_mu_layout,
-                                               const Layout& prior_logvar_layout, const Sizes& sizes, int dtype,
-                                               int prior_dtype, bool grad_kl_per_element) {
+                                               Address seed_offset, Address z, Address grad_z, Address grad_kl,
+                                               Address grad_mu, Address grad_logvar, Address grad_prior_mu,
+                                               Address grad_prior_logvar, int64_t batch, int64_t features,
+                                               const Layout& prior_mu_layout, const Layout& prior_logvar_layout,
+                                               const Sizes& sizes, int dtype, int prior_dtype,
+                                               bool grad_kl_per_element) {
   return LatentBackwardArgs{pointer<const void>(mu), pointer<const void>(logvar), pointer<const void>(prior_mu),
                             pointer<const void>(prior_logvar), pointer<const int64_t>(seed_offset),
-                            pointer<const void>(grad_z), pointer<const float>(grad_kl), pointer<void>(grad_mu),
-                            pointer<void>(grad_logvar), pointer<float>(grad_prior_mu),
+                            pointer<const void>(z), pointer<const void>(grad_z), pointer<const float>(grad_kl),
+                            pointer<void>(grad_mu), pointer<void>(grad_logvar), pointer<float>(grad_prior_mu),
                             pointer<float>(grad_prior_logvar), batch, features, layout(prior_mu_layout),
                             layout(prior_logvar_layout), InnerSizes{sizes[0], sizes[1]}, dtype, prior_dtype,
                             grad_kl_per_element};
@@ -268,18 +269,17 @@ inline LogisticBackwardArgs discretized_logistic_backward_args(Address mean, Add
                               grad_per_element};
 }
 
-inline LogisticMixtureForwardArgs logistic_mixture_forward_args(Address params, Address x, Address nll, int64_t batch,
-                                                                int64_t pixels, int64_t components,
-                                                                int64_t pixel_partials,
-                                                                const PixelStrideArgs& params_strides,
-                                                                const PixelStrideArgs& x_strides, int top_level,
-                                                                float level_scale, float half, int channels, int dtype,
-                                                                int x_dtype, bool per_pixel) {
+inline LogisticMixtureForwardArgs logistic_mixture_forward_args(
+    Address params, Address x, Address nll, Address grad_params, int64_t batch, int64_t pixels, int64_t components,
+    int64_t pixel_partials, const PixelStrideArgs& params_strides, const PixelStrideArgs& x_strides,
+    const PixelStrideArgs& grad_strides, int top_level, float level_scale, float half, int channels, int dtype,
+    int x_dtype, bool per_pixel) {
   check_logistic_sizes("logistic_mixture_fwd", batch, pixels);
   check_mixture_components("logistic_mixture_fwd", components);
-  return LogisticMixtureForwardArgs{pointer<const void>(params), pointer<const void>(x), pointer<float>(nll), batch,
-                                    pixels, components, pixel_partials, pixel_strides(params_strides),
-                                    pixel_strides(x_strides),
+  return LogisticMixtureForwardArgs{pointer<const void>(params), pointer<const void>(x), pointer<float>(nll),
+                                    pointer<void>(grad_params), batch, pixels, components, pixel_partials,
+                                    pixel_strides(params_strides), pixel_strides(x_strides),
+                                    pixel_strides(grad_strides),
                                     logistic_grid("logistic_mixture_fwd", top_level, level_scale, half), channels,
                                     dtype, x_dtype, per_pixel};
 }

@@ -27,6 +27,8 @@ struct LatentBackwardArgs {
   const void* prior_mu;      // as in the forward
   const void* prior_logvar;
   const int64_t* seed_offset;  // [2]
+  const void* z;             // [B, N], dtype; when set, dz/dlogvar = (z − mu)/2 is read from the
+                             // sample instead of ε regenerated from seed_offset (CPU only)
   const void* grad_z;        // [B, N], dtype; null when z got no gradient
   const float* grad_kl;      // [B, N] or [B]; null when the KL got no gradient
   void* grad_mu;             // [B, N], dtype

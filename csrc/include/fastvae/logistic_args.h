@@ -55,8 +55,11 @@ struct LogisticMixtureForwardArgs {
   const void* params;  // [B, P, S] through params_strides, dtype; P = 3K (C = 1) or 10K (C = 3)
   const void* x;       // [B, C, S] through x_strides, x_dtype (a GridDataCode)
   float* nll;          // [B, S] contiguous if per_pixel, else [B, pixel_partials] partial row sums
+  void* grad_params;   // null, or [B, P, S] through grad_strides, dtype: ∂nll/∂params written by the
+                       // forward itself (an upstream gradient of 1), for a backward that only
+                       // scales it (CPU only)
   int64_t batch, pixels, components, pixel_partials;
-  PixelStrides params_strides, x_strides;
+  PixelStrides params_strides, x_strides, grad_strides;
   LogisticGrid grid;
   int channels, dtype, x_dtype;
   bool per_pixel;
