@@ -287,6 +287,10 @@ def sample_gaussian(
         (z, kl): z of mu's shape in the promoted dtype of mu and logvar; kl as
         :func:`gaussian_kl` returns it.
 
+    The backward regenerates ε from the seed, except on the cpu backend in float32, where
+    it reads z (∂z/∂logvar = (z − mu)/2; as :func:`reparameterize`): there, changing z in
+    place before the backward makes autograd raise rather than differentiate the change.
+
     Example::
 
         >>> h = encoder(x)
