@@ -1,13 +1,22 @@
 // IWAE family on the CPU: the per-element math of fastvae/iwae.h in loops, parallel with
 // OpenMP.  Every sum runs in one fixed order (a row's log densities in column order, a
 // gradient over samples in k order, a logsumexp in k order), so results do not depend on
-// the number of threads.
+// the number of threads.  The K samples run in tiles of columns as the latent family's
+// (csrc/cpu/latent.cpp): Philox words for the tile, then one SIMD loop of the math.
+//
+// GCC if-converts the selects of the branch-free math only when evaluating both sides may
+// not trap; nothing here reads the floating-point exception flags.  Before the includes,
+// so the inlined header functions are compiled alike.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("no-trapping-math")
+#endif
+
 #include <algorithm>
 
 #include "fastvae/dispatch.h"
 #include "fastvae/iwae.h"
 #include "fastvae/iwae_args.h"
-#include "fastvae/philox.h"
+#include "philox_tile.h"
 #include "vector_math.h"
 
 namespace fastvae {
@@ -28,45 +37,144 @@ float prior_value(const P* prior, const BroadcastLayout& layout, const InnerSize
   return prior ? to_float(prior[broadcast_offset(layout, sizes, row, col)]) : 0.0f;
 }
 
-template <typename T, typename P>
-void sample_k_forward(const SampleKForwardArgs& args) {
-  const T* mu = static_cast<const T*>(args.mu);
-  const T* logvar = static_cast<const T*>(args.logvar);
+template <typename T>
+inline void load_floats(const T* data, int width, float* out) {
+  for (int i = 0; i < width; ++i) out[i] = to_float(data[i]);
+}
+
+// ---------------------------------------------------------------------------------------
+// K samples: the SIMD loops over a tile of columns, in float32
+// ---------------------------------------------------------------------------------------
+
+// A tile of kColumnBlock columns of one sample row (forward) or of one data row over its
+// K samples (backward).  words0/words1: Philox words 0 and 1 of each column's counter.
+struct SampleTile {
+  uint32_t words0[kColumnBlock], words1[kColumnBlock];
+  float mu[kColumnBlock], logvar[kColumnBlock], prior_mu[kColumnBlock], prior_logvar[kColumnBlock];
+  float z[kColumnBlock], log_q[kColumnBlock], log_p[kColumnBlock];  // forward
+  float sigma[kColumnBlock], prior_precision[kColumnBlock], grad_z[kColumnBlock];  // backward
+  float sum_mu[kColumnBlock], sum_logvar[kColumnBlock], sum_prior_mu[kColumnBlock], sum_prior_logvar[kColumnBlock];
+};
+static_assert(kColumnBlock % 8 == 0, "philox_words_run_avx2 fills whole groups of eight");
+
+inline float tile_normal(const SampleTile& tile, int i) {
+  return box_muller<VectorMath>(PhiloxWords{{tile.words0[i], tile.words1[i], 0u, 0u}});
+}
+
+inline void sample_body(SampleTile& tile, int width) {
+#pragma omp simd
+  for (int i = 0; i < width; ++i) {
+    const SampleLogDensities sample = sample_with_log_densities<VectorMath>(
+        tile.mu[i], tile.logvar[i], tile.prior_mu[i], tile.prior_logvar[i], tile_normal(tile, i));
+    tile.z[i] = sample.z;
+    tile.log_q[i] = sample.log_q;
+    tile.log_p[i] = sample.log_p;
+  }
+}
+
+// Adds one sample's terms to each column's sums (add_sample_grads, in SIMD lanes).  Whether
+// log p has a gradient is a template argument: a branch in the loop would keep it scalar.
+template <bool kHasGradLogP>
+inline void sample_grads_body(SampleTile& tile, int width, float grad_log_p) {
+#pragma omp simd
+  for (int i = 0; i < width; ++i) {
+    SampleGradSums sums{tile.sum_mu[i], tile.sum_logvar[i], tile.sum_prior_mu[i], tile.sum_prior_logvar[i]};
+    add_sample_grads(sums, tile.mu[i], tile.sigma[i], tile_normal(tile, i), tile.prior_mu[i],
+                     tile.prior_precision[i], tile.grad_z[i], kHasGradLogP, grad_log_p);
+    tile.sum_mu[i] = sums.mu;
+    tile.sum_logvar[i] = sums.logvar;
+    tile.sum_prior_mu[i] = sums.prior_mu;
+    tile.sum_prior_logvar[i] = sums.prior_logvar;
+  }
+}
+
+// Each loop for this CPU, chosen once per call: compiled for AVX2 (Philox in its
+// intrinsics) and for the baseline x86-64, from the same source without floating-point
+// contraction, so both give the same bits.
+struct SampleMath {
+  void (*sample)(SampleTile&, int, uint64_t, uint64_t);
+  // Indexed by whether log p has a gradient.
+  void (*sample_grads[2])(SampleTile&, int, uint64_t, uint64_t, float);
+};
+
+// The loops compiled for one target: PHILOX_WORDS fills the tile's Philox words.
+#define FASTVAE_SAMPLE_LOOPS(SUFFIX, TARGET, PHILOX_WORDS)                                                    \
+  TARGET void sample_##SUFFIX(SampleTile& tile, int width, uint64_t seed, uint64_t first_offset) {           \
+    PHILOX_WORDS(tile.words0, tile.words1, width, seed, first_offset);                                        \
+    sample_body(tile, width);                                                                                 \
+  }                                                                                                           \
+  template <bool kHasGradLogP>                                                                                \
+  TARGET void sample_grads_##SUFFIX(SampleTile& tile, int width, uint64_t seed, uint64_t first_offset,       \
+                                    float grad_log_p) {                                                       \
+    PHILOX_WORDS(tile.words0, tile.words1, width, seed, first_offset);                                        \
+    sample_grads_body<kHasGradLogP>(tile, width, grad_log_p);                                                 \
+  }                                                                                                           \
+  constexpr SampleMath sample_math_##SUFFIX = {sample_##SUFFIX,                                               \
+                                               {sample_grads_##SUFFIX<false>, sample_grads_##SUFFIX<true>}};
+
+#ifdef FASTVAE_PHILOX_AVX2
+FASTVAE_SAMPLE_LOOPS(avx2, __attribute__((target("avx2"), flatten)), philox_words_run_avx2)
+#endif
+FASTVAE_SAMPLE_LOOPS(baseline, __attribute__((flatten)), philox_words_run)
+#undef FASTVAE_SAMPLE_LOOPS
+
+SampleMath sample_math() {
+#ifdef FASTVAE_PHILOX_AVX2
+  if (__builtin_cpu_supports("avx2")) return sample_math_avx2;
+#endif
+  return sample_math_baseline;
+}
+
+// Columns [first_col, first_col + width) of data row `row`: mu and logvar, and the priors
+// gathered through their broadcast strides (zeros when absent).
+template <typename T, typename P, typename Args>
+void load_latent_tile(const Args& args, int64_t row, int64_t first_col, int width, SampleTile& tile) {
+  const int64_t first = row * args.features + first_col;
+  load_floats(static_cast<const T*>(args.mu) + first, width, tile.mu);
+  load_floats(static_cast<const T*>(args.logvar) + first, width, tile.logvar);
   const P* prior_mu = static_cast<const P*>(args.prior_mu);
   const P* prior_logvar = static_cast<const P*>(args.prior_logvar);
+  for (int i = 0; i < width; ++i) {
+    tile.prior_mu[i] = prior_value(prior_mu, args.prior_mu_layout, args.sizes, row, first_col + i);
+    tile.prior_logvar[i] = prior_value(prior_logvar, args.prior_logvar_layout, args.sizes, row, first_col + i);
+  }
+}
+
+template <typename T, typename P>
+void sample_k_forward(const SampleKForwardArgs& args) {
   T* z = static_cast<T*>(args.z);
   const uint64_t seed = static_cast<uint64_t>(args.seed_offset[0]);
   const uint64_t base = static_cast<uint64_t>(args.seed_offset[1]);
   const int64_t features = args.features;
   const int64_t sample_rows = args.num_samples * args.batch;
+  const SampleMath math = sample_math();
   // One task per sample row k·B + b; its sums run in column order (row_partials is 1).
-#pragma omp parallel for schedule(static)
-  for (int64_t sample_row = 0; sample_row < sample_rows; ++sample_row) {
-    const int64_t row = sample_row % args.batch;
-    float row_log_q = 0.0f, row_log_p = 0.0f;
-    for (int64_t col = 0; col < features; ++col) {
-      const int64_t latent_index = row * features + col;
-      const int64_t sample_index = sample_row * features + col;
-      const float eps = philox_normal<VectorMath>(seed, base + static_cast<uint64_t>(sample_index));
-      const SampleLogDensities sample = sample_with_log_densities<VectorMath>(
-          to_float(mu[latent_index]), to_float(logvar[latent_index]),
-          prior_value(prior_mu, args.prior_mu_layout, args.sizes, row, col),
-          prior_value(prior_logvar, args.prior_logvar_layout, args.sizes, row, col), eps);
-      z[sample_index] = from_float<T>(sample.z);
-      row_log_q += sample.log_q;
-      row_log_p += sample.log_p;
+#pragma omp parallel
+  {
+    SampleTile tile;
+#pragma omp for schedule(static)
+    for (int64_t sample_row = 0; sample_row < sample_rows; ++sample_row) {
+      const int64_t row = sample_row % args.batch;
+      float row_log_q = 0.0f, row_log_p = 0.0f;
+      for (int64_t first_col = 0; first_col < features; first_col += kColumnBlock) {
+        const int width = static_cast<int>(std::min(kColumnBlock, features - first_col));
+        const int64_t first = sample_row * features + first_col;
+        load_latent_tile<T, P>(args, row, first_col, width, tile);
+        math.sample(tile, width, seed, base + static_cast<uint64_t>(first));
+        for (int i = 0; i < width; ++i) {
+          z[first + i] = from_float<T>(tile.z[i]);
+          row_log_q += tile.log_q[i];
+          row_log_p += tile.log_p[i];
+        }
+      }
+      args.log_q[sample_row * args.row_partials] = row_log_q;
+      args.log_p[sample_row * args.row_partials] = row_log_p;
     }
-    args.log_q[sample_row * args.row_partials] = row_log_q;
-    args.log_p[sample_row * args.row_partials] = row_log_p;
   }
 }
 
 template <typename T, typename P>
 void sample_k_backward(const SampleKBackwardArgs& args) {
-  const T* mu = static_cast<const T*>(args.mu);
-  const T* logvar = static_cast<const T*>(args.logvar);
-  const P* prior_mu = static_cast<const P*>(args.prior_mu);
-  const P* prior_logvar = static_cast<const P*>(args.prior_logvar);
   const T* grad_z = static_cast<const T*>(args.grad_z);
   T* grad_mu = static_cast<T*>(args.grad_mu);
   T* grad_logvar = static_cast<T*>(args.grad_logvar);
@@ -75,42 +183,41 @@ void sample_k_backward(const SampleKBackwardArgs& args) {
   const uint64_t base = needs_noise ? static_cast<uint64_t>(args.seed_offset[1]) : 0;
   const int64_t features = args.features, batch = args.batch;
   const int64_t blocks_per_row = (features + kColumnBlock - 1) / kColumnBlock;
-#pragma omp parallel for schedule(static)
-  for (int64_t task = 0; task < batch * blocks_per_row; ++task) {
-    const int64_t row = task / blocks_per_row;
-    const int64_t first_col = (task % blocks_per_row) * kColumnBlock;
-    const int64_t width = std::min(kColumnBlock, features - first_col);
-    float mu_value[kColumnBlock], sigma[kColumnBlock], prior_mu_value[kColumnBlock], prior_precision[kColumnBlock];
-    SampleGradSums sums[kColumnBlock];
-    for (int64_t c = 0; c < width; ++c) {
-      const int64_t col = first_col + c;
-      const int64_t index = row * features + col;
-      mu_value[c] = to_float(mu[index]);
-      sigma[c] = VectorMath::exp(0.5f * to_float(logvar[index]));
-      prior_mu_value[c] = prior_value(prior_mu, args.prior_mu_layout, args.sizes, row, col);
-      prior_precision[c] = expf(-prior_value(prior_logvar, args.prior_logvar_layout, args.sizes, row, col));
-      sums[c] = SampleGradSums{0.0f, 0.0f, 0.0f, 0.0f};
-    }
-    float grad_log_q_sum = 0.0f;
-    for (int64_t k = 0; k < args.num_samples; ++k) {
-      const int64_t sample_row = k * batch + row;
-      if (args.grad_log_q) grad_log_q_sum += args.grad_log_q[sample_row];
-      if (!needs_noise) continue;
-      const float grad_log_p = args.grad_log_p ? args.grad_log_p[sample_row] : 0.0f;
-      for (int64_t c = 0; c < width; ++c) {
-        const int64_t sample_index = sample_row * features + first_col + c;
-        const float eps = philox_normal<VectorMath>(seed, base + static_cast<uint64_t>(sample_index));
-        const float upstream = grad_z ? to_float(grad_z[sample_index]) : 0.0f;
-        add_sample_grads(sums[c], mu_value[c], sigma[c], eps, prior_mu_value[c], prior_precision[c], upstream,
-                         args.grad_log_p != nullptr, grad_log_p);
+  const SampleMath math = sample_math();
+  // One task per (data row, block of columns): k runs in the outer loop, so each column's
+  // gradient sums its K samples in k order.
+#pragma omp parallel
+  {
+    SampleTile tile;
+#pragma omp for schedule(static)
+    for (int64_t task = 0; task < batch * blocks_per_row; ++task) {
+      const int64_t row = task / blocks_per_row;
+      const int64_t first_col = (task % blocks_per_row) * kColumnBlock;
+      const int width = static_cast<int>(std::min(kColumnBlock, features - first_col));
+      load_latent_tile<T, P>(args, row, first_col, width, tile);
+      for (int i = 0; i < width; ++i) {
+        tile.sigma[i] = VectorMath::exp(0.5f * tile.logvar[i]);
+        tile.prior_precision[i] = expf(-tile.prior_logvar[i]);
+        tile.grad_z[i] = 0.0f;
+        tile.sum_mu[i] = tile.sum_logvar[i] = tile.sum_prior_mu[i] = tile.sum_prior_logvar[i] = 0.0f;
       }
-    }
-    for (int64_t c = 0; c < width; ++c) {
-      const int64_t index = row * features + first_col + c;
-      grad_mu[index] = from_float<T>(sums[c].mu);
-      grad_logvar[index] = from_float<T>(sums[c].logvar - 0.5f * grad_log_q_sum);
-      if (args.grad_prior_mu) args.grad_prior_mu[index] = sums[c].prior_mu;
-      if (args.grad_prior_logvar) args.grad_prior_logvar[index] = sums[c].prior_logvar;
+      float grad_log_q_sum = 0.0f;
+      for (int64_t k = 0; k < args.num_samples; ++k) {
+        const int64_t sample_row = k * batch + row;
+        if (args.grad_log_q) grad_log_q_sum += args.grad_log_q[sample_row];
+        if (!needs_noise) continue;
+        const int64_t first = sample_row * features + first_col;
+        if (grad_z) load_floats(grad_z + first, width, tile.grad_z);
+        math.sample_grads[args.grad_log_p != nullptr](tile, width, seed, base + static_cast<uint64_t>(first),
+                                                      args.grad_log_p ? args.grad_log_p[sample_row] : 0.0f);
+      }
+      for (int i = 0; i < width; ++i) {
+        const int64_t index = row * features + first_col + i;
+        grad_mu[index] = from_float<T>(tile.sum_mu[i]);
+        grad_logvar[index] = from_float<T>(tile.sum_logvar[i] - 0.5f * grad_log_q_sum);
+        if (args.grad_prior_mu) args.grad_prior_mu[index] = tile.sum_prior_mu[i];
+        if (args.grad_prior_logvar) args.grad_prior_logvar[index] = tile.sum_prior_logvar[i];
+      }
     }
   }
 }

@@ -4,8 +4,9 @@
 // A row runs in tiles of kTile columns: the tile's inputs are loaded into float32 arrays
 // (the priors gathered through their broadcast strides), then the math runs in SIMD loops
 // with csrc/cpu/vector_math.h's elementary functions: Philox's ten rounds in 32-bit lanes
-// (AVX2 intrinsics where the CPU has them), Box–Muller, the KL.  Those loops take float32 only, so they are compiled once per target
-// (baseline x86-64 and AVX2, picked at run time) and not once per dtype.  Each row's KL is
+// (csrc/cpu/philox_tile.h: AVX2 intrinsics where the CPU has them), Box–Muller, the KL.
+// Those loops take float32 only, so they are compiled once per target (baseline x86-64 and
+// AVX2, picked at run time) and not once per dtype.  Each row's KL is
 // summed in column order, so results do not depend on the number of threads; both targets
 // compile the same source without floating-point contraction, so they give the same bits.
 //
@@ -18,19 +19,15 @@
 
 #include "fastvae/dispatch.h"
 #include "fastvae/latent_args.h"
-#include "fastvae/philox.h"
+#include "philox_tile.h"
 #include "vector_math.h"
-
-#if defined(__GNUC__) && defined(__x86_64__)
-#include <immintrin.h>
-#endif
 
 namespace fastvae {
 namespace cpu {
 
 namespace {
 
-#if defined(__GNUC__) && defined(__x86_64__)
+#ifdef FASTVAE_PHILOX_AVX2
 #define FASTVAE_LATENT_AVX2_CLONE 1
 #define FASTVAE_LATENT_AVX2_TARGET __attribute__((target("avx2"), flatten))
 #define FASTVAE_LATENT_BASELINE_TARGET __attribute__((flatten))
@@ -39,6 +36,7 @@ namespace {
 #endif
 
 constexpr int kTile = 256;  // columns per SIMD loop
+static_assert(kTile % 8 == 0, "philox_words_run_avx2 fills whole groups of eight");
 
 // One tile of a row in float32.  Absent priors are zeros (the standard normal).  words0
 // and words1: the first two Philox words of each column's counter, for Box–Muller.
@@ -54,68 +52,6 @@ struct LatentTile {
 // ---------------------------------------------------------------------------------------
 // The SIMD loops
 // ---------------------------------------------------------------------------------------
-
-// Philox words 0 and 1 of the counters first_offset + i, i < width, into the tile: the
-// offset's arithmetic in 32-bit words with the carry, so the loop vectorizes.
-inline void philox_tile_words(LatentTile& tile, int width, uint64_t seed, uint64_t first_offset) {
-  const uint32_t low = static_cast<uint32_t>(first_offset), high = static_cast<uint32_t>(first_offset >> 32);
-#pragma omp simd
-  for (int i = 0; i < width; ++i) {
-    const uint32_t counter_low = low + static_cast<uint32_t>(i);
-    const PhiloxWords words = philox4x32_10_words(counter_low, high + (counter_low < low ? 1u : 0u),
-                                                  static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
-    tile.words0[i] = words.word[0];
-    tile.words1[i] = words.word[1];
-  }
-}
-
-#ifdef FASTVAE_LATENT_AVX2_CLONE
-// The high and low 32 bits of each lane's 64-bit product a·m, eight lanes at once
-// (AVX2 multiplies only the even lanes: the odd ones are shifted down for a second one).
-__attribute__((target("avx2"))) inline void multiply_high_low(__m256i a, __m256i m, __m256i& high, __m256i& low) {
-  const __m256i even = _mm256_mul_epu32(a, m);
-  const __m256i odd = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), m);
-  low = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
-  high = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
-}
-
-// philox_tile_words with AVX2 intrinsics, eight counters at a time: GCC vectorizes the
-// portable loop with 64-bit products and three times the instructions.  The words are
-// the same integers.  Fills whole groups of eight (kTile is a multiple of eight).
-__attribute__((target("avx2"))) void philox_tile_words_avx2(LatentTile& tile, int width, uint64_t seed,
-                                                            uint64_t first_offset) {
-  static_assert(kTile % 8 == 0, "the tile holds whole groups of eight");
-  const uint32_t low = static_cast<uint32_t>(first_offset), high = static_cast<uint32_t>(first_offset >> 32);
-  const __m256i sign = _mm256_set1_epi32(static_cast<int>(0x80000000u));
-  const __m256i low_biased = _mm256_xor_si256(_mm256_set1_epi32(static_cast<int>(low)), sign);
-  const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  const __m256i multiplier_a = _mm256_set1_epi32(static_cast<int>(0xD2511F53u));
-  const __m256i multiplier_b = _mm256_set1_epi32(static_cast<int>(0xCD9E8D57u));
-  for (int start = 0; start < width; start += 8) {
-    __m256i c0 = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(low + static_cast<uint32_t>(start))), lanes);
-    // The carry into the high word where the low word wrapped (unsigned c0 < low).
-    const __m256i carry = _mm256_cmpgt_epi32(low_biased, _mm256_xor_si256(c0, sign));  // −1 or 0
-    __m256i c1 = _mm256_sub_epi32(_mm256_set1_epi32(static_cast<int>(high)), carry);
-    __m256i c2 = _mm256_setzero_si256(), c3 = _mm256_setzero_si256();
-    uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
-    for (int round = 0; round < 10; ++round) {
-      __m256i high_a, low_a, high_b, low_b;
-      multiply_high_low(c0, multiplier_a, high_a, low_a);
-      multiply_high_low(c2, multiplier_b, high_b, low_b);
-      const __m256i next0 = _mm256_xor_si256(_mm256_xor_si256(high_b, c1), _mm256_set1_epi32(static_cast<int>(k0)));
-      const __m256i next2 = _mm256_xor_si256(_mm256_xor_si256(high_a, c3), _mm256_set1_epi32(static_cast<int>(k1)));
-      c1 = low_b;
-      c3 = low_a;
-      c0 = next0;
-      c2 = next2;
-      k0 += 0x9E3779B9u;
-      k1 += 0xBB67AE85u;
-    }
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(tile.words0 + start), c0);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(tile.words1 + start), c1);
-  }
-}
-#endif
 
 inline float tile_normal(const LatentTile& tile, int i) {
   return box_muller<VectorMath>(PhiloxWords{{tile.words0[i], tile.words1[i], 0u, 0u}});
@@ -191,11 +127,11 @@ struct LatentMath {
 // The loops compiled for one target: PHILOX_WORDS fills the tile's Philox words.
 #define FASTVAE_LATENT_LOOPS(SUFFIX, TARGET, PHILOX_WORDS)                                                    \
   TARGET void sample_##SUFFIX(LatentTile& tile, int width, uint64_t seed, uint64_t first_offset) {           \
-    PHILOX_WORDS(tile, width, seed, first_offset);                                                            \
+    PHILOX_WORDS(tile.words0, tile.words1, width, seed, first_offset);                                        \
     sample_body(tile, width);                                                                                 \
   }                                                                                                           \
   TARGET void sample_grads_##SUFFIX(LatentTile& tile, int width, uint64_t seed, uint64_t first_offset) {     \
-    PHILOX_WORDS(tile, width, seed, first_offset);                                                            \
+    PHILOX_WORDS(tile.words0, tile.words1, width, seed, first_offset);                                        \
     sample_grads_body(tile, width);                                                                           \
   }                                                                                                           \
   TARGET void sample_grads_from_z_##SUFFIX(LatentTile& tile, int width) {                                   \
@@ -212,9 +148,9 @@ struct LatentMath {
                                                {kl_grads_##SUFFIX, standard_kl_grads_##SUFFIX}};
 
 #ifdef FASTVAE_LATENT_AVX2_CLONE
-FASTVAE_LATENT_LOOPS(avx2, FASTVAE_LATENT_AVX2_TARGET, philox_tile_words_avx2)
+FASTVAE_LATENT_LOOPS(avx2, FASTVAE_LATENT_AVX2_TARGET, philox_words_run_avx2)
 #endif
-FASTVAE_LATENT_LOOPS(baseline, FASTVAE_LATENT_BASELINE_TARGET, philox_tile_words)
+FASTVAE_LATENT_LOOPS(baseline, FASTVAE_LATENT_BASELINE_TARGET, philox_words_run)
 #undef FASTVAE_LATENT_LOOPS
 
 LatentMath latent_math() {
