@@ -45,7 +45,7 @@ def backward_reads_sample(native, z_dtype: torch.dtype) -> bool:
     a backward that regenerates ε, while reading z costs one load.  In float32, z − mu is
     σ·ε up to half an ulp of z; a bfloat16 or float16 z would lose most of σ·ε's bits
     where |mu| ≫ σ, so those regenerate ε.  The CUDA kernel always regenerates: on a GPU
-    the op is memory-bound and Philox is free."""
+    the op is memory-bound, and Philox hides under its memory traffic."""
     return native.name == "cpu" and z_dtype == torch.float32
 
 
