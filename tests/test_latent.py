@@ -236,14 +236,16 @@ def test_backward_from_z_equals_backward_from_regenerated_noise(kernel_backend, 
     """Backends whose backward reads z (the cpu backend in float32) give the gradients of
     the backward that regenerates ε, up to the rounding of z, also where |mu| ≫ σ."""
     launchers = latent_launchers(kernel_backend)
-    if not launchers.backward_reads_sample(torch.float32):
-        pytest.skip(f"the {kernel_backend} backend always regenerates ε")
-    assert not launchers.backward_reads_sample(torch.bfloat16)  # z − mu in bfloat16 loses σ·ε
     mu, logvar = make_latent((37, 300), torch.float32, requires_grad=False)
     mu, logvar = mu * mu_scale, logvar - 4.0
     seed_offset = torch.tensor([5, 77], dtype=torch.int64, device=DEVICE)
     z, kl = launchers.gaussian_latent_fwd(mu, logvar, None, None, seed_offset, True, "row", torch.float32)
     grad_z, grad_kl = upstream_grads([z, kl])
+    if not launchers.backward_reads_sample(torch.float32):
+        with pytest.raises(ValueError, match="regenerates ε and takes no z"):
+            launchers.gaussian_latent_bwd(grad_z, grad_kl, mu, logvar, None, None, seed_offset, z, False, False)
+        return
+    assert not launchers.backward_reads_sample(torch.bfloat16)  # z − mu in bfloat16 loses σ·ε
     from_z = launchers.gaussian_latent_bwd(grad_z, grad_kl, mu, logvar, None, None, seed_offset, z, False, False)
     regenerated = launchers.gaussian_latent_bwd(grad_z, grad_kl, mu, logvar, None, None, seed_offset, None, False, False)
     assert torch.equal(from_z[0], regenerated[0])

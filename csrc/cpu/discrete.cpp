@@ -3,11 +3,26 @@
 // each thread keeps its row's logits and perturbed logits in a scratch buffer, so the
 // Gumbel noise is drawn once per element per call.  Row maxima, sums and the argmax run in
 // column order: results do not depend on the number of threads.
+//
+// The per-element transcendentals run in SIMD loops over the row, compiled for AVX2 and
+// for the baseline x86-64 (picked at run time) from the same source without floating-point
+// contraction: the noise (Philox words from csrc/cpu/philox_tile.h, then −log(−log u) with
+// vector_math.h's log) and the exponentials of the softmaxes; the row's sums then add
+// those values in column order.  GCC if-converts the selects of the branch-free math only
+// when evaluating both sides may not trap; nothing here reads the floating-point exception
+// flags.  Before the includes, so the inlined header functions are compiled alike.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("no-trapping-math")
+#endif
+
+#include <algorithm>
 #include <vector>
 
 #include "fastvae/discrete_args.h"
 #include "fastvae/dispatch.h"
 #include "ops.h"
+#include "philox_tile.h"
+#include "vector_math.h"
 
 namespace fastvae {
 namespace cpu {
@@ -29,6 +44,78 @@ void store_grad_prior(void* grad_prior, int64_t index, float value, bool as_floa
   }
 }
 
+// Columns per run of Philox words (the word arrays' length; a multiple of eight).
+constexpr int kNoiseRun = 1024;
+
+// One thread's row buffers.
+struct RowScratch {
+  explicit RowScratch(int64_t categories)
+      : logits(static_cast<size_t>(categories)),
+        noisy(static_cast<size_t>(categories)),
+        exp_noisy(static_cast<size_t>(categories)),
+        exp_logits(static_cast<size_t>(categories)),
+        words0(kNoiseRun),
+        words1(kNoiseRun) {}
+  std::vector<float> logits;      // x
+  std::vector<float> noisy;       // s = (x + g)/τ
+  std::vector<float> exp_noisy;   // exp(s − max s)
+  std::vector<float> exp_logits;  // exp(x − max x)
+  std::vector<uint32_t> words0, words1;
+};
+
+// s = (x + g)/τ for `count` columns whose Philox word 0 is in words0 (gumbel_perturbed).
+inline void perturb_body(const float* logits, const uint32_t* words0, int count, float tau, float* noisy) {
+#pragma omp simd
+  for (int i = 0; i < count; ++i) noisy[i] = (logits[i] + gumbel_from_word<VectorMath>(words0[i])) / tau;
+}
+
+// exp(v − max) for a row's values: the softmax's numerators.
+inline void shifted_exp_body(const float* values, float max, int64_t count, float* out) {
+#pragma omp simd
+  for (int64_t i = 0; i < count; ++i) out[i] = VectorMath::exp(values[i] - max);
+}
+
+struct DiscreteMath {
+  void (*perturb)(const float*, int, float, uint64_t, uint64_t, uint32_t*, uint32_t*, float*);
+  void (*shifted_exp)(const float*, float, int64_t, float*);
+};
+
+// The loops compiled for one target: PHILOX_WORDS fills the Philox words.
+#define FASTVAE_DISCRETE_LOOPS(SUFFIX, TARGET, PHILOX_WORDS)                                                  \
+  TARGET void perturb_##SUFFIX(const float* logits, int count, float tau, uint64_t seed, uint64_t first_offset, \
+                               uint32_t* words0, uint32_t* words1, float* noisy) {                            \
+    PHILOX_WORDS(words0, words1, count, seed, first_offset);                                                  \
+    perturb_body(logits, words0, count, tau, noisy);                                                          \
+  }                                                                                                           \
+  TARGET void shifted_exp_##SUFFIX(const float* values, float max, int64_t count, float* out) {               \
+    shifted_exp_body(values, max, count, out);                                                                \
+  }                                                                                                           \
+  constexpr DiscreteMath discrete_math_##SUFFIX = {perturb_##SUFFIX, shifted_exp_##SUFFIX};
+
+#ifdef FASTVAE_PHILOX_AVX2
+FASTVAE_DISCRETE_LOOPS(avx2, __attribute__((target("avx2"), flatten)), philox_words_run_avx2)
+#endif
+FASTVAE_DISCRETE_LOOPS(baseline, __attribute__((flatten)), philox_words_run)
+#undef FASTVAE_DISCRETE_LOOPS
+
+DiscreteMath discrete_math() {
+#ifdef FASTVAE_PHILOX_AVX2
+  if (__builtin_cpu_supports("avx2")) return discrete_math_avx2;
+#endif
+  return discrete_math_baseline;
+}
+
+// The row's perturbed logits s into scratch.noisy, from its logits in scratch.logits; the
+// row's first element is at Philox offset first_offset.
+inline void perturb_row(const DiscreteMath& math, RowScratch& scratch, int64_t categories, float tau, uint64_t seed,
+                        uint64_t first_offset) {
+  for (int64_t begin = 0; begin < categories; begin += kNoiseRun) {
+    const int count = static_cast<int>(std::min<int64_t>(kNoiseRun, categories - begin));
+    math.perturb(scratch.logits.data() + begin, count, tau, seed, first_offset + static_cast<uint64_t>(begin),
+                 scratch.words0.data(), scratch.words1.data(), scratch.noisy.data() + begin);
+  }
+}
+
 template <typename T, typename P>
 void categorical_forward_rows(const CategoricalForwardArgs& args) {
   const T* logits = static_cast<const T*>(args.logits);
@@ -38,27 +125,29 @@ void categorical_forward_rows(const CategoricalForwardArgs& args) {
   const int64_t stride_c = args.prior_layout.stride_c;
   const uint64_t seed = static_cast<uint64_t>(args.seed_offset[0]);
   const uint64_t base = static_cast<uint64_t>(args.seed_offset[1]);
+  const DiscreteMath math = discrete_math();
 #pragma omp parallel
   {
-    std::vector<float> logit_row(static_cast<size_t>(categories));  // x
-    std::vector<float> noisy_row(static_cast<size_t>(categories));  // s = (x + g)/τ
+    RowScratch scratch(categories);
+    const float* logit_row = scratch.logits.data();
+    const float* noisy_row = scratch.noisy.data();
 #pragma omp for schedule(static)
     for (int64_t row = 0; row < args.rows; ++row) {
       const int64_t start = row * categories;
       const P* prior_row = prior ? prior + categorical_prior_row(args.prior_layout, row) : nullptr;
+      for (int64_t col = 0; col < categories; ++col) scratch.logits[col] = to_float(logits[start + col]);
+      perturb_row(math, scratch, categories, args.tau, seed, base + static_cast<uint64_t>(start));
       RowSoftmax noisy, posterior, prior_softmax;
       for (int64_t col = 0; col < categories; ++col) {
-        const float x = to_float(logits[start + col]);
-        const float s = gumbel_perturbed(x, args.tau, seed, base + static_cast<uint64_t>(start + col));
-        logit_row[col] = x;
-        noisy_row[col] = s;
-        noisy.max = fmaxf(noisy.max, s);
-        posterior.max = fmaxf(posterior.max, x);
+        noisy.max = fmaxf(noisy.max, noisy_row[col]);
+        posterior.max = fmaxf(posterior.max, logit_row[col]);
         if (prior_row) prior_softmax.max = fmaxf(prior_softmax.max, to_float(prior_row[col * stride_c]));
       }
+      math.shifted_exp(noisy_row, noisy.max, categories, scratch.exp_noisy.data());
+      math.shifted_exp(logit_row, posterior.max, categories, scratch.exp_logits.data());
       for (int64_t col = 0; col < categories; ++col) {
-        noisy.total += expf(noisy_row[col] - noisy.max);
-        posterior.total += expf(logit_row[col] - posterior.max);
+        noisy.total += scratch.exp_noisy[col];
+        posterior.total += scratch.exp_logits[col];
         if (prior_row) prior_softmax.total += expf(to_float(prior_row[col * stride_c]) - prior_softmax.max);
       }
       const float log_total = logf(posterior.total);
@@ -66,14 +155,14 @@ void categorical_forward_rows(const CategoricalForwardArgs& args) {
       float kl = 0.0f;
       ArgMax best = argmax_none();
       for (int64_t col = 0; col < categories; ++col) {
-        const float y = softmax_probability(noisy_row[col], noisy.max, noisy.total);
+        const float y = scratch.exp_noisy[col] / noisy.total;
         if (args.hard) {
           best = argmax_combine(best, ArgMax{y, col});
         } else {
           z[start + col] = from_float<T>(y);
         }
         const float x = logit_row[col];
-        const float p = softmax_probability(x, posterior.max, posterior.total);
+        const float p = scratch.exp_logits[col] / posterior.total;
         const float log_q = prior_row ? log_softmax_value(to_float(prior_row[col * stride_c]), prior_softmax.max,
                                                           prior_log_total)
                                       : args.log_uniform;
@@ -103,34 +192,34 @@ void categorical_backward_rows(const CategoricalBackwardArgs& args) {
   const uint64_t seed = grad_z ? static_cast<uint64_t>(args.seed_offset[0]) : 0;
   const uint64_t base = grad_z ? static_cast<uint64_t>(args.seed_offset[1]) : 0;
   const bool grad_prior_float32 = args.grad_prior_dtype == kFloat32;
+  const DiscreteMath math = discrete_math();
 #pragma omp parallel
   {
-    std::vector<float> logit_row(static_cast<size_t>(categories));  // x
-    std::vector<float> noisy_row(grad_z ? static_cast<size_t>(categories) : 0);  // s = (x + g)/τ, then y
+    RowScratch scratch(categories);
+    const float* logit_row = scratch.logits.data();
+    float* noisy_row = scratch.noisy.data();  // s = (x + g)/τ, then y
 #pragma omp for schedule(static)
     for (int64_t row = 0; row < args.rows; ++row) {
       const int64_t start = row * categories;
       const P* prior_row = prior ? prior + categorical_prior_row(args.prior_layout, row) : nullptr;
+      for (int64_t col = 0; col < categories; ++col) scratch.logits[col] = to_float(logits[start + col]);
+      // The soft sample is rebuilt from the regenerated noise, for hard samples too (their
+      // straight-through gradient is the soft sample's).
+      if (grad_z) perturb_row(math, scratch, categories, args.tau, seed, base + static_cast<uint64_t>(start));
       RowSoftmax noisy, posterior, prior_softmax;
       for (int64_t col = 0; col < categories; ++col) {
-        const float x = to_float(logits[start + col]);
-        logit_row[col] = x;
-        if (grad_z) {
-          // The soft sample is rebuilt from the regenerated noise, for hard samples too
-          // (their straight-through gradient is the soft sample's).
-          const float s = gumbel_perturbed(x, args.tau, seed, base + static_cast<uint64_t>(start + col));
-          noisy_row[col] = s;
-          noisy.max = fmaxf(noisy.max, s);
-        }
+        if (grad_z) noisy.max = fmaxf(noisy.max, noisy_row[col]);
         if (args.grad_kl) {
-          posterior.max = fmaxf(posterior.max, x);
+          posterior.max = fmaxf(posterior.max, logit_row[col]);
           if (prior_row) prior_softmax.max = fmaxf(prior_softmax.max, to_float(prior_row[col * stride_c]));
         }
       }
+      if (grad_z) math.shifted_exp(noisy_row, noisy.max, categories, scratch.exp_noisy.data());
+      if (args.grad_kl) math.shifted_exp(logit_row, posterior.max, categories, scratch.exp_logits.data());
       for (int64_t col = 0; col < categories; ++col) {
-        if (grad_z) noisy.total += expf(noisy_row[col] - noisy.max);
+        if (grad_z) noisy.total += scratch.exp_noisy[col];
         if (args.grad_kl) {
-          posterior.total += expf(logit_row[col] - posterior.max);
+          posterior.total += scratch.exp_logits[col];
           if (prior_row) prior_softmax.total += expf(to_float(prior_row[col * stride_c]) - prior_softmax.max);
         }
       }
@@ -141,7 +230,7 @@ void categorical_backward_rows(const CategoricalBackwardArgs& args) {
       float dot = 0.0f, kl = 0.0f;
       for (int64_t col = 0; col < categories; ++col) {
         if (grad_z) {
-          const float y = softmax_probability(noisy_row[col], noisy.max, noisy.total);
+          const float y = scratch.exp_noisy[col] / noisy.total;
           noisy_row[col] = y;
           dot += to_float(grad_z[start + col]) * y;
         }
@@ -150,8 +239,7 @@ void categorical_backward_rows(const CategoricalBackwardArgs& args) {
           const float log_q = prior_row ? log_softmax_value(to_float(prior_row[col * stride_c]), prior_softmax.max,
                                                             prior_log_total)
                                         : args.log_uniform;
-          kl += softmax_probability(x, posterior.max, posterior.total) *
-                (log_softmax_value(x, posterior.max, log_total) - log_q);
+          kl += (scratch.exp_logits[col] / posterior.total) * (log_softmax_value(x, posterior.max, log_total) - log_q);
         }
       }
       for (int64_t col = 0; col < categories; ++col) {
@@ -159,7 +247,7 @@ void categorical_backward_rows(const CategoricalBackwardArgs& args) {
         if (grad_z) grad += gumbel_softmax_grad(noisy_row[col], to_float(grad_z[start + col]), dot, args.tau);
         if (args.grad_kl) {
           const float x = logit_row[col];
-          const float p = softmax_probability(x, posterior.max, posterior.total);
+          const float p = scratch.exp_logits[col] / posterior.total;
           const float prior_value = prior_row ? to_float(prior_row[col * stride_c]) : 0.0f;
           const float log_q =
               prior_row ? log_softmax_value(prior_value, prior_softmax.max, prior_log_total) : args.log_uniform;

@@ -68,9 +68,16 @@ FASTVAE_HD float philox_normal(uint64_t seed, uint64_t offset) {
   return box_muller<Math>(philox4x32_10(seed, offset));
 }
 
-// Gumbel noise -log(-log u), u clamped below at 1e-20 (only u = 0 is below it).
+// Gumbel noise -log(-log u) from word 0's uniform u, clamped below at 1e-20 (only u = 0
+// is below it; a select rather than fmaxf, as in box_muller).
+template <typename Math = LibraryMath>
+FASTVAE_HD float gumbel_from_word(uint32_t word) {
+  const float uniform = uint32_to_uniform(word);
+  return -Math::log(-Math::log(uniform < 1.0e-20f ? 1.0e-20f : uniform));
+}
+
 FASTVAE_HD float philox_gumbel(uint64_t seed, uint64_t offset) {
-  return -logf(-logf(fmaxf(philox_uniform(seed, offset), 1.0e-20f)));
+  return gumbel_from_word(philox4x32_10(seed, offset).word[0]);
 }
 
 }  // namespace fastvae
