@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Sequence, Union
+from typing import ClassVar, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -69,9 +69,28 @@ class _LogMeanExp:
         return torch.maximum(log_mean_exp, mean), mean
 
 
+class _PerPointEstimate:
+    """``num_points``, ``mean`` and ``stderr`` (over data points) of the per-point field
+    that ``_per_point`` names."""
+
+    _per_point: ClassVar[str]
+
+    @property
+    def num_points(self) -> int:
+        return getattr(self, self._per_point).numel()
+
+    @property
+    def mean(self) -> float:
+        return mean_and_stderr(getattr(self, self._per_point))[0]
+
+    @property
+    def stderr(self) -> float:
+        return mean_and_stderr(getattr(self, self._per_point))[1]
+
+
 # Holds tensors: no field-wise ==, which would be ambiguous.
 @dataclass(frozen=True, eq=False)
-class IWAEEstimate:
+class IWAEEstimate(_PerPointEstimate):
     """The importance-weighted estimate of log p(x) over a data set, and the ELBO
     estimated from the same log-weights.
 
@@ -89,18 +108,7 @@ class IWAEEstimate:
     log_likelihood: Tensor
     mean_log_weight: Tensor
     num_samples: int
-
-    @property
-    def num_points(self) -> int:
-        return self.log_likelihood.numel()
-
-    @property
-    def mean(self) -> float:
-        return mean_and_stderr(self.log_likelihood)[0]
-
-    @property
-    def stderr(self) -> float:
-        return mean_and_stderr(self.log_likelihood)[1]
+    _per_point: ClassVar[str] = "log_likelihood"
 
     @property
     def nll(self) -> float:
@@ -214,7 +222,7 @@ def iwae_log_likelihood(
 
 # Holds tensors: no field-wise ==, which would be ambiguous.
 @dataclass(frozen=True, eq=False)
-class ELBOEstimate:
+class ELBOEstimate(_PerPointEstimate):
     """The model's own ELBO over a data set: one forward pass per batch with β = 1 and no
     free bits.
 
@@ -231,18 +239,7 @@ class ELBOEstimate:
     nll: Tensor
     kl: Tensor
     kl_per_dim: Tensor
-
-    @property
-    def num_points(self) -> int:
-        return self.elbo.numel()
-
-    @property
-    def mean(self) -> float:
-        return mean_and_stderr(self.elbo)[0]
-
-    @property
-    def stderr(self) -> float:
-        return mean_and_stderr(self.elbo)[1]
+    _per_point: ClassVar[str] = "elbo"
 
 
 def elbo_estimate(
