@@ -554,16 +554,15 @@ void mixture_backward_task(const LogisticMixtureBackwardArgs& args, const Mixtur
   }
 }
 
-// The forward that also writes ∂nll/∂params: the backward's task with an upstream gradient
-// of 1, which finds the nll on its way.  Training then costs this pass and a scaling of its
-// gradient rather than a forward pass and a backward pass that repeats all of it.
-template <typename T, typename X, int C>
-void mixture_forward_with_grad(const LogisticMixtureForwardArgs& args, int64_t blocks_per_row,
-                               const MixtureMath<C>& math) {
+// The arguments of the backward's task for a forward that also writes ∂nll/∂params: an
+// upstream gradient of 1 (no grad_nll).  That task finds the nll on its way, so training
+// costs one such pass and a scaling of its gradient rather than a forward pass and a
+// backward pass that repeats all of it.
+inline LogisticMixtureBackwardArgs forward_gradient_args(const LogisticMixtureForwardArgs& args) {
   LogisticMixtureBackwardArgs gradient_args{};
   gradient_args.params = args.params;
   gradient_args.x = args.x;
-  gradient_args.grad_nll = nullptr;  // an upstream gradient of 1
+  gradient_args.grad_nll = nullptr;
   gradient_args.grad_params = args.grad_params;
   gradient_args.batch = args.batch;
   gradient_args.pixels = args.pixels;
@@ -575,21 +574,7 @@ void mixture_forward_with_grad(const LogisticMixtureForwardArgs& args, int64_t b
   gradient_args.channels = args.channels;
   gradient_args.dtype = args.dtype;
   gradient_args.x_dtype = args.x_dtype;
-#pragma omp parallel
-  {
-    std::vector<float> scratch(static_cast<size_t>((2 + 3 * C) * args.components * kBlock));
-#pragma omp for schedule(static)
-    for (int64_t task = 0; task < args.batch * blocks_per_row; ++task) {
-      const int64_t row = task / blocks_per_row;
-      const int64_t block = task % blocks_per_row;
-      const int64_t begin = block * kBlock;
-      const int count = static_cast<int>(args.pixels - begin < kBlock ? args.pixels - begin : kBlock);
-      float nll[kBlock];
-      mixture_backward_task<T, X, C>(gradient_args, math, scratch.data(), row, begin, count, nll);
-      const float partial = store_block_nll(args, row, begin, count, nll);
-      if (!args.per_pixel) args.nll[row * blocks_per_row + block] = partial;
-    }
-  }
+  return gradient_args;
 }
 
 template <typename T, typename X, int C>
@@ -600,20 +585,27 @@ void mixture_forward(const LogisticMixtureForwardArgs& args) {
                                 std::to_string(kBlock) + ")");
   }
   const MixtureMath<C> math = MixtureMath<C>::pick();
-  if (args.grad_params) {
-    mixture_forward_with_grad<T, X, C>(args, blocks_per_row, math);
-    return;
-  }
+  const bool with_grad = args.grad_params != nullptr;
+  const LogisticMixtureBackwardArgs gradient_args = forward_gradient_args(args);
+  // The backward's task keeps each channel's derivatives too.
+  const size_t scratch_size = static_cast<size_t>((with_grad ? 2 + 3 * C : 2) * args.components * kBlock);
 #pragma omp parallel
   {
-    std::vector<float> scratch(static_cast<size_t>(2 * args.components * kBlock));
+    std::vector<float> scratch(scratch_size);
 #pragma omp for schedule(static)
     for (int64_t task = 0; task < args.batch * blocks_per_row; ++task) {
       const int64_t row = task / blocks_per_row;
       const int64_t block = task % blocks_per_row;
       const int64_t begin = block * kBlock;
       const int count = static_cast<int>(args.pixels - begin < kBlock ? args.pixels - begin : kBlock);
-      const float partial = mixture_forward_task<T, X, C>(args, math, scratch.data(), row, begin, count);
+      float partial;
+      if (with_grad) {
+        float nll[kBlock];
+        mixture_backward_task<T, X, C>(gradient_args, math, scratch.data(), row, begin, count, nll);
+        partial = store_block_nll(args, row, begin, count, nll);
+      } else {
+        partial = mixture_forward_task<T, X, C>(args, math, scratch.data(), row, begin, count);
+      }
       if (!args.per_pixel) args.nll[row * blocks_per_row + block] = partial;
     }
   }
