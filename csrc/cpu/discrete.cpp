@@ -92,18 +92,13 @@ struct DiscreteMath {
   }                                                                                                           \
   constexpr DiscreteMath discrete_math_##SUFFIX = {perturb_##SUFFIX, shifted_exp_##SUFFIX};
 
-#ifdef FASTVAE_PHILOX_AVX2
-FASTVAE_DISCRETE_LOOPS(avx2, __attribute__((target("avx2"), flatten)), philox_words_run_avx2)
+#ifdef FASTVAE_AVX2_CLONE
+FASTVAE_DISCRETE_LOOPS(avx2, FASTVAE_AVX2_TARGET, philox_words_run_avx2)
 #endif
-FASTVAE_DISCRETE_LOOPS(baseline, __attribute__((flatten)), philox_words_run)
+FASTVAE_DISCRETE_LOOPS(baseline, FASTVAE_BASELINE_TARGET, philox_words_run)
 #undef FASTVAE_DISCRETE_LOOPS
 
-DiscreteMath discrete_math() {
-#ifdef FASTVAE_PHILOX_AVX2
-  if (__builtin_cpu_supports("avx2")) return discrete_math_avx2;
-#endif
-  return discrete_math_baseline;
-}
+DiscreteMath discrete_math() { return FASTVAE_FOR_THIS_CPU(discrete_math); }
 
 // The row's perturbed logits s into scratch.noisy, from its logits in scratch.logits; the
 // row's first element is at Philox offset first_offset.

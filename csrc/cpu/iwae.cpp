@@ -112,18 +112,13 @@ struct SampleMath {
   constexpr SampleMath sample_math_##SUFFIX = {sample_##SUFFIX,                                               \
                                                {sample_grads_##SUFFIX<false>, sample_grads_##SUFFIX<true>}};
 
-#ifdef FASTVAE_PHILOX_AVX2
-FASTVAE_SAMPLE_LOOPS(avx2, __attribute__((target("avx2"), flatten)), philox_words_run_avx2)
+#ifdef FASTVAE_AVX2_CLONE
+FASTVAE_SAMPLE_LOOPS(avx2, FASTVAE_AVX2_TARGET, philox_words_run_avx2)
 #endif
-FASTVAE_SAMPLE_LOOPS(baseline, __attribute__((flatten)), philox_words_run)
+FASTVAE_SAMPLE_LOOPS(baseline, FASTVAE_BASELINE_TARGET, philox_words_run)
 #undef FASTVAE_SAMPLE_LOOPS
 
-SampleMath sample_math() {
-#ifdef FASTVAE_PHILOX_AVX2
-  if (__builtin_cpu_supports("avx2")) return sample_math_avx2;
-#endif
-  return sample_math_baseline;
-}
+SampleMath sample_math() { return FASTVAE_FOR_THIS_CPU(sample_math); }
 
 // Columns [first_col, first_col + width) of data row `row`: mu and logvar, and the priors
 // gathered through their broadcast strides (zeros when absent).

@@ -27,13 +27,6 @@ namespace cpu {
 
 namespace {
 
-#ifdef FASTVAE_PHILOX_AVX2
-#define FASTVAE_LATENT_AVX2_CLONE 1
-#define FASTVAE_LATENT_AVX2_TARGET __attribute__((target("avx2"), flatten))
-#define FASTVAE_LATENT_BASELINE_TARGET __attribute__((flatten))
-#else
-#define FASTVAE_LATENT_BASELINE_TARGET
-#endif
 
 constexpr int kTile = 256;  // columns per SIMD loop
 static_assert(kTile % 8 == 0, "philox_words_run_avx2 fills whole groups of eight");
@@ -147,18 +140,13 @@ struct LatentMath {
                                                {kl_##SUFFIX, standard_kl_##SUFFIX},                           \
                                                {kl_grads_##SUFFIX, standard_kl_grads_##SUFFIX}};
 
-#ifdef FASTVAE_LATENT_AVX2_CLONE
-FASTVAE_LATENT_LOOPS(avx2, FASTVAE_LATENT_AVX2_TARGET, philox_words_run_avx2)
+#ifdef FASTVAE_AVX2_CLONE
+FASTVAE_LATENT_LOOPS(avx2, FASTVAE_AVX2_TARGET, philox_words_run_avx2)
 #endif
-FASTVAE_LATENT_LOOPS(baseline, FASTVAE_LATENT_BASELINE_TARGET, philox_words_run)
+FASTVAE_LATENT_LOOPS(baseline, FASTVAE_BASELINE_TARGET, philox_words_run)
 #undef FASTVAE_LATENT_LOOPS
 
-LatentMath latent_math() {
-#ifdef FASTVAE_LATENT_AVX2_CLONE
-  if (__builtin_cpu_supports("avx2")) return latent_math_avx2;
-#endif
-  return latent_math_baseline;
-}
+LatentMath latent_math() { return FASTVAE_FOR_THIS_CPU(latent_math); }
 
 // ---------------------------------------------------------------------------------------
 // Loads and stores around them

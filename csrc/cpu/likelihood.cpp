@@ -27,29 +27,13 @@
 #include "fastvae/likelihood_args.h"
 #include "fastvae/likelihood_dispatch.h"
 #include "ops.h"
+#include "targets.h"
 #include "vector_math.h"
 
 namespace fastvae {
 namespace cpu {
 
 namespace {
-
-#if defined(__GNUC__) && defined(__x86_64__)
-#define FASTVAE_LIKELIHOOD_AVX2_CLONE 1
-#define FASTVAE_LIKELIHOOD_AVX2_TARGET __attribute__((target("avx2"), flatten))
-#define FASTVAE_LIKELIHOOD_BASELINE_TARGET __attribute__((flatten))
-#else
-#define FASTVAE_LIKELIHOOD_BASELINE_TARGET
-#endif
-
-bool avx2_available() {
-#ifdef FASTVAE_LIKELIHOOD_AVX2_CLONE
-  static const bool available = __builtin_cpu_supports("avx2");
-  return available;
-#else
-  return false;
-#endif
-}
 
 constexpr int kTile = 256;  // columns per SIMD loop (stack buffers of this many floats)
 
@@ -314,46 +298,46 @@ inline void gaussian_backward_task(const GaussianNLLBackwardArgs& args, const Ta
 
 // The task bodies for each target: the same source, compiled for the baseline and for AVX2.
 template <typename T, typename X, bool kContinuous>
-FASTVAE_LIKELIHOOD_BASELINE_TARGET void bernoulli_forward_baseline(const BernoulliForwardArgs& args, const Task& task) {
+FASTVAE_BASELINE_TARGET void bernoulli_forward_baseline(const BernoulliForwardArgs& args, const Task& task) {
   bernoulli_forward_task<T, X, kContinuous>(args, task);
 }
 
 template <typename T, typename X, bool kContinuous>
-FASTVAE_LIKELIHOOD_BASELINE_TARGET void bernoulli_backward_baseline(const BernoulliBackwardArgs& args,
+FASTVAE_BASELINE_TARGET void bernoulli_backward_baseline(const BernoulliBackwardArgs& args,
                                                                     const Task& task) {
   bernoulli_backward_task<T, X, kContinuous>(args, task);
 }
 
 template <typename T, typename X, typename L>
-FASTVAE_LIKELIHOOD_BASELINE_TARGET void gaussian_forward_baseline(const GaussianNLLForwardArgs& args,
+FASTVAE_BASELINE_TARGET void gaussian_forward_baseline(const GaussianNLLForwardArgs& args,
                                                                   const Task& task) {
   gaussian_forward_task<T, X, L>(args, task);
 }
 
 template <typename T, typename X, typename L>
-FASTVAE_LIKELIHOOD_BASELINE_TARGET void gaussian_backward_baseline(const GaussianNLLBackwardArgs& args,
+FASTVAE_BASELINE_TARGET void gaussian_backward_baseline(const GaussianNLLBackwardArgs& args,
                                                                    const Task& task) {
   gaussian_backward_task<T, X, L>(args, task);
 }
 
-#ifdef FASTVAE_LIKELIHOOD_AVX2_CLONE
+#ifdef FASTVAE_AVX2_CLONE
 template <typename T, typename X, bool kContinuous>
-FASTVAE_LIKELIHOOD_AVX2_TARGET void bernoulli_forward_avx2(const BernoulliForwardArgs& args, const Task& task) {
+FASTVAE_AVX2_TARGET void bernoulli_forward_avx2(const BernoulliForwardArgs& args, const Task& task) {
   bernoulli_forward_task<T, X, kContinuous>(args, task);
 }
 
 template <typename T, typename X, bool kContinuous>
-FASTVAE_LIKELIHOOD_AVX2_TARGET void bernoulli_backward_avx2(const BernoulliBackwardArgs& args, const Task& task) {
+FASTVAE_AVX2_TARGET void bernoulli_backward_avx2(const BernoulliBackwardArgs& args, const Task& task) {
   bernoulli_backward_task<T, X, kContinuous>(args, task);
 }
 
 template <typename T, typename X, typename L>
-FASTVAE_LIKELIHOOD_AVX2_TARGET void gaussian_forward_avx2(const GaussianNLLForwardArgs& args, const Task& task) {
+FASTVAE_AVX2_TARGET void gaussian_forward_avx2(const GaussianNLLForwardArgs& args, const Task& task) {
   gaussian_forward_task<T, X, L>(args, task);
 }
 
 template <typename T, typename X, typename L>
-FASTVAE_LIKELIHOOD_AVX2_TARGET void gaussian_backward_avx2(const GaussianNLLBackwardArgs& args, const Task& task) {
+FASTVAE_AVX2_TARGET void gaussian_backward_avx2(const GaussianNLLBackwardArgs& args, const Task& task) {
   gaussian_backward_task<T, X, L>(args, task);
 }
 

@@ -32,29 +32,13 @@
 #include "fastvae/dispatch.h"
 #include "fastvae/logistic_args.h"
 #include "ops.h"
+#include "targets.h"
 #include "vector_math.h"
 
 namespace fastvae {
 namespace cpu {
 
 namespace {
-
-#if defined(__GNUC__) && defined(__x86_64__)
-#define FASTVAE_AVX2_CLONE 1
-#define FASTVAE_AVX2_TARGET __attribute__((target("avx2"), flatten))
-#define FASTVAE_BASELINE_TARGET __attribute__((flatten))
-#else
-#define FASTVAE_BASELINE_TARGET
-#endif
-
-bool avx2_available() {
-#ifdef FASTVAE_AVX2_CLONE
-  static const bool available = __builtin_cpu_supports("avx2");
-  return available;
-#else
-  return false;
-#endif
-}
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 

@@ -4,10 +4,10 @@
 #pragma once
 
 #include "fastvae/philox.h"
+#include "targets.h"
 
-#if defined(__GNUC__) && defined(__x86_64__)
+#ifdef FASTVAE_AVX2_CLONE
 #include <immintrin.h>
-#define FASTVAE_PHILOX_AVX2 1
 #endif
 
 namespace fastvae {
@@ -27,7 +27,7 @@ inline void philox_words_run(uint32_t* words0, uint32_t* words1, int width, uint
   }
 }
 
-#ifdef FASTVAE_PHILOX_AVX2
+#ifdef FASTVAE_AVX2_CLONE
 // The high and low 32 bits of each lane's 64-bit product a·m, eight lanes at once
 // (AVX2 multiplies only the even lanes: the odd ones are shifted down for a second one).
 __attribute__((target("avx2"))) inline void multiply_high_low(__m256i a, __m256i m, __m256i& high, __m256i& low) {
