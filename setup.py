@@ -5,9 +5,12 @@
   (``pip install -e .``) maps it the same way.
 * ``fastvae._C``: the CPU backend (csrc/cpu, OpenMP), built whenever a C++ compiler and
   pybind11 are there.
-* ``fastvae._C_cuda``: the CUDA backend (csrc/cuda), built when nvcc is found.
-  ``FASTVAE_CUDA=0`` skips it; ``FASTVAE_CUDA_ARCH`` chooses the targets (default
-  ``80;90``, each as SASS, plus PTX of the newest for later GPUs).
+* ``fastvae._C_cuda``: the CUDA backend (csrc/cuda), built when nvcc is found and a CUDA
+  device is visible (it is of no use elsewhere, and compiling it for two architectures is
+  most of an install's time on a machine without one).  ``FASTVAE_CUDA=1`` builds it
+  wherever nvcc is (CI does, so the CUDA code compiles there), ``FASTVAE_CUDA=0`` never;
+  ``FASTVAE_CUDA_ARCH`` chooses the targets (default ``80;90``, each as SASS, plus PTX of
+  the newest for later GPUs).
 
 Both link no libtorch (they take raw pointers), so one build serves any torch version.
 Both are optional: when a build fails, pip still installs the pure-Python package, and the
@@ -40,9 +43,35 @@ def pybind11_include():
     return pybind11.get_include()
 
 
+def cuda_device_visible():
+    """Whether this machine shows a CUDA device, asked without torch (the build may run
+    in an isolated environment): CUDA_VISIBLE_DEVICES, the NVIDIA driver's device files,
+    else ``nvidia-smi -L``."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1", "none", "NoDevFiles"):
+        return False
+    if glob.glob("/proc/driver/nvidia/gpus/*") or glob.glob("/dev/nvidia[0-9]*"):
+        return True
+    nvidia_smi = shutil.which("nvidia-smi")
+    if nvidia_smi is None:
+        return False
+    try:
+        listed = subprocess.run([nvidia_smi, "-L"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return listed.returncode == 0 and any(line.startswith("GPU ") for line in listed.stdout.splitlines())
+
+
+def build_cuda_wanted():
+    """FASTVAE_CUDA: '1' builds ``_C_cuda`` wherever nvcc is, '0' never, unset (or
+    'auto') where a CUDA device is visible."""
+    setting = os.environ.get("FASTVAE_CUDA", "auto").strip().lower()
+    if setting in ("0", "1", "auto"):
+        return setting == "1" or (setting == "auto" and cuda_device_visible())
+    raise ValueError(f"FASTVAE_CUDA={setting!r}: use 1 (always build the CUDA backend), 0 (never) or leave it unset")
+
+
 def find_nvcc():
-    if os.environ.get("FASTVAE_CUDA", "1") == "0":
-        return None
     candidates = [os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "nvcc"), shutil.which("nvcc")]
     return next((c for c in candidates if c and os.path.exists(c)), None)
 
@@ -122,7 +151,9 @@ def extensions():
         optional=True,
     )
     built = [cpu]
-    nvcc = find_nvcc()
+    nvcc = find_nvcc() if build_cuda_wanted() else None
+    if build_cuda_wanted() and nvcc is None:
+        print("fastvae: nvcc not found; not building the CUDA backend fastvae._C_cuda", file=sys.stderr)
     if nvcc:
         cuda_home = os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
         built.append(Extension(
@@ -140,10 +171,13 @@ def extensions():
     return built
 
 
-setup(
-    packages=["fastvae", "fastvae.ops", "fastvae.native", "fastvae.kernels", "fastvae.nn", "fastvae.models",
-              "fastvae.train", "fastvae.eval", "fastvae.data", "fastvae.cli"],
-    package_dir={"fastvae": "fastvae", "fastvae.kernels": "kernels"},
-    ext_modules=extensions(),
-    cmdclass={"build_ext": BuildExtensions},
-)
+# setuptools runs this file as __main__; tests import it under another name to check the
+# build decisions (tests/test_native.py).
+if __name__ == "__main__":
+    setup(
+        packages=["fastvae", "fastvae.ops", "fastvae.native", "fastvae.kernels", "fastvae.nn", "fastvae.models",
+                  "fastvae.train", "fastvae.eval", "fastvae.data", "fastvae.cli"],
+        package_dir={"fastvae": "fastvae", "fastvae.kernels": "kernels"},
+        ext_modules=extensions(),
+        cmdclass={"build_ext": BuildExtensions},
+    )

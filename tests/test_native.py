@@ -1,5 +1,6 @@
 """The C++ backends: the extension builds (required in CI), every CUDA kernel compiles
 with nvcc for sm_90, and the C++ noise stream equals the reference's and Triton's."""
+import importlib.util
 import os
 import shutil
 from pathlib import Path
@@ -40,19 +41,57 @@ def test_cpu_extension_was_built():
     assert "cpu" in fastvae.backends.available("cpu")
 
 
+def load_setup_script():
+    """setup.py as a module (it calls setup() only when run as __main__)."""
+    spec = importlib.util.spec_from_file_location("fastvae_setup_script", ROOT / "setup.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.mark.skipif(os.environ.get("FASTVAE_REQUIRE_CPP") != "1", reason="set FASTVAE_REQUIRE_CPP=1 (CI does)")
-def test_cuda_extension_was_built_where_nvcc_is():
+def test_cuda_extension_was_built_where_asked():
     """Under FASTVAE_REQUIRE_CPP=1 the install compiles every .cu file with nvcc (sm_90 in
-    CI) and -Werror all-warnings, and a compile error fails the install: so where nvcc is
-    found, the module must be there, holding every kernel of csrc/cuda."""
+    CI, which sets FASTVAE_CUDA=1) and -Werror all-warnings, and a compile error fails the
+    install: so where the build was wanted and nvcc is found, the module must be there,
+    holding every kernel of csrc/cuda."""
     if find_nvcc() is None:
         pytest.skip("nvcc not found")
+    if not load_setup_script().build_cuda_wanted():
+        pytest.skip("no CUDA device visible and FASTVAE_CUDA is not 1: _C_cuda is not built")
     assert list((ROOT / "fastvae").glob("_C_cuda*.so")), "fastvae._C_cuda was not built"
     import fastvae._C_cuda as extension
 
     for source in CUDA_SOURCES:
         entry_points = CUDA_ENTRY_POINTS[source.stem]
         assert all(hasattr(extension, name) for name in entry_points), (source.name, entry_points)
+
+
+@pytest.mark.parametrize("setting, device_visible, wanted", [
+    (None, False, False), (None, True, True), ("auto", True, True), ("1", False, True), ("0", True, False),
+])
+def test_cuda_backend_is_built_by_default_only_where_a_device_is(monkeypatch, setting, device_visible, wanted):
+    """Compiling _C_cuda for two architectures was most of an install's time on a machine
+    with nvcc and no GPU: by default it is built only where a CUDA device is visible;
+    FASTVAE_CUDA=1 forces it (CI), FASTVAE_CUDA=0 skips it."""
+    script = load_setup_script()
+    if setting is None:
+        monkeypatch.delenv("FASTVAE_CUDA", raising=False)
+    else:
+        monkeypatch.setenv("FASTVAE_CUDA", setting)
+    monkeypatch.setattr(script, "cuda_device_visible", lambda: device_visible)
+    assert script.build_cuda_wanted() is wanted
+
+
+def test_cuda_build_setting_is_checked(monkeypatch):
+    monkeypatch.setenv("FASTVAE_CUDA", "yes")
+    with pytest.raises(ValueError, match="FASTVAE_CUDA"):
+        load_setup_script().build_cuda_wanted()
+
+
+def test_hidden_devices_count_as_none(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert load_setup_script().cuda_device_visible() is False
 
 
 def test_every_cuda_source_is_listed():
