@@ -62,7 +62,7 @@ RECORD_KEYS = CASE_KEYS + ("provider",)
 INPUT_SEED = 0
 FLOAT32_BYTES = 4
 
-# DESIGN.md, "Performance bars": at the largest size, forward+backward.  Each criterion is
+# The performance bars (bench/README.md, "Performance bars"): at the largest size, forward+backward.  Each criterion is
 # (record field, comparison, threshold), as common.bar_verdict reads them.
 LARGEST_DEFAULT_SIZE = SIZE_PRESETS["default"][-1]
 GPU_BAR = (("pct_of_copy", ">=", 90.0), ("speedup_vs_eager", ">=", 3.0), ("speedup_vs_compile", ">", 1.0))
@@ -86,7 +86,7 @@ def sample_gaussian_min_bytes(batch: int, dim: int, dtype: torch.dtype, mode: st
       stored); write grad_mu, grad_logvar                       → 5·n·s + 4·batch
     * fwd+bwd: the two passes                                    → 8·n·s + 8·batch
 
-    In float32 fwd+bwd is DESIGN.md's 32 bytes per element, plus 8 bytes per row for the
+    In float32 fwd+bwd is 32 bytes per element (bench/README.md's byte model), plus 8 bytes per row for the
     [batch] KL and its gradient.  The 16-byte seed tensor is left out.
     """
     elements, size = batch * dim, dtype.itemsize
@@ -271,7 +271,7 @@ RESULT_COLUMNS = [
 
 
 def bar_rows(records: list[dict], device_type: str) -> tuple[Optional[tuple[int, int]], list[dict]]:
-    """DESIGN.md's bars, checked on fwd+bwd at the largest size in ``records``: on a GPU
+    """The performance bars, checked on fwd+bwd at the largest size in ``records``: on a GPU
     every kernel provider of both ops; on the CPU the cpu backend on sample_gaussian."""
     timed = [r for r in records if r["mode"] == "fwd+bwd"]
     if not timed:
@@ -298,7 +298,7 @@ def markdown_report(payload: dict) -> str:
     if largest is not None:
         bars = ("≥ 90% of copy, ≥ 3× eager, faster than compile" if device["type"] == "cuda"
                 else "cpu backend: ≥ 2× eager, faster than compile (sample_gaussian)")
-        lines += ["", f"## DESIGN.md bars ({bars}), fwd+bwd at {largest[0]}x{largest[1]}", ""]
+        lines += ["", f"## Performance bars ({bars}), fwd+bwd at {largest[0]}x{largest[1]}", ""]
         if largest != LARGEST_DEFAULT_SIZE:
             lines.append(f"The bars are stated at the largest benchmark size, "
                          f"{LARGEST_DEFAULT_SIZE[0]}x{LARGEST_DEFAULT_SIZE[1]}; this run's largest is smaller, "

@@ -20,7 +20,7 @@ bench_latent.py.
 
 Usage (from the repository root)::
 
-    python bench/bench_likelihood.py                                   # GPU: DESIGN.md's sizes, float32 + bfloat16
+    python bench/bench_likelihood.py                                   # GPU: the bars' sizes, float32 + bfloat16
     python bench/bench_likelihood.py --device cpu --sizes tiny --reps 3  # CPU smoke run (what CI runs)
     python bench/bench_likelihood.py --ops discretized_logistic_mixture_nll --mixture-x uint8
 
@@ -79,7 +79,7 @@ NUM_BINS = 256
 GAUSSIAN_LOGVAR = -1.0
 MIXTURE_X_FORMATS = ("float", "uint8")
 
-# DESIGN.md, "Performance bars": forward+backward at each op's largest size.  Each
+# The performance bars (bench/README.md, "Performance bars"): forward+backward at each op's largest size.  Each
 # criterion is (record field, comparison, threshold), as common.bar_verdict reads them.
 ELEMENTWISE_GPU_BAR = (("pct_of_copy", ">=", 90.0), ("speedup_vs_eager", ">=", 3.0), ("speedup_vs_compile", ">", 1.0))
 MIXTURE_GPU_BAR = (("speedup_vs_eager", ">=", 8.0), ("speedup_vs_compile", ">=", 2.0),
@@ -137,7 +137,7 @@ def gaussian_nll_min_bytes(batch: int, dim: int, dtype: torch.dtype, mode: str) 
 
 
 def mixture_param_channels(num_mixtures: int, channels: int) -> int:
-    """P, the channels of the mixture's params: 3K for C = 1, 10K for C = 3 (DESIGN.md)."""
+    """P, the channels of the mixture's params: 3K for C = 1, 10K for C = 3 (NVAE's layout)."""
     return (3 if channels == 1 else 10) * num_mixtures
 
 
@@ -389,12 +389,12 @@ RESULT_COLUMNS = [
 
 
 def largest_default_elements(op: str) -> int:
-    """Elements of x at the op's largest default size, where DESIGN.md states its bar."""
+    """Elements of x at the op's largest default size, where its performance bar is stated."""
     return max(Case(op, size, torch.float32, torch.float32).elements for size in SIZE_PRESETS["default"][op])
 
 
 def bar_rows(records: list[dict], device_type: str) -> tuple[dict[str, int], list[dict]]:
-    """DESIGN.md's bars, checked on fwd+bwd at each op's largest size in ``records`` (by
+    """The performance bars, checked on fwd+bwd at each op's largest size in ``records`` (by
     elements of x; the mixture's two default sizes tie, so both are checked): on a GPU
     every kernel provider; on the CPU the cpu backend on the mixture.  Returns the
     largest elements per op and the rows, each with its ``bar`` and ``verdict``."""
@@ -426,8 +426,8 @@ def markdown_report(payload: dict) -> str:
     largest, rows = bar_rows(records, device["type"])
     if largest:
         where = ("every kernel provider" if device["type"] == "cuda"
-                 else "the cpu backend on the mixture, DESIGN.md's CPU bar")
-        lines += ["", f"## DESIGN.md bars, fwd+bwd at each op's largest size ({where})", ""]
+                 else "the cpu backend on the mixture, the CPU bar")
+        lines += ["", f"## Performance bars, fwd+bwd at each op's largest size ({where})", ""]
         smaller = [op for op, elements in largest.items() if elements < largest_default_elements(op)]
         if smaller:
             lines.append(f"The bars are stated at each op's largest benchmark size; this run's is smaller for "

@@ -26,7 +26,7 @@ weights and seed are compared with eager's (``rel_err_vs_eager``).
 
 Reported per case: median step time, steps and samples per second, peak memory of a
 step (CUDA: ``max_memory_allocated``, total and beyond what existed before the step),
-speedups over eager and compile, and DESIGN.md's bar: on a GPU, a training step of the
+speedups over eager and compile, and the performance bar: on a GPU, a training step of the
 conv mixture VAE ≥ 1.5× the same model with eager reference ops.
 
 Usage (from the repository root)::
@@ -111,7 +111,7 @@ SIZE_PRESETS = {
     "tiny": [("mlp", 16, None), ("conv_mixture", 2, 8)],
 }
 
-# DESIGN.md, "Performance bars": a training step of the conv mixture VAE ≥ 1.5× the same
+# The performance bar (bench/README.md, "Performance bars"): a training step of the conv mixture VAE ≥ 1.5× the same
 # model with eager reference ops (GPU).
 GPU_BAR = (("speedup_vs_eager", ">=", 1.5),)
 BAR_MODEL, BAR_INPUT = "conv_mixture", "3x32x32"
@@ -374,7 +374,7 @@ RESULT_COLUMNS = [
 
 
 def bar_rows(records: list[dict], device_type: str) -> list[dict]:
-    """DESIGN.md's bar on a GPU: every kernel provider of the conv mixture VAE at
+    """The performance bar on a GPU: every kernel provider of the conv mixture VAE at
     3×32×32, ≥ 1.5× eager.  None on the CPU (the bar is a GPU one)."""
     if device_type != "cuda":
         return []
@@ -408,7 +408,7 @@ def markdown_report(payload: dict) -> str:
                                   lambda r: f"{r['model']} {r['batch']}x{r['input']} {r['dtype']} {r['provider']}")
     rows = bar_rows(records, device["type"])
     if device["type"] == "cuda":
-        lines += ["", f"## DESIGN.md bar (training step, conv mixture VAE at {BAR_INPUT}: ≥ 1.5× eager)", ""]
+        lines += ["", f"## Performance bar (training step, conv mixture VAE at {BAR_INPUT}: ≥ 1.5× eager)", ""]
         if rows:
             lines.append(common.markdown_table(rows, [
                 ("batch", lambda r: str(r["batch"])), ("dtype", lambda r: r["dtype"]),

@@ -1,11 +1,11 @@
 """Helpers shared by fastvae's benchmarks (bench_latent.py, bench_likelihood.py; the
 training benchmark later): timing, peak memory, the copy-bandwidth ceiling, run
 metadata, the providers (eager, compile, fastvae backends), input sets and the three
-modes (fwd, bwd, fwd+bwd), one case's records, speedups, DESIGN.md's bar verdicts, the
+modes (fwd, bwd, fwd+bwd), one case's records, speedups, the performance bars' verdicts, the
 common command-line options, and the JSON and markdown reports.  A benchmark script
 brings its ops, sizes, inputs and minimum-bytes formulas; the rest is here.
 
-How times are taken (see /work/.library/device/METHOD.md, "Time properly"):
+How times are taken:
 
 * Warm-up calls first, so compilation, autotuning and allocator growth stay out of the
   numbers.
@@ -716,7 +716,7 @@ def add_speedups(records: list[dict], case_keys: Sequence[str], baselines: Seque
 def add_memory_ratios(records: list[dict], case_keys: Sequence[str], baseline: str = "eager") -> None:
     """Set ``peak_extra_vs_<baseline>`` = this record's peak extra memory / the
     baseline's, same case; None where either is missing (always on the CPU) or the
-    baseline's is 0.  DESIGN.md's mixture bar asks for ≤ 1/10 of eager's."""
+    baseline's is 0.  The mixture's performance bar asks for ≤ 1/10 of eager's (bench/README.md)."""
     by_case = {}
     for record in records:
         if record["provider"] == baseline and record.get("peak_extra_mib") is not None:
@@ -797,7 +797,7 @@ def log(message: str) -> None:
 
 
 # --------------------------------------------------------------------------------------
-# DESIGN.md's bars
+# The performance bars (bench/README.md)
 # --------------------------------------------------------------------------------------
 
 _COMPARISONS = {

@@ -92,7 +92,7 @@ def test_bench_latent_tiny_cpu(bench_latent, tmp_path, capsys):
 
     elements = TINY_BATCH * TINY_DIM
     by_key = {(r["op"], r["mode"], r["provider"]): r for r in records}
-    # DESIGN.md: sample_gaussian fwd+bwd moves 32 bytes per element in float32 (plus the
+    # The byte model (bench/README.md): sample_gaussian fwd+bwd moves 32 bytes per element in float32 (plus the
     # [B] float32 KL and its gradient, 8 bytes per row).
     assert by_key["sample_gaussian", "fwd+bwd", "eager"]["min_bytes"] == 32 * elements + 8 * TINY_BATCH
     assert by_key["gaussian_kl", "fwd+bwd", "eager"]["min_bytes"] == 24 * elements + 8 * TINY_BATCH
@@ -254,7 +254,7 @@ def test_bench_likelihood_tiny_cpu(bench_likelihood, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "| op | x shape | dtype | mode | provider | median ms |" in printed
     assert printed.count("| discretized_logistic_mixture_nll | 2x3x4x4 K=3 | float32 |") == 3 * len(providers)
-    assert "## DESIGN.md bars" in printed
+    assert "## Performance bars" in printed
     assert out.with_suffix(".md").read_text().strip() == printed.strip()
 
 
