@@ -388,6 +388,7 @@ def test_log_mean_exp_non_contiguous(kernel_backend):
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the interpreter's numpy on ±inf: log(0), inf − inf
 def test_log_mean_exp_is_stable(kernel_backend):
+    fastvae.set_validate_args(False)  # which refuse the +inf term whose result is checked here
     x = torch.tensor(
         [[1000.0, -1000.0, -1000.0, float("-inf"), float("-inf"), 3.0],
          [-1000.0, -1000.0, 1000.0, float("-inf"), 0.0, float("inf")]],
