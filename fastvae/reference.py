@@ -138,6 +138,17 @@ def gaussian_log_density(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor
     return -0.5 * (LOG_2PI + logvar + (z - mu) ** 2 * torch.exp(-logvar))
 
 
+def sample_log_density(eps: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """Per-element log N(z; μ, e^logvar) at its own sample z = μ + e^(logvar/2)·ε, written in
+    ε: −½·(log 2π + logvar + ε²) + 0·μ (the 0·μ keeps a NaN or infinite μ, whose z is no
+    number, from giving a density).
+
+    Its gradient is the total derivative along the sample: 0 in μ and −½ in logvar.  The
+    form in z, (z − μ)²·e^(−logvar), would get it from two terms of size ε·e^(−logvar/2)
+    that cancel, which loses everything else at small variances (logvar = −80: e^40)."""
+    return -0.5 * (LOG_2PI + logvar + eps * eps) + 0.0 * mu
+
+
 def _sum_per_sample(terms: torch.Tensor) -> torch.Tensor:
     """[K, B, ...] → [K, B]: the sum over every dimension after the first two."""
     return terms.flatten(2).sum(-1) if terms.dim() > 2 else terms
@@ -153,7 +164,8 @@ def sample_gaussian_k(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """K reparameterized samples z_k = μ + σ·ε_k, z of shape [K, *μ.shape], with
     log q(z_k|x) = Σ log N(z_k; μ, σ²) and log p(z_k) = Σ log N(z_k; μ_p, σ_p²), each [K, B]
-    (sums over every dimension but the batch; constants included).
+    (sums over every dimension but the batch; constants included).  log q is
+    :func:`sample_log_density`, in ε.
 
     ε_k is element (k, i) of one Philox stream over the [K, *μ.shape] sample tensor.
     """
@@ -165,15 +177,34 @@ def sample_gaussian_k(
     zeros = torch.zeros((), dtype=dtype, device=mu.device)
     prior_mu_c = zeros if prior_mu is None else prior_mu.to(dtype)
     prior_logvar_c = zeros if prior_logvar is None else prior_logvar.to(dtype)
-    log_q = _sum_per_sample(gaussian_log_density(z, mu_c, logvar_c))
+    log_q = _sum_per_sample(sample_log_density(eps, mu_c, logvar_c))
     log_p = _sum_per_sample(gaussian_log_density(z, prior_mu_c, prior_logvar_c))
     return z.to(sample_dtype(mu, logvar)), log_q, log_p
 
 
+def logsumexp_shift(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """The shift m of a logsumexp over ``dim`` (kept as a dimension of size 1): max_k x_k,
+    detached, and 0 where that is ±inf (so all −inf terms give −inf and a +inf gives +inf)."""
+    top = x.detach().amax(dim=dim, keepdim=True)
+    return torch.where(torch.isinf(top), torch.zeros_like(top), top)
+
+
+def logsumexp(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """log Σ_k exp(x_k) = log Σ_k exp(x_k − m) + m over ``dim``, m = :func:`logsumexp_shift`.
+
+    m carries no gradient (the value does not depend on it), so autograd's gradient is
+    exactly softmax_k(x_k − m): not rebuilt from the rounded result as torch.logsumexp's
+    backward does, which for four terms of −1e8 gives weights of 1 instead of ¼."""
+    shift = logsumexp_shift(x, dim)
+    log_total = torch.log(torch.exp(x - shift).sum(dim=dim, keepdim=True))
+    return (log_total + shift).squeeze(dim)
+
+
 def log_mean_exp(x: torch.Tensor, dim: int = 0) -> torch.Tensor:
-    """log (1/K) Σ_k exp(x_k) = logsumexp_k(x_k) − log K over ``dim`` (K = x.shape[dim])."""
+    """log (1/K) Σ_k exp(x_k) = logsumexp_k(x_k) − log K over ``dim`` (K = x.shape[dim]), with
+    :func:`logsumexp`."""
     dtype = compute_dtype(x)
-    return torch.logsumexp(x.to(dtype), dim=dim) - math.log(x.shape[dim])
+    return logsumexp(x.to(dtype), dim) - math.log(x.shape[dim])
 
 
 def iwae_bound(log_px_z: torch.Tensor, log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
@@ -288,35 +319,58 @@ def gaussian_nll_terms(mean: torch.Tensor, x: torch.Tensor, logvar=0.0) -> torch
 
 
 def grid_levels(x: torch.Tensor, num_bins: int) -> torch.Tensor:
-    """The level index (int64, 0 … num_bins−1) of each x: a uint8 x is the index itself; a
-    float x in [−1, 1] is snapped to the nearest of the num_bins levels −1 + 2·i/(num_bins−1)."""
+    """The level index (int64) of each x: a uint8 x is the index itself (one of 0 …
+    num_bins−1, or past the grid: see :func:`level_values`); a float x in [−1, 1] is snapped
+    to the nearest of the num_bins levels −1 + 2·i/(num_bins−1), clamped to the grid.  A NaN
+    x gets index 0 (casting NaN to an integer is undefined) and the value NaN from
+    :func:`data_values`."""
     if x.dtype == torch.uint8:
         return x.to(torch.int64)
     scaled = (x.to(torch.float64) + 1.0) * (0.5 * (num_bins - 1))
+    scaled = torch.where(torch.isnan(scaled), torch.zeros_like(scaled), scaled)
     return torch.round(scaled).clamp(0, num_bins - 1).to(torch.int64)
 
 
 def level_values(levels: torch.Tensor, num_bins: int, dtype: torch.dtype) -> torch.Tensor:
-    """The grid value −1 + 2·i/(num_bins−1) of level i."""
-    return (levels.to(dtype) * (2.0 / (num_bins - 1)) - 1.0)
+    """The grid value of level i, (2i − N)/N = −1 + 2i/N with N = num_bins − 1 (an exact
+    integer divided once: correctly rounded, as the kernels compute it); NaN for an index
+    past the grid (i > N), which is no level."""
+    top = num_bins - 1
+    values = (2.0 * levels.to(dtype) - top) / top
+    return torch.where(levels <= top, values, torch.full_like(values, math.nan))
+
+
+def data_values(x: torch.Tensor, levels: torch.Tensor, num_bins: int, dtype: torch.dtype) -> torch.Tensor:
+    """The value each x takes in the likelihood: its level's value (:func:`level_values`),
+    and NaN for a NaN x."""
+    values = level_values(levels, num_bins, dtype)
+    if x.dtype == torch.uint8:
+        return values
+    return torch.where(torch.isnan(x), torch.full_like(values, math.nan), values)
+
+
+def logistic_bin(mean: torch.Tensor, log_scale: torch.Tensor, value: torch.Tensor, num_bins: int):
+    """(a, b, d): the bin [x − half, x + half] of the logistic(mean, e^log_scale) in units of
+    its scale, half = 1/(num_bins − 1), s = e^(−max(log_scale, −7)): the edges
+    a = s·(x − mean + half) and b = s·(x − mean − half), and the width d = a − b = 2·half·s,
+    formed directly (a − b cancels when |x − mean| ≫ half: at mean = x + 1e4, log_scale = 50
+    in float32 it gets d 4 % wrong)."""
+    half = 1.0 / (num_bins - 1)
+    inv_scale = torch.exp(-torch.clamp_min(log_scale, LOG_SCALE_MIN))
+    centered = value - mean
+    return inv_scale * (centered + half), inv_scale * (centered - half), inv_scale * (2.0 * half)
 
 
 def discretized_logistic_log_prob(
-    mean: torch.Tensor, log_scale: torch.Tensor, levels: torch.Tensor, num_bins: int
+    mean: torch.Tensor, log_scale: torch.Tensor, value: torch.Tensor, levels: torch.Tensor, num_bins: int
 ) -> torch.Tensor:
-    """log P(x) of one sub-pixel under the logistic(mean, e^log_scale) discretized to
-    num_bins levels in [−1, 1] (PixelCNN++, exact form).  With half = 1/(num_bins − 1),
-    c = x − mean, s = e^(−log_scale) (log_scale clamped below at −7), a = s·(c + half),
-    b = s·(c − half): log σ(a) at the lowest level, log σ(−b) at the highest, and
-    log σ(a) + log σ(−b) + log(−expm1(b − a)) = log(σ(a) − σ(b)) elsewhere."""
-    dtype = mean.dtype
-    x = level_values(levels, num_bins, dtype)
-    half = 1.0 / (num_bins - 1)
-    inv_scale = torch.exp(-torch.clamp_min(log_scale, LOG_SCALE_MIN))
-    centered = x - mean
-    upper = inv_scale * (centered + half)
-    lower = inv_scale * (centered - half)
-    interior = log_sigmoid(upper) + log_sigmoid(-lower) + torch.log(-torch.expm1(lower - upper))
+    """log P(x) of one sub-pixel of value x (:func:`data_values`) at level ``levels`` under
+    the logistic(mean, e^log_scale) discretized to num_bins levels in [−1, 1] (PixelCNN++,
+    exact form), with (a, b, d) = :func:`logistic_bin`: log σ(a) at the lowest level,
+    log σ(−b) at the highest, and log σ(a) + log σ(−b) + log(−expm1(−d)) = log(σ(a) − σ(b))
+    elsewhere.  A NaN value gives NaN at any level."""
+    upper, lower, width = logistic_bin(mean, log_scale, value, num_bins)
+    interior = log_sigmoid(upper) + log_sigmoid(-lower) + torch.log(-torch.expm1(-width))
     return torch.where(levels == 0, log_sigmoid(upper), torch.where(levels == num_bins - 1, log_sigmoid(-lower), interior))
 
 
@@ -324,10 +378,12 @@ def discretized_logistic_nll_terms(
     mean: torch.Tensor, log_scale: torch.Tensor, x: torch.Tensor, num_bins: int = 256
 ) -> torch.Tensor:
     """−log P(x) per sub-pixel of the discretized logistic (see
-    :func:`discretized_logistic_log_prob`); x float in [−1, 1] (snapped) or uint8 levels."""
+    :func:`discretized_logistic_log_prob`); x float in [−1, 1] (snapped) or uint8 levels.
+    NaN where x is NaN or a uint8 level is num_bins or more."""
     dtype = compute_dtype(mean, log_scale, x if x.is_floating_point() else None)
     levels = grid_levels(x, num_bins)
-    return -discretized_logistic_log_prob(mean.to(dtype), log_scale.to(dtype), levels, num_bins)
+    values = data_values(x, levels, num_bins, dtype)
+    return -discretized_logistic_log_prob(mean.to(dtype), log_scale.to(dtype), values, levels, num_bins)
 
 
 def mixture_parameters(params: torch.Tensor, num_mixtures: int, num_channels: int):
@@ -361,16 +417,19 @@ def discretized_logistic_mixture_nll_terms(
     params: torch.Tensor, x: torch.Tensor, num_mixtures: int, num_bins: int = 256
 ) -> torch.Tensor:
     """−log p(x) per pixel [B, *spatial] of the discretized logistic mixture:
-    −logsumexp_k(log_softmax(logits)_k + Σ_c log P_c,k(x_c)), P_c,k the discretized logistic
-    of channel c with component k's (coupled) mean and log-scale."""
+    −logsumexp_k(log_softmax(logits)_k + Σ_c log P_c,k(x_c)) (:func:`logsumexp`), P_c,k the discretized logistic
+    of channel c with component k's (coupled) mean and log-scale.  NaN at a pixel with a NaN
+    x or a uint8 level of num_bins or more."""
     num_channels = x.shape[1]
     dtype = compute_dtype(params, x if x.is_floating_point() else None)
     levels = grid_levels(x, num_bins)  # [B, C, *S]
-    values = level_values(levels, num_bins, dtype)
+    values = data_values(x, levels, num_bins, dtype)
     logits, means, log_scales, coefficients = mixture_parameters(params.to(dtype), num_mixtures, num_channels)
     means = coupled_means(means, coefficients, values)
-    log_probs = discretized_logistic_log_prob(means, log_scales, levels.unsqueeze(2), num_bins)  # [B, C, K, *S]
-    return -torch.logsumexp(torch.log_softmax(logits, dim=1) + log_probs.sum(1), dim=1)
+    log_probs = discretized_logistic_log_prob(
+        means, log_scales, values.unsqueeze(2), levels.unsqueeze(2), num_bins
+    )  # [B, C, K, *S]
+    return -logsumexp(torch.log_softmax(logits, dim=1) + log_probs.sum(1), dim=1)
 
 
 def bernoulli_nll(logits, x, reduction="batch"):

@@ -1,13 +1,22 @@
 """Argument checks shared by every op.
 
 Checks of shape, dtype, device and size agreement always run: they read only
-metadata, never tensor values, so they cost no device synchronization.  Checks of
-values (NaN, ranges, grids) need a sync and run only when
-:func:`set_validate_args` has turned them on, and never inside a graph that
-torch.compile is tracing.
+metadata, never tensor values, so they cost no device synchronization; so do the checks
+of Python-number settings (finite, in range).  Checks of values (NaN, infinities, ranges,
+grids) need a sync and run only when :func:`set_validate_args` has turned them on, and
+never inside a graph that torch.compile is tracing.
+
+The value checks refuse what an op's formula does not define: NaN anywhere; ±inf in
+parameters (means, log-variances, logits, log-scales, mixture params), in data and in an
+nll; +inf in log weights and log densities (``log_mean_exp``'s x, ``iwae_bound``'s
+log_px_z and log_p) and −inf in ``iwae_bound``'s log_q, whose other infinity is a
+legitimate zero weight; and data outside its domain (Bernoulli x outside [0, 1], logistic
+x outside [−1, 1] or off its grid, uint8 levels of num_bins or more).  The samples and
+means of the Bernoulli family take ±inf logits: they are the certain outcomes.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 import torch
@@ -99,10 +108,14 @@ def check_reduction(op: str, reduction: str) -> None:
 
 
 def check_nonnegative_number(op: str, name: str, value) -> None:
+    """A finite Python number >= 0 (a setting such as free_bits or a temperature: read in
+    Python, so checked always)."""
     if isinstance(value, torch.Tensor) or not isinstance(value, (int, float)):
         raise TypeError(f"fastvae.{op}: {name} must be a Python number, got {type(value).__name__}")
     if not value >= 0:  # also rejects NaN
         raise ValueError(f"fastvae.{op}: {name} must be >= 0, got {value}")
+    if value == math.inf:
+        raise ValueError(f"fastvae.{op}: {name} must be finite, got {value}")
 
 
 def check_generator(op: str, generator, device: torch.device) -> None:
@@ -117,13 +130,33 @@ def check_generator(op: str, generator, device: torch.device) -> None:
 
 
 def check_not_nan(op: str, name: str, tensor: torch.Tensor) -> None:
-    """Value check (syncs): only when value checks are active.  For log-values, where
-    −inf (a zero probability) is legitimate and only NaN is refused."""
+    """Value check (syncs): only when value checks are active.  For values whose
+    infinities are meaningful (the logits of a certain outcome): only NaN is refused."""
     if value_checks_active() and tensor.numel() and bool(torch.isnan(tensor).any()):
         raise ValueError(f"fastvae.{op}: {name} contains NaN")
 
 
 def check_finite(op: str, name: str, tensor: torch.Tensor) -> None:
     """Value check (syncs): only under set_validate_args(True)."""
-    if value_checks_active() and tensor.numel() and not bool(torch.isfinite(tensor).all()):
+    # detach: torch.isfinite of a tensor that requires grad records a graph holding it.
+    if value_checks_active() and tensor.numel() and not bool(torch.isfinite(tensor.detach()).all()):
         raise ValueError(f"fastvae.{op}: {name} contains NaN or infinity")
+
+
+def check_log_values(op: str, name: str, tensor: torch.Tensor, allowed_infinity: float) -> None:
+    """Value check (syncs): only when value checks are active.  For log-values of which one
+    infinity is meaningful: ``allowed_infinity`` = −inf for a log weight or density (a zero
+    term), +inf for a log q that is subtracted (its weight is then 0).  NaN and the other
+    infinity are refused."""
+    if not value_checks_active() or not tensor.numel():
+        return
+    tensor = tensor.detach()
+    refused = -allowed_infinity
+    bad = torch.isnan(tensor) | (tensor == refused)
+    if bool(bad.any()):
+        allowed, found = ("-inf", "+inf") if allowed_infinity < 0 else ("+inf", "-inf")
+        what = "NaN" if bool(torch.isnan(tensor).any()) else found
+        raise ValueError(
+            f"fastvae.{op}: {name} contains {what}; it may hold finite values and {allowed}, "
+            f"but not NaN or {found}"
+        )

@@ -83,9 +83,10 @@ def sample_gaussian_k_fwd_kernel(
     z = mu + tl.exp(0.5 * logvar) * eps
     tl.store(z_ptr + sample_offsets, z.to(z_ptr.dtype.element_ty), mask=mask)
 
-    # Both densities are evaluated at the float32 z, as fastvae.reference does.
-    diff_q = z - mu
-    log_q = -0.5 * (LOG_2PI + logvar + diff_q * diff_q * tl.exp(-logvar))
+    # log q in ε, as fastvae.reference.sample_log_density: (z − mu)² e^(−logvar) would lose
+    # ε² to the rounding of z where σ ≪ |mu|; 0·mu keeps a NaN mu's NaN.  log p at the
+    # float32 z.
+    log_q = -0.5 * (LOG_2PI + logvar + eps * eps) + 0.0 * mu
     prior_mu = load_prior(prior_mu_ptr, batch_rows, cols, mask, prior_mu_stride_b, prior_mu_stride0,
                            prior_mu_stride1, prior_mu_stride2, inner_size1, inner_size2, HAS_PRIOR_MU)
     prior_logvar = load_prior(prior_logvar_ptr, batch_rows, cols, mask, prior_logvar_stride_b,

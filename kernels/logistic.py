@@ -75,13 +75,15 @@ MIXTURE_INTERPRETER_TILE_ELEMENTS = 16384
 @triton.jit
 def load_level(ptr, mask, level_scale, X_IS_LEVEL: tl.constexpr):
     """(level, value) of x: a uint8 x is the level index; a float x in [−1, 1] is snapped to
-    the nearest level.  value = −1 + 2·level/(num_bins − 1), and NaN for a NaN x."""
+    the nearest level.  value = −1 + 2·level/(num_bins − 1), and NaN for a NaN x or a level
+    index past the grid (as fastvae.reference.data_values)."""
     # 2·level_scale = num_bins − 1, the top level (as a float: an int 1 would be a constexpr).
     top = 2.0 * level_scale
     if X_IS_LEVEL:
         level = tl.load(ptr, mask=mask, other=0).to(tl.int32)
         # (2·level − top) is an exact integer: one rounding, in the division.
         value = (2.0 * level.to(tl.float32) - top) / top
+        value = tl.where(level.to(tl.float32) <= top, value, float("nan"))
     else:
         x = tl.load(ptr, mask=mask, other=0.0).to(tl.float32)
         is_number = x == x
@@ -269,6 +271,17 @@ def _logsumexp(t):
 
 
 @triton.jit
+def _softmax(t):
+    """softmax over axis 0 (the components), exp((t − shift) − log Σ exp(t − shift)) with
+    the shift and the log-sum apart: exp(t − logsumexp) would carry the rounding of a
+    logsumexp of large magnitude (tens of thousands of nats) into every weight."""
+    top = tl.max(t, axis=0)
+    top = tl.where(top == float("-inf"), 0.0, top)
+    shifted = t - top[None, :]
+    return tl.exp(shifted - tl.log(tl.sum(tl.exp(shifted), axis=0))[None, :])
+
+
+@triton.jit
 def logistic_mixture_fwd_kernel(
     params_ptr,  # [B, P, S] through strides; P = 3K (C = 1) or 10K (C = 3)
     x_ptr,  # [B, C, S] through strides: float data in [-1, 1] or uint8 levels
@@ -419,8 +432,8 @@ def logistic_mixture_bwd_kernel(
     # and the responsibilities r = softmax(logits + Σ_c log P_c),
     # ∂nll/∂logit_k = π_k − r_k and ∂nll/∂log P_c,k = −r_k.
     joint = logits + log_probs
-    pi = tl.exp(logits - _logsumexp(logits)[None, :])
-    responsibility = tl.exp(joint - _logsumexp(joint)[None, :])
+    pi = _softmax(logits)
+    responsibility = _softmax(joint)
     _store_slots(grad_row, 0, ks, grad_cols, grad_stride_p, grad_nll * (pi - responsibility), mask)
     weight = -grad_nll * responsibility
     grad_mean_r = weight * d_mean_r

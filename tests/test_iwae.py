@@ -11,11 +11,12 @@ import torch
 import fastvae
 from fastvae import reference
 from fastvae.random import draw_seed, philox_normal
-from tests.conftest import DEVICE, assert_close
+from tests.conftest import DEVICE, KERNEL_BACKENDS, assert_close
 
 # The empty batch [0, D] is test_empty_batch_and_empty_latent's: reference.sample_gaussian_k
 # cannot reshape an empty [K, 0, N] (reshape(K, 0, -1) is ambiguous).
 SAMPLE_SHAPES = [(1, 1), (3, 7), (257, 129), (3, 1100), (2, 3, 4, 5)]
+BACKENDS = ["torch"] + KERNEL_BACKENDS
 IWAE_LAUNCHERS = (
     "sample_gaussian_k_fwd", "sample_gaussian_k_bwd",
     "log_mean_exp_fwd", "log_mean_exp_bwd",
@@ -166,6 +167,42 @@ def test_log_q_gradient_is_minus_half_per_log_variance(kernel_backend):
     grad_mu, grad_logvar = torch.autograd.grad(log_q.sum(), [mu, logvar])
     assert torch.equal(grad_mu, torch.zeros_like(grad_mu))
     torch.testing.assert_close(grad_logvar, torch.full_like(grad_logvar, -1.5))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_sample_gaussian_k_at_tiny_variance(backend, dtype):
+    """σ = e^−40 ≪ |mu|: log q is −½Σ(log 2π + logvar + ε²) from ε (in z, (z − mu)² loses ε²
+    to z's rounding), and z + log q has gradient 1 in mu (in z, two terms of size e^40
+    cancel and swallow it)."""
+    if backend != "torch" and dtype == torch.float64:
+        pytest.skip("float64 runs on the torch backend")
+    mu = torch.tensor([[0.0, 1.0, -3.0]], device=DEVICE, dtype=dtype, requires_grad=True)
+    logvar = torch.full((1, 3), -80.0, device=DEVICE, dtype=dtype, requires_grad=True)
+    torch.manual_seed(21)
+    seed_offset = draw_seed(DEVICE)
+    torch.manual_seed(21)
+    with fastvae.use_backend(backend):
+        z, log_q, _ = fastvae.sample_gaussian_k(mu, logvar, 2)
+        (z.sum() + log_q.sum()).backward()
+    eps = philox_normal(seed_offset, (2, 1, 3)).double().cpu()
+    expected = (-0.5 * (math.log(2 * math.pi) - 80.0 + eps**2)).sum(-1)
+    torch.testing.assert_close(log_q.double().cpu(), expected, rtol=1e-6, atol=0)
+    torch.testing.assert_close(mu.grad.double().cpu(), torch.full((1, 3), 2.0, dtype=torch.float64))
+    # ∂/∂logvar = Σ_k (σ·ε_k/2 − ½), σ·ε_k/2 ≈ 1e-18.
+    torch.testing.assert_close(logvar.grad.double().cpu(), torch.full((1, 3), -1.0, dtype=torch.float64))
+
+
+def test_sample_gaussian_k_log_q_nan_of_a_nan_mu_only(kernel_backend):
+    """log q is computed from ε, yet a NaN mu (whose z is NaN) still gives a NaN log q."""
+    fastvae.set_validate_args(False)
+    mu, logvar = make_latent((3, 4), torch.float32, requires_grad=False)
+    mu[1, 0] = float("nan")
+    _, log_q, _ = fastvae.sample_gaussian_k(mu, logvar, 2)
+    with fastvae.use_backend("torch"):
+        _, log_q_ref, _ = fastvae.sample_gaussian_k(mu, logvar, 2)
+    for out in (log_q, log_q_ref):
+        assert torch.isnan(out[:, 1]).all() and torch.isfinite(out[:, [0, 2]]).all()
 
 
 @pytest.mark.parametrize(
@@ -351,6 +388,7 @@ def test_log_mean_exp_non_contiguous(kernel_backend):
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the interpreter's numpy on ±inf: log(0), inf − inf
 def test_log_mean_exp_is_stable(kernel_backend):
+    fastvae.set_validate_args(False)  # which refuse the +inf term whose result is checked here
     x = torch.tensor(
         [[1000.0, -1000.0, -1000.0, float("-inf"), float("-inf"), 3.0],
          [-1000.0, -1000.0, 1000.0, float("-inf"), 0.0, float("inf")]],
@@ -363,6 +401,51 @@ def test_log_mean_exp_is_stable(kernel_backend):
     assert torch.equal(out, reference.log_mean_exp(x.detach(), dim=0))
     (grad,) = torch.autograd.grad(out[:3].sum() + out[4], [x])
     torch.testing.assert_close(grad[:, [0, 1, 2, 4]].cpu(), torch.tensor([[1.0, 0.5, 0.0, 0.0], [0.0, 0.5, 1.0, 1.0]]))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_log_mean_exp_gradient_is_the_softmax_at_large_magnitudes(backend, dtype):
+    """The gradient is softmax(x − max), exact, not exp(x − result) rebuilt from a rounded
+    result: four terms of −1e8 (float32) or −1e17 (float64) each get ¼, not 1; and terms a
+    few ulps apart get their float64 softmax."""
+    if backend != "torch" and dtype == torch.float64:
+        pytest.skip("float64 runs on the torch backend")
+    large = 1e8 if dtype == torch.float32 else 1e17
+    ulp = float(torch.finfo(dtype).eps) * 2.0 ** math.floor(math.log2(large))  # spacing at `large`
+    columns = torch.stack([torch.full((4,), -large, dtype=torch.float64),
+                           -large + ulp * torch.tensor([0.0, 1.0, 2.0, 3.0], dtype=torch.float64)], dim=1)
+    x = columns.to(DEVICE, dtype).requires_grad_()
+    assert torch.equal(x.detach().double().cpu(), columns)  # exactly representable
+    weights = torch.softmax(columns - columns.max(0).values, dim=0)
+    log_px_z = x.detach().clone().requires_grad_()
+    log_p, log_q = (torch.zeros_like(log_px_z, requires_grad=True) for _ in range(2))
+    with fastvae.use_backend(backend):
+        (grad_x,) = torch.autograd.grad(fastvae.log_mean_exp(x, dim=0).sum(), [x])
+        bound = fastvae.iwae_bound(log_px_z, log_p, log_q)
+        grads = torch.autograd.grad(bound.sum(), [log_px_z, log_p, log_q])
+    torch.testing.assert_close(grad_x.double().cpu(), weights, rtol=1e-6, atol=0)
+    for grad, sign in zip(grads, (1.0, 1.0, -1.0)):
+        torch.testing.assert_close(grad.double().cpu(), sign * weights, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_reference_log_mean_exp_single_sample_empty_and_minus_inf(dtype):
+    """K = 1 gives x itself (bitwise) with gradient 1; an empty batch gives an empty result;
+    a column of −inf gives −inf and leaves the other columns' gradients alone."""
+    x = torch.tensor([[3.0e7, -2.5, 1e-30]], dtype=dtype, requires_grad=True)
+    out = reference.log_mean_exp(x, dim=0)
+    assert out.dtype == dtype and torch.equal(out, x.detach()[0])
+    (grad,) = torch.autograd.grad(out.sum(), [x])
+    assert torch.equal(grad, torch.ones_like(x))
+    assert reference.log_mean_exp(torch.zeros(3, 0, dtype=dtype), dim=0).shape == (0,)
+    assert reference.iwae_bound(*[torch.zeros(3, 0, dtype=dtype)] * 3).shape == (0,)
+    x = torch.tensor([[float("-inf"), 0.0], [float("-inf"), math.log(3.0)]], dtype=dtype, requires_grad=True)
+    out = reference.log_mean_exp(x, dim=0)
+    assert out[0] == float("-inf")
+    torch.testing.assert_close(out[1], torch.tensor(math.log(2.0), dtype=dtype))
+    (grad,) = torch.autograd.grad(out[1], [x])
+    torch.testing.assert_close(grad[:, 1], torch.tensor([0.25, 0.75], dtype=dtype))
 
 
 @pytest.mark.parametrize("shape", [(3, 5), (1, 1), (1, 4), (64, 300), (3, 0)], ids=str)
@@ -602,4 +685,10 @@ def test_reference_gradcheck():
     x = rand(5, 3, 2, scale=3.0)
     for dim in (0, 1, -1):
         assert torch.autograd.gradcheck(lambda t: reference.log_mean_exp(t, dim), (x,))
+        assert torch.autograd.gradgradcheck(lambda t: reference.log_mean_exp(t, dim), (x,))
+    # Far from 0, where the detached shift is large.
+    assert torch.autograd.gradcheck(lambda t: reference.log_mean_exp(t + 1e4, 0), (x,))
+    # log q from ε: the total derivative (0 in mu, −½ in logvar per sample), at small σ too.
+    tiny = (logvar.detach() - 30.0).requires_grad_()
+    assert torch.autograd.gradcheck(lambda m, v: reference.sample_gaussian_k(m, v, 3, seed_offset), (mu, tiny))
     assert torch.autograd.gradcheck(reference.iwae_bound, (rand(4, 3), rand(4, 3), rand(4, 3)))

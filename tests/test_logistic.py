@@ -7,6 +7,7 @@ reference against gradcheck, normalization over all levels and a direct PixelCNN
 formula; sampling statistics (chi-square at fixed seeds); bad input, NaN, empty batches,
 double backward, the torch.library registrations, torch.compile, and what the autograd
 graph saves."""
+import decimal
 import math
 
 import pytest
@@ -410,6 +411,183 @@ def test_float64_runs_on_reference(kernel_backend, kernel_launches):
 # --------------------------------------------------------------------------------------
 # The reference: gradcheck, normalization, PixelCNN++
 # --------------------------------------------------------------------------------------
+
+
+def exact_logistic_nll(value, mean, log_scale, level, num_bins):
+    """(−log P, ∂/∂mean, ∂/∂log_scale) of the discretized logistic in 60-digit decimal
+    arithmetic from the exact values of the float inputs (Python floats): the bin mass
+    σ(a) − σ(b) itself, no stable rewriting, so an independent ground truth."""
+    with decimal.localcontext() as context:
+        context.prec = 60
+        D = decimal.Decimal
+        top = num_bins - 1
+        scale_exponent = D(max(log_scale, -7.0))
+        inv_scale = (-scale_exponent).exp()
+        half = D(1) / D(top)
+        a = inv_scale * (D(value) - D(mean) + half)
+        b = inv_scale * (D(value) - D(mean) - half)
+
+        def sigmoid(t):
+            return 1 / (1 + (-t).exp())
+
+        def slope(t):  # σ'(t)
+            return sigmoid(t) * sigmoid(-t)
+
+        # Mass and its derivatives in mean (∂a = ∂b = −s) and log_scale (∂a = −a, ∂b = −b).
+        if level == 0:
+            mass, d_mean, d_log_scale = sigmoid(a), -inv_scale * slope(a), -a * slope(a)
+        elif level == top:
+            mass, d_mean, d_log_scale = sigmoid(-b), inv_scale * slope(b), b * slope(b)
+        else:
+            # Both edges on one side of the mean keep the subtraction of two numbers below ½.
+            mass = sigmoid(a) - sigmoid(b) if b < 0 else sigmoid(-b) - sigmoid(-a)
+            d_mean = -inv_scale * (slope(a) - slope(b))
+            d_log_scale = b * slope(b) - a * slope(a)
+        if log_scale < -7.0:
+            d_log_scale = D(0)
+        return float(-mass.ln()), float(-d_mean / mass), float(-d_log_scale / mass)
+
+
+# (num_bins, level, mean − x, log_scale): far-off means of a wide logistic, whose bin width
+# a − b would cancel (the first is 56.2344 nats: a bin of e^−50·2/255 at density ¼), a wide
+# scale (tiny bins), a sharp one, one below the clamp, and the two edge levels.
+EXACT_CASES = [
+    (256, 128, 1e4, 50.0), (256, 128, 1000.0, 2.0), (32, 10, -2000.0, 20.0), (256, 40, -0.3, 7.0),
+    (256, 200, 0.002, -7.0), (256, 200, 0.002, -9.0), (256, 0, 4.0, -1.0), (256, 255, -4.0, -1.0),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bin_mass_matches_high_precision(backend):
+    """The nll and both gradients against exact_logistic_nll, float32 on every backend (the
+    single logistic and a one-component mixture), float64 on the reference."""
+    for num_bins, level, offset, log_scale in EXACT_CASES:
+        top = num_bins - 1
+        value64 = (2.0 * level - top) / top
+        for dtype in (torch.float32, torch.float64) if backend == "torch" else (torch.float32,):
+            value = torch.tensor([[value64]], dtype=dtype)
+            mean = (value.double() + offset).to(dtype)
+            expected = torch.tensor(exact_logistic_nll(value.item(), mean.item(), log_scale, level, num_bins),
+                                    dtype=torch.float64)
+            rtol, atol = (2e-6, 0.0) if dtype == torch.float32 else (1e-12, 0.0)
+            grad_rtol, grad_atol = (1e-4, 1e-5) if dtype == torch.float32 else (1e-9, 1e-12)
+            mean = mean.to(DEVICE).requires_grad_()
+            log_scale_t = torch.tensor([[log_scale]], dtype=dtype, device=DEVICE, requires_grad=True)
+            params = torch.stack([torch.zeros_like(mean), mean, log_scale_t], dim=1)  # [1, 3, 1]: K = 1, C = 1
+            with fastvae.use_backend(backend):
+                nll = fastvae.discretized_logistic_nll(mean, log_scale_t, value.to(DEVICE), num_bins, "none")
+                grads = torch.autograd.grad(nll.sum(), [mean, log_scale_t])
+                mixture_nll = fastvae.discretized_logistic_mixture_nll(params, value.to(DEVICE)[:, None], 1, num_bins)
+                mixture_grads = torch.autograd.grad(mixture_nll.sum(), [mean, log_scale_t])
+            case = f"{dtype} case {(num_bins, level, offset, log_scale)}"
+            for out, out_grads in ((nll, grads), (mixture_nll, mixture_grads)):
+                torch.testing.assert_close(out.double().cpu().flatten(), expected[:1], rtol=rtol, atol=atol, msg=case)
+                actual = torch.stack([g.double().cpu().flatten()[0] for g in out_grads])
+                torch.testing.assert_close(actual, expected[1:], rtol=grad_rtol, atol=grad_atol, msg=case)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_mixture_responsibilities_at_large_log_probabilities(backend):
+    """Two identical components far from x (log P of −5e4 and −2e6 nats): each takes half
+    the single logistic's gradient and the logits none.  Weights taken as exp(joint −
+    logsumexp) carry the logsumexp's rounding (an ulp of 2e6 is 0.25 nats) into them."""
+    value = (2.0 * 100 - 255) / 255
+    for offset in (50.0, 2000.0):
+        x = torch.tensor([[[value]]], device=DEVICE)
+        mean = float(torch.tensor(value + offset, dtype=torch.float32))
+        nll_exact, d_mean, d_log_scale = exact_logistic_nll(x.item(), mean, -7.0, 100, 256)
+        params = torch.tensor([0.0, 0.0, mean, mean, -7.0, -7.0], device=DEVICE).reshape(1, 6, 1).requires_grad_()
+        with fastvae.use_backend(backend):
+            nll = fastvae.discretized_logistic_mixture_nll(params, x, 2)
+            (grad,) = torch.autograd.grad(nll.sum(), [params])
+        torch.testing.assert_close(nll.double().cpu(), torch.tensor([nll_exact], dtype=torch.float64), rtol=1e-6, atol=0)
+        expected = torch.tensor([0.0, 0.0, d_mean / 2, d_mean / 2, d_log_scale / 2, d_log_scale / 2],
+                                dtype=torch.float64)
+        torch.testing.assert_close(grad.double().cpu().flatten(), expected, rtol=1e-5, atol=1e-6, msg=f"offset {offset}")
+
+
+@pytest.mark.filterwarnings("ignore:All-NaN slice encountered:RuntimeWarning")  # the interpreter's max
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nan_x_gives_nan_in_its_element_only(backend):
+    """Without value checks a NaN x gives NaN (not a level's finite value: casting NaN to a
+    level index is undefined) in its own element or pixel, and only there."""
+    fastvae.set_validate_args(False)
+    mean, log_scale = make_logistic((2, 6))
+    x = as_data(make_levels((2, 6)))
+    x[1, 4] = float("nan")
+    params = make_params(2, 3, 3, (4, 5))
+    images = as_data(make_levels((2, 3, 4, 5)))
+    images[0, 1, 2, 3] = float("nan")  # channel G, which the coupling also carries into B
+    with fastvae.use_backend(backend):
+        nll = fastvae.discretized_logistic_nll(mean, log_scale, x, reduction="none")
+        grads = torch.autograd.grad(nll.sum(), [mean, log_scale])
+        mixture_nll = fastvae.discretized_logistic_mixture_nll(params, images, 3, reduction="none")
+        (grad_params,) = torch.autograd.grad(mixture_nll.sum(), [params])
+    nan = torch.zeros(2, 6, dtype=torch.bool, device=DEVICE)
+    nan[1, 4] = True
+    assert torch.equal(torch.isnan(nll), nan)
+    for grad in grads:
+        assert torch.isfinite(grad[~nan]).all() and torch.isnan(grad[nan]).all()
+    pixel_nan = torch.zeros(2, 4, 5, dtype=torch.bool, device=DEVICE)
+    pixel_nan[0, 2, 3] = True
+    assert torch.equal(torch.isnan(mixture_nll), pixel_nan)
+    assert torch.isfinite(grad_params.permute(0, 2, 3, 1)[~pixel_nan]).all()
+    assert torch.isnan(grad_params[0, :, 2, 3]).any()
+
+
+@pytest.mark.filterwarnings("ignore:All-NaN slice encountered:RuntimeWarning")  # the interpreter's max
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_level_past_the_grid_gives_nan_on_every_backend(backend):
+    """Without value checks a uint8 level of num_bins or more is no level: NaN on every
+    backend (each used to give a different finite number), the other elements as the
+    reference gives them."""
+    fastvae.set_validate_args(False)
+    num_bins = 100
+    mean, log_scale = make_logistic((2, 6))
+    levels = make_levels((2, 6), num_bins)
+    levels[0, 3], levels[1, 0] = num_bins, 255
+    x = levels.to(torch.uint8)
+    params = make_params(2, 3, 2, (2, 3))
+    image_levels = make_levels((2, 3, 2, 3), num_bins)
+    image_levels[1, 0, 1, 2] = 150  # channel R: the coupling carries it into G and B
+    images = image_levels.to(torch.uint8)
+    with fastvae.use_backend(backend):
+        nll = fastvae.discretized_logistic_nll(mean, log_scale, x, num_bins, reduction="none")
+        grads = torch.autograd.grad(nll.sum(), [mean, log_scale])
+        mixture_nll = fastvae.discretized_logistic_mixture_nll(params, images, 2, num_bins, reduction="none")
+        (grad_params,) = torch.autograd.grad(mixture_nll.sum(), [params])
+    nan = levels >= num_bins
+    assert torch.equal(torch.isnan(nll), nan)
+    for grad in grads:
+        assert torch.isnan(grad[nan]).all() and torch.isfinite(grad[~nan]).all()
+    in_grid = torch.where(nan, torch.zeros_like(levels), levels).to(torch.uint8)
+    nll_ref = reference.discretized_logistic_nll(float64_copy(mean), float64_copy(log_scale), in_grid, num_bins, "none")
+    assert_close(nll[~nan], nll_ref[~nan], torch.float32)
+    pixel_nan = torch.zeros(2, 2, 3, dtype=torch.bool, device=DEVICE)
+    pixel_nan[1, 1, 2] = True
+    assert torch.equal(torch.isnan(mixture_nll), pixel_nan)
+    assert torch.isfinite(grad_params.permute(0, 2, 3, 1)[~pixel_nan]).all()
+    assert torch.isnan(grad_params[1, :, 1, 2]).any()
+
+
+def test_reference_level_values_are_correctly_rounded():
+    """A level's value is (2i − N)/N, N = num_bins − 1, rounded once (as the kernels and the
+    samplers compute it), not −1 + i·(2/N), which is off by an ulp at most levels."""
+    for num_bins in (2, 3, 32, 100, 256, 65536):
+        levels = torch.arange(num_bins)
+        exact = (2.0 * levels.double() - (num_bins - 1)) / (num_bins - 1)
+        assert torch.equal(reference.level_values(levels, num_bins, torch.float64), exact)
+        # Double rounding through float64 is exact here: N < 2^28.
+        assert torch.equal(reference.level_values(levels, num_bins, torch.float32), exact.float())
+
+
+def test_reference_gradcheck_far_from_the_mean():
+    """gradcheck where |x − mean| is thousands of bins, wide and sharp."""
+    mean = torch.tensor([[30.0, -2.0, 0.5, 1e3]], dtype=torch.float64, requires_grad=True)
+    log_scale = torch.tensor([[3.0, -1.0, 7.0, 12.0]], dtype=torch.float64, requires_grad=True)
+    levels = torch.tensor([[128, 0, 255, 77]], dtype=torch.uint8)
+    assert torch.autograd.gradcheck(
+        lambda m, s: reference.discretized_logistic_nll(m, s, levels, 256, "none"), (mean, log_scale))
 
 
 @pytest.mark.parametrize("num_bins", [8, 256])

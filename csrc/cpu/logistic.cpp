@@ -283,9 +283,20 @@ inline void grid_points_at(const BlockData<C>& data, int p, GridPoint (&points)[
   for (int c = 0; c < C; ++c) points[c] = GridPoint{data.level[c][p], data.value[c][p]};
 }
 
+// A logsumexp over the K components at each pixel of a block, kept in two parts: the shift
+// (the maximum, 0 where it is −inf) and log Σ_k e^(v − shift).  Their sum is the
+// logsumexp; the softmax weights e^((v − shift) − log_total) take them apart, since
+// e^(v − logsumexp) would carry the rounding of a logsumexp of large magnitude (tens of
+// thousands of nats) into every weight.
+struct BlockLogSumExp {
+  float shift[kBlock], log_total[kBlock];
+
+  float result(int p) const { return shift[p] + log_total[p]; }
+};
+
 // logsumexp over the K rows of values[k·kBlock + p] for each pixel p, as torch and the
 // Triton kernels: the maximum (−inf → 0 as the shift), then log Σ e^(v − max).
-inline void block_logsumexp_body(const float* values, int64_t components, int count, float* out) {
+inline void block_logsumexp_body(const float* values, int64_t components, int count, BlockLogSumExp& out) {
   float top[kBlock], total[kBlock];
   for (int p = 0; p < count; ++p) {
     top[p] = -INFINITY;
@@ -302,7 +313,10 @@ inline void block_logsumexp_body(const float* values, int64_t components, int co
     for (int p = 0; p < count; ++p) total[p] += VectorMath::exp(values[k * kBlock + p] - top[p]);
   }
 #pragma omp simd
-  for (int p = 0; p < count; ++p) out[p] = top[p] + VectorMath::log(total[p]);
+  for (int p = 0; p < count; ++p) {
+    out.shift[p] = top[p];
+    out.log_total[p] = VectorMath::log(total[p]);
+  }
 }
 
 // Component k at the block's pixels, forward: its logit and logit + Σ_c log P_c,k.
@@ -349,13 +363,13 @@ inline void component_grads_body(const float (&slots)[ComponentSlots<C>::kCount]
 template <int C>
 inline void component_gradient_body(const float* logits, const float* joint, const float* d_mean,
                                     const float* d_log_scale, const float* d_coefficient, int64_t plane,
-                                    const float* log_normalizer, const float* log_evidence, const float* upstream,
-                                    int count, float (&out)[ComponentSlots<C>::kCount][kBlock]) {
+                                    const BlockLogSumExp& normalizer, const BlockLogSumExp& evidence,
+                                    const float* upstream, int count, float (&out)[ComponentSlots<C>::kCount][kBlock]) {
   using Slots = ComponentSlots<C>;
 #pragma omp simd
   for (int p = 0; p < count; ++p) {
-    const float pi = VectorMath::exp(logits[p] - log_normalizer[p]);
-    const float responsibility = VectorMath::exp(joint[p] - log_evidence[p]);
+    const float pi = VectorMath::exp((logits[p] - normalizer.shift[p]) - normalizer.log_total[p]);
+    const float responsibility = VectorMath::exp((joint[p] - evidence.shift[p]) - evidence.log_total[p]);
     const float weight = -upstream[p] * responsibility;
     out[0][p] = upstream[p] * (pi - responsibility);
 #pragma GCC unroll 4
@@ -373,15 +387,16 @@ inline void component_gradient_body(const float* logits, const float* joint, con
 template <int C>
 struct MixtureMath {
   using SlotArray = float[ComponentSlots<C>::kCount][kBlock];
-  void (*logsumexp)(const float*, int64_t, int, float*);
+  void (*logsumexp)(const float*, int64_t, int, BlockLogSumExp&);
   void (*forward)(const SlotArray&, const BlockData<C>&, const LogisticGrid&, int, float*, float*);
   void (*grads)(const SlotArray&, const BlockData<C>&, const LogisticGrid&, int, int64_t, float*, float*, float*,
                 float*, float*);
-  void (*gradient)(const float*, const float*, const float*, const float*, const float*, int64_t, const float*,
-                   const float*, const float*, int, SlotArray&);
+  void (*gradient)(const float*, const float*, const float*, const float*, const float*, int64_t,
+                   const BlockLogSumExp&, const BlockLogSumExp&, const float*, int, SlotArray&);
 
 #ifdef FASTVAE_AVX2_CLONE
-  FASTVAE_AVX2_TARGET static void logsumexp_avx2(const float* values, int64_t components, int count, float* out) {
+  FASTVAE_AVX2_TARGET static void logsumexp_avx2(const float* values, int64_t components, int count,
+                                                 BlockLogSumExp& out) {
     block_logsumexp_body(values, components, count, out);
   }
   FASTVAE_AVX2_TARGET static void forward_avx2(const SlotArray& slots, const BlockData<C>& data,
@@ -395,14 +410,14 @@ struct MixtureMath {
   }
   FASTVAE_AVX2_TARGET static void gradient_avx2(const float* logits, const float* joint, const float* d_mean,
                                                 const float* d_log_scale, const float* d_coefficient, int64_t plane,
-                                                const float* log_normalizer, const float* log_evidence,
+                                                const BlockLogSumExp& normalizer, const BlockLogSumExp& evidence,
                                                 const float* upstream, int count, SlotArray& out) {
-    component_gradient_body<C>(logits, joint, d_mean, d_log_scale, d_coefficient, plane, log_normalizer,
-                               log_evidence, upstream, count, out);
+    component_gradient_body<C>(logits, joint, d_mean, d_log_scale, d_coefficient, plane, normalizer, evidence,
+                               upstream, count, out);
   }
 #endif
   FASTVAE_BASELINE_TARGET static void logsumexp_baseline(const float* values, int64_t components, int count,
-                                                         float* out) {
+                                                         BlockLogSumExp& out) {
     block_logsumexp_body(values, components, count, out);
   }
   FASTVAE_BASELINE_TARGET static void forward_baseline(const SlotArray& slots, const BlockData<C>& data,
@@ -419,10 +434,11 @@ struct MixtureMath {
   FASTVAE_BASELINE_TARGET static void gradient_baseline(const float* logits, const float* joint,
                                                         const float* d_mean, const float* d_log_scale,
                                                         const float* d_coefficient, int64_t plane,
-                                                        const float* log_normalizer, const float* log_evidence,
-                                                        const float* upstream, int count, SlotArray& out) {
-    component_gradient_body<C>(logits, joint, d_mean, d_log_scale, d_coefficient, plane, log_normalizer,
-                               log_evidence, upstream, count, out);
+                                                        const BlockLogSumExp& normalizer,
+                                                        const BlockLogSumExp& evidence, const float* upstream,
+                                                        int count, SlotArray& out) {
+    component_gradient_body<C>(logits, joint, d_mean, d_log_scale, d_coefficient, plane, normalizer, evidence,
+                               upstream, count, out);
   }
 
   static MixtureMath pick() {
@@ -469,10 +485,11 @@ float mixture_forward_task(const LogisticMixtureForwardArgs& args, const Mixture
     math.forward(slots, data, grid, count, logits + k * kBlock, joint + k * kBlock);
   }
   // −log p(x) = logsumexp_k(logits) − logsumexp_k(logits + Σ_c log P_c,k).
-  float log_normalizer[kBlock], log_evidence[kBlock], nll[kBlock];
-  math.logsumexp(logits, components, count, log_normalizer);
-  math.logsumexp(joint, components, count, log_evidence);
-  for (int p = 0; p < count; ++p) nll[p] = log_normalizer[p] - log_evidence[p];
+  BlockLogSumExp normalizer, evidence;
+  float nll[kBlock];
+  math.logsumexp(logits, components, count, normalizer);
+  math.logsumexp(joint, components, count, evidence);
+  for (int p = 0; p < count; ++p) nll[p] = normalizer.result(p) - evidence.result(p);
   return store_block_nll(args, row, begin, count, nll);
 }
 
@@ -510,22 +527,23 @@ void mixture_backward_task(const LogisticMixtureBackwardArgs& args, const Mixtur
     math.grads(slots, data, grid, count, plane, logits + at, joint + at, d_mean + at, d_log_scale + at,
                d_coefficient + at);
   }
-  float log_normalizer[kBlock], log_evidence[kBlock], upstream[kBlock];
-  math.logsumexp(logits, components, count, log_normalizer);
-  math.logsumexp(joint, components, count, log_evidence);
+  BlockLogSumExp normalizer, evidence;
+  float upstream[kBlock];
+  math.logsumexp(logits, components, count, normalizer);
+  math.logsumexp(joint, components, count, evidence);
   for (int p = 0; p < count; ++p) {
     upstream[p] = !args.grad_nll ? 1.0f
                                  : (args.grad_per_pixel ? args.grad_nll[row * args.pixels + begin + p]
                                                         : args.grad_nll[row]);
   }
   if (nll) {
-    for (int p = 0; p < count; ++p) nll[p] = log_normalizer[p] - log_evidence[p];
+    for (int p = 0; p < count; ++p) nll[p] = normalizer.result(p) - evidence.result(p);
   }
   float out[Slots::kCount][kBlock];
   for (int64_t k = 0; k < components; ++k) {
     const int64_t at = k * kBlock;
-    math.gradient(logits + at, joint + at, d_mean + at, d_log_scale + at, d_coefficient + at, plane, log_normalizer,
-                  log_evidence, upstream, count, out);
+    math.gradient(logits + at, joint + at, d_mean + at, d_log_scale + at, d_coefficient + at, plane, normalizer,
+                  evidence, upstream, count, out);
     for (int j = 0; j < Slots::kCount; ++j) {
       T* grad = first_grad + Slots::slot(components, j, k) * args.grad_strides.channel;
       const int64_t stride_s = args.grad_strides.spatial;

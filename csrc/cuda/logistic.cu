@@ -175,13 +175,11 @@ __global__ void __launch_bounds__(kMixtureThreads)
   // nll = logsumexp(logits) − logsumexp(logits + Σ_c log P_c): with π = softmax(logits) and
   // the responsibilities r = softmax(logits + Σ_c log P_c), ∂nll/∂logit_k = π_k − r_k and
   // ∂nll/∂log P_c,k = −r_k.
-  const float log_normalizer = logits.result();
-  const float log_evidence = joint.result();
   for (int64_t k = 0; k < components; ++k) {
     const MixtureComponent<C> component = load_mixture_component<C>(params_pixel, stride_p, components, k);
     const MixtureComponentGrads<C> grads = mixture_component_grads<C>(component, points, args.grid);
-    const float pi = expf(component.logit - log_normalizer);
-    const float responsibility = expf(joint_values[k] - log_evidence);
+    const float pi = logits.weight(component.logit);
+    const float responsibility = joint.weight(joint_values[k]);
     const float weight = -upstream * responsibility;
     grad_pixel[k * grad_stride_p] = from_float<T>(upstream * (pi - responsibility));
 #pragma unroll

@@ -11,6 +11,7 @@ backward (``kernels/iwae.py``).  Together they give Burda et al.'s (2016) bound:
 """
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Optional
 
@@ -21,9 +22,9 @@ from .. import reference
 from ..validation import (
     check_float_tensor,
     check_generator,
+    check_log_values,
     check_same_device,
     check_same_shape,
-    check_not_nan,
 )
 from ._common import kernel_module, no_double_backward, pick_backend, promoted_dtype, seed_for
 from .latent import check_latent_args
@@ -361,6 +362,8 @@ def log_mean_exp(x: Tensor, dim: int = 0) -> Tensor:
     Args:
         x: log-values, any shape with at least one dimension; K = x.shape[dim] must be
             >= 1.  Entries may be −inf (a zero term); a column of all −inf gives −inf.
+            NaN and +inf are refused under ``fastvae.set_validate_args(True)``; without
+            it they reach only their own column (NaN gives NaN, +inf gives +inf).
         dim: the dimension to average over (default 0, the sample dimension of
             :func:`sample_gaussian_k`); negative counts from the end.
 
@@ -378,7 +381,7 @@ def log_mean_exp(x: Tensor, dim: int = 0) -> Tensor:
     check_float_tensor(op, "x", x, min_dim=1)
     dim = _check_dim(op, dim, x, "x")
     _check_has_samples(op, "x", x, dim)
-    check_not_nan(op, "x", x)
+    check_log_values(op, "x", x, allowed_infinity=-math.inf)
     backend = pick_backend(op, x.device, x.dtype)
     if backend == "torch":
         return reference.log_mean_exp(x, dim)
@@ -400,6 +403,9 @@ def iwae_bound(log_px_z: Tensor, log_p: Tensor, log_q: Tensor) -> Tensor:
         log_p: log p(z_k), log_px_z's shape (as :func:`sample_gaussian_k` returns it).
         log_q: log q(z_k|x), log_px_z's shape.
         Any float dtypes; they are computed in float32 (float64 if one is float64).
+        log_px_z and log_p may hold −inf and log_q +inf (a weight of zero); NaN, +inf in
+        log_px_z or log_p and −inf in log_q (a weight of +inf) are refused under
+        ``fastvae.set_validate_args(True)``.
 
     Returns:
         The bound, shape [B] (log_px_z's shape without the first dimension), in nats,
@@ -420,8 +426,10 @@ def iwae_bound(log_px_z: Tensor, log_p: Tensor, log_q: Tensor) -> Tensor:
     check_same_shape(op, "log_q", log_q, "log_px_z", log_px_z)
     check_same_device(op, [("log_px_z", log_px_z), ("log_p", log_p), ("log_q", log_q)])
     _check_has_samples(op, "log_px_z", log_px_z, 0)
-    for name, tensor in (("log_px_z", log_px_z), ("log_p", log_p), ("log_q", log_q)):
-        check_not_nan(op, name, tensor)
+    # A weight of −inf (a zero term) is legitimate, one of +inf is not.
+    check_log_values(op, "log_px_z", log_px_z, allowed_infinity=-math.inf)
+    check_log_values(op, "log_p", log_p, allowed_infinity=-math.inf)
+    check_log_values(op, "log_q", log_q, allowed_infinity=math.inf)
     backend = pick_backend(op, log_px_z.device, promoted_dtype(log_px_z, log_p, log_q))
     if backend == "torch":
         return reference.iwae_bound(log_px_z, log_p, log_q)

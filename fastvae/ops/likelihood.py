@@ -395,8 +395,8 @@ def bits_per_dim(nll: Tensor, x: Tensor) -> Tensor:
     nll / (ln 2 · D), D the number of elements of one sample of x (``x[0].numel()``).
 
     Args:
-        nll: nats, any shape (typically [B] from ``reduction='batch'``, or the batch mean),
-            floating.
+        nll: nats per sample, [B] (from ``reduction='batch'``), or a scalar (their mean or
+            sum), floating; ``fastvae.set_validate_args(True)`` refuses NaN and ±inf.
         x: the data the nll is of, shape [B, ...] (any dtype; only its shape is read).
 
     Returns:
@@ -416,6 +416,13 @@ def bits_per_dim(nll: Tensor, x: Tensor) -> Tensor:
             f"fastvae.{op}: x must have shape [B, ...] with at least one element per sample, "
             f"got shape {tuple(x.shape)}"
         )
+    # A per-element nll (reduction='none') divided by D would be off by a factor of D.
+    if nll.dim() > 1 or (nll.dim() == 1 and nll.shape[0] != x.shape[0]):
+        raise ValueError(
+            f"fastvae.{op}: nll must be a scalar or have shape [B] = ({x.shape[0]},) (nats per sample "
+            f"of x), got shape {tuple(nll.shape)}"
+        )
+    check_finite(op, "nll", nll)
     return reference.bits_per_dim(nll, x)
 
 
@@ -425,6 +432,7 @@ def bits_per_dim(nll: Tensor, x: Tensor) -> Tensor:
 
 
 def _check_logits(op: str, logits) -> None:
+    # ±inf logits are the certain outcomes (σ = 1 or 0), which the samples and means give.
     check_float_tensor(op, "logits", logits)
     check_not_nan(op, "logits", logits)
 
@@ -434,6 +442,8 @@ def bernoulli_sample(logits: Tensor, generator: Optional[torch.Generator] = None
 
     Args:
         logits: the logits l, any shape (float32, bfloat16, float16 or float64).
+            ±inf are the certain outcomes (x = 1 and x = 0); NaN is refused under
+            ``fastvae.set_validate_args(True)``.
         generator: a ``torch.Generator`` to draw the call's seed from (default: the
             device's default generator).
 
@@ -460,6 +470,8 @@ def bernoulli_mean(logits: Tensor) -> Tensor:
 
     Args:
         logits: the logits l, any shape, floating.
+            ±inf are the certain outcomes (x = 1 and x = 0); NaN is refused under
+            ``fastvae.set_validate_args(True)``.
 
     Returns:
         σ(l) of logits' shape and dtype, carrying no gradient.
@@ -484,6 +496,8 @@ def continuous_bernoulli_sample(logits: Tensor, generator: Optional[torch.Genera
 
     Args:
         logits: the logits l, any shape (float32, bfloat16, float16 or float64).
+            ±inf are the certain outcomes (x = 1 and x = 0); NaN is refused under
+            ``fastvae.set_validate_args(True)``.
         generator: a ``torch.Generator`` to draw the call's seed from (default: the
             device's default generator).
 
@@ -520,6 +534,8 @@ def continuous_bernoulli_mean(logits: Tensor) -> Tensor:
 
     Args:
         logits: the logits l, any shape, floating.
+            ±inf are the certain outcomes (x = 1 and x = 0); NaN is refused under
+            ``fastvae.set_validate_args(True)``.
 
     Returns:
         The means, in (0, 1), of logits' shape and dtype, carrying no gradient.
@@ -543,9 +559,9 @@ def _check_gaussian_helper(op: str, mean, logvar) -> Optional[Tensor]:
     check_float_tensor(op, "mean", mean)
     logvar_tensor = _check_logvar(op, logvar, "mean", mean)
     check_same_device(op, [("mean", mean), ("logvar", logvar_tensor)])
-    check_not_nan(op, "mean", mean)
+    check_finite(op, "mean", mean)
     if logvar_tensor is not None:
-        check_not_nan(op, "logvar", logvar_tensor)
+        check_finite(op, "logvar", logvar_tensor)
     return logvar_tensor
 
 
@@ -560,8 +576,9 @@ def gaussian_sample(
     Args:
         mean: the mean, any shape (float32, bfloat16, float16 or float64).
         logvar: the log-variance: a Python number, or a tensor broadcastable to mean's
-            shape (per channel, or full-size).
-        temperature: a number >= 0 multiplying the standard deviation (0 gives the mean).
+            shape (per channel, or full-size).  ``fastvae.set_validate_args(True)``
+            refuses NaN and ±inf in mean and logvar.
+        temperature: a finite number >= 0 multiplying the standard deviation (0 gives the mean).
         generator: a ``torch.Generator`` to draw the call's seed from (default: the
             device's default generator).
 
@@ -595,7 +612,8 @@ def gaussian_mean(mean: Tensor, logvar: Union[float, Tensor] = 0.0) -> Tensor:
 
     Args:
         mean: the mean, any shape, floating.
-        logvar: a Python number or a tensor broadcastable to mean's shape (unused).
+        logvar: a Python number or a tensor broadcastable to mean's shape (unused; as
+            for :func:`gaussian_sample`, NaN and ±inf are refused under validate-args).
 
     Returns:
         mean, detached (no gradient).

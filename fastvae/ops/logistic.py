@@ -24,10 +24,10 @@ from torch import Tensor
 from .. import reference
 from ..random import GUMBEL_MIN_UNIFORM, philox_uniform
 from ..validation import (
+    check_finite,
     check_float_tensor,
     check_generator,
     check_nonnegative_number,
-    check_not_nan,
     check_reduction,
     check_same_device,
     check_same_shape,
@@ -315,7 +315,7 @@ def _check_mixture_args(op: str, params, x, num_mixtures, num_bins) -> tuple[int
             f"they must match"
         )
     check_same_device(op, [("params", params), ("x", x)])
-    check_not_nan(op, "params", params)
+    check_finite(op, "params", params)
     _check_x_values(op, x, num_bins)
     return num_mixtures, num_bins
 
@@ -347,7 +347,10 @@ def discretized_logistic_nll(
         log_scale: its log-scale, mean's shape; clamped below at −7 (no gradient there).
         x: the data, mean's shape: floats in [−1, 1], snapped to the nearest level (so a
             bfloat16 x is exact), or uint8 level indices 0 … num_bins − 1.  x gets no
-            gradient.
+            gradient.  ``fastvae.set_validate_args(True)`` refuses a NaN x, a float x
+            off the grid or outside [−1, 1] and a uint8 level of num_bins or more; without
+            it, every backend gives NaN (and NaN gradients) at a NaN x or such a level,
+            which is no level, and snaps a float x outside [−1, 1] to the nearest end.
         num_bins: the number of levels, an int >= 2 (<= 256 for uint8 x); 256 for 8-bit data.
         reduction: 'batch' → [B] (sum over all but the batch), 'none' → per element,
             'sum' → scalar, 'mean' → batch mean of the per-sample sums.
@@ -371,8 +374,8 @@ def discretized_logistic_nll(
     num_bins = _check_num_bins(op, num_bins, x)
     check_reduction(op, reduction)
     check_same_device(op, [("mean", mean), ("log_scale", log_scale), ("x", x)])
-    check_not_nan(op, "mean", mean)
-    check_not_nan(op, "log_scale", log_scale)
+    check_finite(op, "mean", mean)
+    check_finite(op, "log_scale", log_scale)
     _check_x_values(op, x, num_bins)
     backend = pick_backend(op, mean.device, promoted_dtype(mean, log_scale, _x_float(x)))
     if backend == "torch":
@@ -403,7 +406,9 @@ def discretized_logistic_mixture_nll(
             C = 3: P = 10K: K mixture logits, then for each channel R, G, B a block of 3K:
             K means, K log-scales, K raw coefficients.
         x: the images, [B, C, *spatial] with C = 1 or 3: floats in [−1, 1] (snapped to the
-            grid) or uint8 level indices.  x gets no gradient.
+            grid) or uint8 level indices.  x gets no gradient.  As for
+            :func:`discretized_logistic_nll`, a NaN x or a uint8 level of num_bins or more
+            gives a NaN pixel when value checks are off (they refuse it).
         num_mixtures: K, a positive int.
         num_bins: levels per channel, an int >= 2 (<= 256 for uint8 x).
         reduction: 'batch' → [B], 'none' → per pixel [B, *spatial], 'sum' → scalar,
@@ -476,7 +481,7 @@ def discretized_logistic_sample(
     Args:
         mean, log_scale: the logistic's parameters, any shape (the same for both).
         num_bins: levels in [−1, 1], an int >= 2.
-        temperature: multiplies the scale, a number >= 0 (0 gives the level nearest the
+        temperature: multiplies the scale, a finite number >= 0 (0 gives the level nearest the
             clamped mean; < 1 gives sharper samples).
         generator: a ``torch.Generator`` to draw the call's seed from (default: the
             device's default generator).  The uniforms are Philox (see
@@ -496,8 +501,8 @@ def discretized_logistic_sample(
     check_same_shape(op, "log_scale", log_scale, "mean", mean)
     check_same_device(op, [("mean", mean), ("log_scale", log_scale)])
     num_bins = _check_sample_args(op, num_bins, temperature, generator, mean.device)
-    check_not_nan(op, "mean", mean)
-    check_not_nan(op, "log_scale", log_scale)
+    check_finite(op, "mean", mean)
+    check_finite(op, "log_scale", log_scale)
     seed_offset = seed_for(mean.device, generator)
     dtype = reference.compute_dtype(mean, log_scale)
     out_dtype = torch.promote_types(mean.dtype, log_scale.dtype)
@@ -538,6 +543,8 @@ def discretized_logistic_mean(mean: Tensor, log_scale: Tensor, num_bins: int = 2
     check_same_shape(op, "log_scale", log_scale, "mean", mean)
     check_same_device(op, [("mean", mean), ("log_scale", log_scale)])
     _check_num_bins(op, num_bins, None)
+    check_finite(op, "mean", mean)
+    check_finite(op, "log_scale", log_scale)
     out_dtype = torch.promote_types(mean.dtype, log_scale.dtype)
     # float64: s·(difference of two log-sigmoids) cancels badly for wide scales in float32.
     mu = mean.to(torch.float64)
@@ -574,7 +581,7 @@ def discretized_logistic_mixture_sample(
             C = 1 when P = 3K, C = 3 when P = 10K.
         num_mixtures: K, a positive int.
         num_bins: levels per channel, an int >= 2.
-        temperature: multiplies each logistic's scale, a number >= 0 (the component is
+        temperature: multiplies each logistic's scale, a finite number >= 0 (the component is
             still drawn from the mixture weights).
         generator: as :func:`discretized_logistic_sample`.
 
@@ -590,7 +597,7 @@ def discretized_logistic_mixture_sample(
     op = "discretized_logistic_mixture_sample"
     num_mixtures, channels = _check_mixture_params(op, params, num_mixtures)
     num_bins = _check_sample_args(op, num_bins, temperature, generator, params.device)
-    check_not_nan(op, "params", params)
+    check_finite(op, "params", params)
     seed_offset = seed_for(params.device, generator)
     dtype = reference.compute_dtype(params)
     batch, spatial = params.shape[0], tuple(params.shape[2:])
@@ -643,6 +650,7 @@ def discretized_logistic_mixture_mean(params: Tensor, num_mixtures: int, num_bin
     op = "discretized_logistic_mixture_mean"
     num_mixtures, channels = _check_mixture_params(op, params, num_mixtures)
     _check_num_bins(op, num_bins, None)
+    check_finite(op, "params", params)
     dtype = reference.compute_dtype(params)
     logits, means, _, coefficients = reference.mixture_parameters(params.to(dtype), num_mixtures, channels)
     weights = torch.softmax(logits, dim=1)  # [B, K, *spatial]

@@ -21,13 +21,19 @@ struct SampleLogDensities {
   float log_p;  // log N(z; prior_mu, e^prior_logvar)
 };
 
-// Both densities at the float32 z, as fastvae.reference evaluates them.
+// log N(z; mu, e^logvar) at its own sample z = mu + σ·ε, in ε: −½·(log 2π + logvar + ε²) + 0·mu,
+// as fastvae.reference.sample_log_density.  (z − mu)²·e^(−logvar) would lose ε² to the
+// rounding of z where σ ≪ |mu|; 0·mu keeps a NaN mu's NaN.
+FASTVAE_HD float sample_log_density(float eps, float mu, float logvar) {
+  return -0.5f * (1.8378770664093453f + logvar + eps * eps) + 0.0f * mu;
+}
+
+// log q in ε, log p at the float32 z, as fastvae.reference evaluates them.
 template <typename Math = LibraryMath>
 FASTVAE_HD SampleLogDensities sample_with_log_densities(float mu, float logvar, float prior_mu, float prior_logvar,
                                                         float eps) {
   const float z = mu + Math::exp(0.5f * logvar) * eps;
-  return SampleLogDensities{z, gaussian_log_density<Math>(z, mu, logvar),
-                            gaussian_log_density<Math>(z, prior_mu, prior_logvar)};
+  return SampleLogDensities{z, sample_log_density(eps, mu, logvar), gaussian_log_density<Math>(z, prior_mu, prior_logvar)};
 }
 
 // Gradients of one latent element, summed over its K samples.

@@ -57,10 +57,12 @@ struct GridPoint {
 };
 
 // A uint8 x is the level index itself.  value = (2·level − top)/top: an exact integer
-// divided once, so correctly rounded, as the Triton kernels and ops._snap compute it.
+// divided once, so correctly rounded, as the Triton kernels and ops._snap compute it; NaN
+// for an index past the grid (num_bins or more), which is no level.
 FASTVAE_HD GridPoint grid_point(uint8_t level, const LogisticGrid& grid) {
   const float top = 2.0f * grid.level_scale;
-  return GridPoint{static_cast<int>(level), (2.0f * static_cast<float>(level) - top) / top};
+  const float index = static_cast<float>(level);
+  return GridPoint{static_cast<int>(level), index <= top ? (2.0f * index - top) / top : bits_as_float(0x7fc00000u)};
 }
 
 // A float x in [−1, 1] (float32, bfloat16 or float16) is snapped to the nearest level,
@@ -296,6 +298,13 @@ struct StreamingLogSumExp {
 
   // max stays −inf when NaN came first; the NaN total then makes the result NaN.
   FASTVAE_HD float result() const { return max == -INFINITY && total == 0.0f ? -INFINITY : max + logf(total); }
+
+  // The softmax weight of one of the values added, e^((value − max) − log total): with max
+  // and the log-sum apart, not e^(value − result()), which would carry the rounding of a
+  // result of large magnitude (tens of thousands of nats) into every weight.
+  FASTVAE_HD float weight(float value) const {
+    return expf((value - (max == -INFINITY ? 0.0f : max)) - logf(total));
+  }
 };
 
 }  // namespace fastvae
