@@ -254,3 +254,19 @@ def test_train_under_torchrun_two_processes(tmp_path):
     assert finished.stdout.count("run folder:") == 1  # only rank 0 reports
     assert (out / "report.md").is_file() and (out / "checkpoints" / "step_00000006.pt").is_file()
     assert json.loads((out / "results.json").read_text())["step"] == 6
+
+
+def test_import_and_help_load_no_compiler_or_plotting_stack():
+    """`import fastvae`, `import fastvae.cli` and `fastvae --help` / `fastvae train --help`
+    import neither torch._dynamo (seconds of start-up) nor the optional heavy packages."""
+    heavy = ("torch._dynamo", "torch._inductor", "triton", "matplotlib", "scipy", "tensorboard", "sympy")
+    script = ("import sys, contextlib, io\n"
+              "import fastvae, fastvae.cli\n"
+              "for argv in ([], ['train']):\n"
+              "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+              "        fastvae.cli.main([*argv, '--help'])\n"
+              f"print(sorted(name for name in {heavy!r} if name in sys.modules))\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.strip() == "[]", completed.stdout
