@@ -178,16 +178,57 @@ def test_settings_defaults_per_data_set():
         assert option.flag in help_text, option.flag
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["train", "--lattent-dim", "3"], "unrecognized arguments: --lattent-dim"),
-    (["train", "--batch-size", "many"], "invalid int value: 'many'"),
-    (["train", "--model", "resnet"], "invalid choice: 'resnet'"),
+@pytest.mark.parametrize("argv, usage, message", [
+    (["train", "--lattent-dim", "3"], "fastvae train", "unrecognized arguments: --lattent-dim 3; did you mean "
+                                                       "--latent-dim?"),
+    (["train", "--stepz", "10"], "fastvae train", "unrecognized arguments: --stepz 10; did you mean --steps?"),
+    (["sample", "run", "--nmu", "3"], "fastvae sample", "unrecognized arguments: --nmu 3"),
+    (["train", "--batch-size", "many"], "fastvae train", "invalid int value: 'many'"),
+    (["train", "--model", "resnet"], "fastvae train", "invalid choice: 'resnet' (choose from mlp, conv, "
+                                                      "hierarchical, discrete)"),
+    (["train", "--data", "mnsit"], "fastvae train", "invalid choice: 'mnsit' (choose from sprites, mnist, "
+                                                    "fashion_mnist, binarized_mnist, cifar10, image_folder); did "
+                                                    "you mean mnist?"),
+    (["trian"], "fastvae", "invalid choice: 'trian' (choose from train, eval, sample, sweep, bench); did you mean "
+                           "train?"),
 ])
-def test_bad_flags_are_usage_errors(argv, message, capsys):
+def test_bad_flags_are_short_usage_errors(argv, usage, message, capsys):
+    """A usage error shows the (sub)command's own one-line usage, then the error."""
     with pytest.raises(SystemExit) as exit_info:
         cli.main(argv)
     assert exit_info.value.code == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and err[0].startswith(f"usage: {usage} ") and err[1].endswith(message), err
+
+
+def test_missing_data_names_the_flag_and_the_variable(run, tmp_path, monkeypatch):
+    """The command's data errors say --data-root and FASTVAE_DATA (the Python API's say
+    root=); --data-root defaults to $FASTVAE_DATA."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+
+    def message(argv):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(argv)
+        return str(exit_info.value.code)
+
+    monkeypatch.setenv("FASTVAE_DATA", str(empty))
+    text = message(["train", "--data", "mnist", "--out", str(tmp_path / "r")])
+    assert text.startswith("fastvae train: --data mnist: could not find train-images-idx3-ubyte")
+    assert f"looked in: {empty / 'mnist'}" in text and f"(FASTVAE_DATA is {empty})" in text
+    assert "--data-root FOLDER" in text and "root=" not in text
+    text = message(["train", "--data", "cifar10", "--data-root", str(tmp_path), "--out", str(tmp_path / "r")])
+    assert f"(--data-root is {tmp_path})" in text and "FASTVAE_DATA" in text and "root=" not in text
+    monkeypatch.delenv("FASTVAE_DATA")
+    text = message(["eval", str(run), "--data", "fashion_mnist", "--num-points", "2"])
+    assert text.startswith("fastvae eval: --data fashion_mnist:") and "neither is set" in text
+    assert "--data-root" in text and "FASTVAE_DATA" in text and "root=" not in text
+    text = message(["train", "--data", "image_folder", "--out", str(tmp_path / "r")])
+    assert "--data image_folder needs --data-root FOLDER" in text and "FASTVAE_DATA" in text
+    text = message(["train", "--data", "image_folder", "--data-root", str(tmp_path / "none"), "--out",
+                    str(tmp_path / "r")])
+    assert f"the image folder {tmp_path / 'none'} does not exist" in text and "--data-root" in text
+    assert not (tmp_path / "r").exists()  # nothing written
 
 
 def test_errors_name_what_to_change(tmp_path):
