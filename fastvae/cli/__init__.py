@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import signal
 import sys
 from typing import Optional, Sequence
 
@@ -75,6 +76,12 @@ _TRAIN_USAGE = f"{PROGRAM} train [--config FILE.toml] [--resume] [--stop-at STEP
 _SWEEP_USAGE = f"{PROGRAM} sweep --betas B,B,... [--config FILE.toml] [--FLAG VALUE ...]"
 _EVAL_USAGE = f"{PROGRAM} eval CHECKPOINT [--iwae-samples K] [--num-points N] [--split SPLIT] [--FLAG VALUE ...]"
 _SAMPLE_USAGE = f"{PROGRAM} sample CHECKPOINT [--num N] [--seed SEED] [--out FILE.png] [--FLAG VALUE ...]"
+_TRAIN_EPILOG = (
+    "Ctrl-C (SIGINT) or SIGTERM stops training after the step in progress with a checkpoint, prints how to "
+    "continue (--resume) and exits with status 130 for SIGINT, 143 for SIGTERM: 128 + the signal's number, as a "
+    "shell reports a process the signal ended, so a scheduler sees which signal stopped the run. A second signal "
+    "while the checkpoint is written does not interrupt it. --resume of a finished run says so and exits 0."
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser(
         "train", help="train a model and leave a run folder (config, metrics, checkpoints, PNGs, report.md)",
-        usage=_TRAIN_USAGE,
+        usage=_TRAIN_USAGE, epilog=_TRAIN_EPILOG,
         description="Train a VAE and write a run folder: config.toml, metrics.jsonl, checkpoints/, PNGs and "
         "report.md (final ELBO, IWAE estimate, ELBO gap, active units, KL per dimension). With no flags: the "
         "default conv VAE on the embedded sprites, about two minutes on a CPU.",
@@ -225,7 +232,8 @@ _COMMANDS = {"train": _run_train, "eval": _run_eval, "sample": _run_sample, "swe
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the ``fastvae`` command with ``argv`` (default ``sys.argv[1:]``); returns the
-    exit status.  A bad setting or a missing file exits with a one-line message."""
+    exit status.  A bad setting or a missing file exits with a one-line message; so does
+    Ctrl-C (status 130) or SIGTERM (143), after ``fastvae train`` has saved a checkpoint."""
     parser = build_parser()
     args, unknown = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
     if unknown:
@@ -233,6 +241,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.command_parsers[args.command].unrecognized(unknown)
     # Imported after parsing: `fastvae --help` needs none of the training stack.
     from ..train import TooManySkippedUpdates, distributed
+    from .interrupt import Interrupted, exit_status
 
     try:
         return _COMMANDS[args.command](args)
@@ -241,5 +250,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if not message.startswith(PROGRAM):
             message = f"{PROGRAM} {args.command}: {message}"
         raise SystemExit(message) from None
+    except Interrupted as interruption:  # `fastvae train` has said where it stopped
+        return interruption.exit_status
+    except KeyboardInterrupt:
+        print(f"{PROGRAM} {args.command}: interrupted", file=sys.stderr, flush=True)
+        return exit_status(signal.SIGINT)
     finally:
         distributed.cleanup()
