@@ -1,13 +1,19 @@
 """The ``fastvae`` command: a tiny ``fastvae train`` leaves the whole run folder and its
-ELBO improves; ``--config`` files with flags overriding them; ``--resume`` continues a
-stopped run bit for bit; ``eval`` and ``sample`` on its checkpoint; a two-β ``sweep``;
-clear errors; ``python -m fastvae``; and ``fastvae train`` under torchrun (2 processes,
-gloo).  Runs are in-process (``cli.main``) on tiny sprites and a tiny conv model."""
+ELBO improves; ``--config`` files with flags overriding them; ``--stop-at`` or a signal
+(SIGINT, SIGTERM: a real process) then ``--resume`` give the uninterrupted run bit for
+bit and metrics.jsonl line for line; ``--resume`` of a finished run or past an unreadable
+checkpoint; ``eval`` and ``sample`` on its checkpoint; a two-β ``sweep``; short, clear
+errors; ``python -m fastvae`` and an import that loads no compiler stack; and ``fastvae
+train`` under torchrun (2 processes, gloo), where a signal to one process stops both.
+Runs are in-process (``cli.main``) on tiny sprites and a tiny conv model, but for the
+signal tests, which need a process of their own."""
 import json
 import os
+import signal
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -102,24 +108,249 @@ def test_training_improves_the_elbo_and_the_report_states_it(run):
         assert f"({name}.png)" in report
 
 
-def test_resume_continues_bit_for_bit(tmp_path):
-    steps = ["--steps", "8", "--batch-size", "8", "--log-every", "2", "--no-pictures"]
-    whole, parts = tmp_path / "whole", tmp_path / "parts"
-    assert cli.main(tiny_train(whole, *steps)) == 0
-    assert cli.main(tiny_train(parts, *steps, "--stop-at", "3")) == 0
+# A short run with an IWAE estimate between its two halves (--iwae-every 4 of 8 steps).
+SHORT_RUN = ["--steps", "8", "--batch-size", "8", "--log-every", "2", "--iwae-every", "4", "--no-pictures"]
+
+
+def without_timings(folder: Path) -> list:
+    """metrics.jsonl's events without their wall-clock fields."""
+    return [{k: v for k, v in event.items() if k != "time"} for event in read_metrics(folder / "metrics.jsonl")]
+
+
+def checkpoint_tensors(path: Path) -> dict:
+    state = torch.load(path, weights_only=True)
+    tensors = dict(state["model"])
+    for index, values in state["optimizer"]["state"].items():
+        tensors.update({f"optimizer.{index}.{name}": value for name, value in values.items()})
+    return tensors
+
+
+def assert_same_checkpoint(first: Path, second: Path) -> None:
+    expected, actual = checkpoint_tensors(first), checkpoint_tensors(second)
+    assert expected.keys() == actual.keys()
+    for key, value in expected.items():
+        assert torch.equal(value, actual[key]), key
+
+
+def assert_same_run(whole: Path, parts: Path) -> None:
+    """A stopped-and-resumed run equals the uninterrupted one: final weights and
+    optimizer state, metrics.jsonl line for line (timings aside), the final results."""
+    assert_same_checkpoint(whole / "checkpoints" / "step_00000008.pt", parts / "checkpoints" / "step_00000008.pt")
+    assert without_timings(parts) == without_timings(whole)
+    ignored = ("train_seconds", "eval_seconds")
+    results = [{k: v for k, v in json.loads((f / "results.json").read_text()).items() if k not in ignored}
+               for f in (whole, parts)]
+    assert results[0] == results[1]
+
+
+@pytest.fixture(scope="module")
+def whole_run(tmp_path_factory):
+    """The uninterrupted SHORT_RUN, which the stopped and resumed ones must equal."""
+    whole = tmp_path_factory.mktemp("whole") / "run"
+    assert cli.main(tiny_train(whole, *SHORT_RUN)) == 0
+    events = read_metrics(whole / "metrics.jsonl")
+    assert [e["step"] for e in events if "test/iwae" in e] == [4, 8]  # the estimate at 4, the final one
+    return whole
+
+
+@pytest.mark.parametrize("stop_at", [3, 4])
+def test_stop_at_then_resume_is_the_uninterrupted_run(whole_run, tmp_path, stop_at):
+    """--stop-at then --resume: bit for bit the same weights, and metrics.jsonl line for
+    line, with no IWAE estimate added at the stop (at 3) and none repeated (at 4)."""
+    parts = tmp_path / "parts"
+    assert cli.main(tiny_train(parts, *SHORT_RUN, "--stop-at", str(stop_at))) == 0
     assert not (parts / "report.md").exists()
-    assert [p.name for p in (parts / "checkpoints").iterdir()] == ["step_00000003.pt"]
+    assert [p.name for p in (parts / "checkpoints").iterdir()] == [f"step_{stop_at:08d}.pt"]
+    assert [e["step"] for e in read_metrics(parts / "metrics.jsonl") if "test/iwae" in e] == [4][:stop_at // 4]
     assert cli.main(["train", "--out", str(parts), "--resume"]) == 0
+    assert_same_run(whole_run, parts)
 
-    def final(folder):
-        return torch.load(folder / "checkpoints" / "step_00000008.pt", weights_only=True)
 
-    for key, value in final(whole)["model"].items():
-        assert torch.equal(value, final(parts)["model"][key]), key
-    losses = [[e["loss"] for e in read_metrics(f / "metrics.jsonl") if "loss" in e] for f in (whole, parts)]
-    assert losses[0] == losses[1] and len(losses[0]) == 4
-    assert json.loads((whole / "results.json").read_text())["elbo"] == json.loads(
-        (parts / "results.json").read_text())["elbo"]
+def test_resume_of_a_finished_run_says_so_and_writes_nothing(whole_run, capsys):
+    before = {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in whole_run.rglob("*") if path.is_file()}
+    capsys.readouterr()
+    assert cli.main(["train", "--out", str(whole_run), "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert f"run in {whole_run} is finished at step 8" in out and "nothing to do" in out
+    assert len(out.strip().splitlines()) == 1
+    after = {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in whole_run.rglob("*") if path.is_file()}
+    assert after == before
+
+
+def test_resume_falls_back_from_an_unreadable_checkpoint(whole_run, tmp_path, capsys):
+    parts = tmp_path / "parts"
+    assert cli.main(tiny_train(parts, *SHORT_RUN, "--checkpoint-every", "2", "--stop-at", "6")) == 0
+    checkpoints = parts / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == [f"step_0000000{s}.pt" for s in (2, 4, 6)]
+    latest = checkpoints / "step_00000006.pt"
+    latest.write_bytes(latest.read_bytes()[:1000])  # truncated
+    capsys.readouterr()
+    assert cli.main(["train", "--out", str(parts), "--resume"]) == 0
+    captured = capsys.readouterr()
+    warning = [line for line in captured.err.splitlines() if "warning" in line]
+    assert len(warning) == 1 and str(latest) in warning[0] and "unreadable" in warning[0]
+    assert "resuming" in captured.out and "from step 4 of 8" in captured.out
+    assert_same_run(whole_run, parts)
+
+    # None readable: a clear error naming them, and nothing changed.
+    for path in checkpoints.iterdir():
+        path.write_bytes(b"garbage")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "--out", str(parts), "--resume"])
+    message = str(exit_info.value.code)
+    assert "no readable checkpoint" in message and "step_00000008.pt" in message and "--overwrite" in message
+
+
+def _signal_self_under_fastvae_handler(signum=signal.SIGINT) -> None:
+    """Send ``signum`` to this process, only while `fastvae train`'s handler is in place
+    (without it, the signal would end the test session)."""
+    from fastvae.cli.interrupt import SignalHandling
+
+    if isinstance(getattr(signal.getsignal(signum), "__self__", None), SignalHandling):
+        os.kill(os.getpid(), signum)
+
+
+def test_signals_while_checkpoints_are_written_lose_nothing(whole_run, tmp_path, monkeypatch, capfd):
+    """SIGINT while the step-3 checkpoint is written stops the run after step 4; a second
+    SIGINT while that checkpoint is written does not lose it; the run resumes exactly
+    (the IWAE estimate of step 4, which the stop skipped, is made on resuming)."""
+    real_save = torch.save
+
+    def save_under_signal(obj, file, *args, **kwargs):
+        _signal_self_under_fastvae_handler()
+        return real_save(obj, file, *args, **kwargs)
+
+    parts = tmp_path / "parts"
+    monkeypatch.setattr(torch, "save", save_under_signal)
+    assert cli.main(tiny_train(parts, *SHORT_RUN, "--checkpoint-every", "3")) == 130
+    monkeypatch.undo()
+    err = capfd.readouterr().err.strip().splitlines()  # capfd: the handler writes to fd 2 itself
+    assert err[0].startswith("fastvae train: already stopping after this step")
+    assert err[1:] == [f"fastvae train: stopped by SIGINT at step 4 of 8 with a checkpoint; continue with "
+                       f"`fastvae train --out {parts} --resume`"]
+    assert sorted(p.name for p in (parts / "checkpoints").iterdir()) == ["step_00000003.pt", "step_00000004.pt"]
+    assert read_metrics(parts / "metrics.jsonl")[-1]["step"] == 4
+    assert cli.main(["train", "--out", str(parts), "--resume"]) == 0
+    assert_same_run(whole_run, parts)
+
+
+def test_a_signal_during_the_final_evaluation_then_resume(whole_run, tmp_path, monkeypatch, capsys):
+    """Interrupted after the final evaluation logged its line (training complete):
+    exit 130 saying so; --resume runs the evaluation again and logs it once."""
+    from fastvae.train.metrics import MetricsLogger
+
+    real_log = MetricsLogger.log
+
+    def log_then_signal(self, event):
+        real_log(self, event)
+        if event["step"] == 8 and "test/iwae" in event:
+            _signal_self_under_fastvae_handler()
+
+    parts = tmp_path / "parts"
+    monkeypatch.setattr(MetricsLogger, "log", log_then_signal)
+    assert cli.main(tiny_train(parts, *SHORT_RUN)) == 130
+    monkeypatch.undo()
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"fastvae train: stopped by SIGINT before the final evaluation finished; the training is complete "
+        f"(checkpoint at step 8): `fastvae train --out {parts} --resume` evaluates it"]
+    assert not (parts / "report.md").exists()
+    assert cli.main(["train", "--out", str(parts), "--resume"]) == 0
+    assert_same_run(whole_run, parts)
+
+
+def _environment() -> dict:
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env.pop("WORLD_SIZE", None)
+    return env
+
+
+def _wait_for_training(process: subprocess.Popen, folder: Path, steps: int, timeout: float = 300.0) -> None:
+    """Wait until metrics.jsonl logs ``steps`` training steps (the process is training)."""
+    deadline = time.monotonic() + timeout
+    path = folder / "metrics.jsonl"
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        if path.exists() and path.read_text().count('"loss"') >= steps:
+            return
+        time.sleep(0.05)
+    process.kill()
+    pytest.fail(f"no {steps} training steps logged within {timeout} s")
+
+
+# Long enough never to finish on its own before the signal.
+ENDLESS_RUN = ["--steps", "1000000", "--batch-size", "8", "--log-every", "1", "--no-pictures"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_stops_the_command_with_a_checkpoint_and_resume_continues(tmp_path, signum, status):
+    """A real `fastvae train` process: SIGINT (or SIGTERM), sent three times, stops it
+    after the step in progress with a checkpoint, one line on how to resume, no
+    traceback, exit status 130 (143); resumed, it continues exactly as a run never
+    stopped (weights, optimizer state and metrics.jsonl at two steps further)."""
+    stopped = tmp_path / "stopped"
+    process = subprocess.Popen([sys.executable, "-m", "fastvae", *tiny_train(stopped, *ENDLESS_RUN)], cwd=tmp_path,
+                               env=_environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_training(process, stopped, 3)
+    for _ in range(3):
+        process.send_signal(signum)
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == status, err
+    assert "Traceback" not in err
+    lines = [line for line in err.strip().splitlines() if "already stopping" not in line]
+    [checkpoint] = list((stopped / "checkpoints").iterdir())
+    step = int(checkpoint.stem.split("_")[1])
+    assert lines == [f"fastvae train: stopped by {signum.name} at step {step} of 1000000 with a checkpoint; "
+                     f"continue with `fastvae train --out {stopped} --resume`"]
+    assert read_metrics(stopped / "metrics.jsonl")[-1]["step"] == step
+
+    assert cli.main(["train", "--out", str(stopped), "--resume", "--stop-at", str(step + 2)]) == 0
+    never_stopped = tmp_path / "never_stopped"
+    assert cli.main(tiny_train(never_stopped, *ENDLESS_RUN, "--stop-at", str(step + 2))) == 0
+    name = f"step_{step + 2:08d}.pt"
+    assert_same_checkpoint(never_stopped / "checkpoints" / name, stopped / "checkpoints" / name)
+    assert without_timings(stopped) == without_timings(never_stopped)
+
+
+def _worker_of_rank(launcher: subprocess.Popen, rank: int) -> int:
+    """The pid of torchrun's worker process of ``rank`` (read from /proc)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+            environment = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"\nPPid:\t{launcher.pid}\n" in status and f"RANK={rank}".encode() in environment:
+            return int(entry.name)
+    raise AssertionError(f"no worker of rank {rank} under torchrun (pid {launcher.pid})")
+
+
+@pytest.mark.slow
+def test_under_torchrun_a_signal_to_one_process_stops_all_at_the_same_step(tmp_path):
+    """SIGTERM to rank 1 alone: rank 0, which writes, stops at the same step (the ranks
+    agree on stopping each step), writes the checkpoint of both processes and says how
+    to resume."""
+    if not (torch.distributed.is_available() and torch.distributed.is_gloo_available()):
+        pytest.skip("torch.distributed with gloo is not available")
+    if not Path("/proc/self/environ").exists():
+        pytest.skip("finding torchrun's workers needs /proc")
+    out = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", "-m",
+               "fastvae", *tiny_train(out, *ENDLESS_RUN)]
+    launcher = subprocess.Popen(command, cwd=tmp_path, env=dict(_environment(), OMP_NUM_THREADS="1"),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_training(launcher, out, 3)
+    os.kill(_worker_of_rank(launcher, 1), signal.SIGTERM)
+    _, err = launcher.communicate(timeout=300)
+    [checkpoint] = list((out / "checkpoints").iterdir())
+    step = int(checkpoint.stem.split("_")[1])
+    assert (f"fastvae train: stopped by SIGTERM at step {step} of 1000000 with a checkpoint; continue with "
+            f"`fastvae train --out {out} --resume`") in err.splitlines()
+    assert len(torch.load(checkpoint, weights_only=True)["rng"]) == 2
+    assert read_metrics(out / "metrics.jsonl")[-1]["step"] == step
 
 
 def test_eval_and_sample_on_the_checkpoint(run, tmp_path, capsys):
@@ -178,16 +409,57 @@ def test_settings_defaults_per_data_set():
         assert option.flag in help_text, option.flag
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["train", "--lattent-dim", "3"], "unrecognized arguments: --lattent-dim"),
-    (["train", "--batch-size", "many"], "invalid int value: 'many'"),
-    (["train", "--model", "resnet"], "invalid choice: 'resnet'"),
+@pytest.mark.parametrize("argv, usage, message", [
+    (["train", "--lattent-dim", "3"], "fastvae train", "unrecognized arguments: --lattent-dim 3; did you mean "
+                                                       "--latent-dim?"),
+    (["train", "--stepz", "10"], "fastvae train", "unrecognized arguments: --stepz 10; did you mean --steps?"),
+    (["sample", "run", "--nmu", "3"], "fastvae sample", "unrecognized arguments: --nmu 3"),
+    (["train", "--batch-size", "many"], "fastvae train", "invalid int value: 'many'"),
+    (["train", "--model", "resnet"], "fastvae train", "invalid choice: 'resnet' (choose from mlp, conv, "
+                                                      "hierarchical, discrete)"),
+    (["train", "--data", "mnsit"], "fastvae train", "invalid choice: 'mnsit' (choose from sprites, mnist, "
+                                                    "fashion_mnist, binarized_mnist, cifar10, image_folder); did "
+                                                    "you mean mnist?"),
+    (["trian"], "fastvae", "invalid choice: 'trian' (choose from train, eval, sample, sweep, bench); did you mean "
+                           "train?"),
 ])
-def test_bad_flags_are_usage_errors(argv, message, capsys):
+def test_bad_flags_are_short_usage_errors(argv, usage, message, capsys):
+    """A usage error shows the (sub)command's own one-line usage, then the error."""
     with pytest.raises(SystemExit) as exit_info:
         cli.main(argv)
     assert exit_info.value.code == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and err[0].startswith(f"usage: {usage} ") and err[1].endswith(message), err
+
+
+def test_missing_data_names_the_flag_and_the_variable(run, tmp_path, monkeypatch):
+    """The command's data errors say --data-root and FASTVAE_DATA (the Python API's say
+    root=); --data-root defaults to $FASTVAE_DATA."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+
+    def message(argv):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(argv)
+        return str(exit_info.value.code)
+
+    monkeypatch.setenv("FASTVAE_DATA", str(empty))
+    text = message(["train", "--data", "mnist", "--out", str(tmp_path / "r")])
+    assert text.startswith("fastvae train: --data mnist: could not find train-images-idx3-ubyte")
+    assert f"looked in: {empty / 'mnist'}" in text and f"(FASTVAE_DATA is {empty})" in text
+    assert "--data-root FOLDER" in text and "root=" not in text
+    text = message(["train", "--data", "cifar10", "--data-root", str(tmp_path), "--out", str(tmp_path / "r")])
+    assert f"(--data-root is {tmp_path})" in text and "FASTVAE_DATA" in text and "root=" not in text
+    monkeypatch.delenv("FASTVAE_DATA")
+    text = message(["eval", str(run), "--data", "fashion_mnist", "--num-points", "2"])
+    assert text.startswith("fastvae eval: --data fashion_mnist:") and "neither is set" in text
+    assert "--data-root" in text and "FASTVAE_DATA" in text and "root=" not in text
+    text = message(["train", "--data", "image_folder", "--out", str(tmp_path / "r")])
+    assert "--data image_folder needs --data-root FOLDER" in text and "FASTVAE_DATA" in text
+    text = message(["train", "--data", "image_folder", "--data-root", str(tmp_path / "none"), "--out",
+                    str(tmp_path / "r")])
+    assert f"the image folder {tmp_path / 'none'} does not exist" in text and "--data-root" in text
+    assert not (tmp_path / "r").exists()  # nothing written
 
 
 def test_errors_name_what_to_change(tmp_path):
@@ -254,3 +526,19 @@ def test_train_under_torchrun_two_processes(tmp_path):
     assert finished.stdout.count("run folder:") == 1  # only rank 0 reports
     assert (out / "report.md").is_file() and (out / "checkpoints" / "step_00000006.pt").is_file()
     assert json.loads((out / "results.json").read_text())["step"] == 6
+
+
+def test_import_and_help_load_no_compiler_or_plotting_stack():
+    """`import fastvae`, `import fastvae.cli` and `fastvae --help` / `fastvae train --help`
+    import neither torch._dynamo (seconds of start-up) nor the optional heavy packages."""
+    heavy = ("torch._dynamo", "torch._inductor", "triton", "matplotlib", "scipy", "tensorboard", "sympy")
+    script = ("import sys, contextlib, io\n"
+              "import fastvae, fastvae.cli\n"
+              "for argv in ([], ['train']):\n"
+              "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+              "        fastvae.cli.main([*argv, '--help'])\n"
+              f"print(sorted(name for name in {heavy!r} if name in sys.modules))\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.strip() == "[]", completed.stdout

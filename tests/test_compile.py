@@ -94,3 +94,21 @@ def test_reference_iwae_and_logistic_trace_without_graph_breaks():
     torch.testing.assert_close(result, eager)
     for grad, eager_grad in zip(grads, eager_grads):
         torch.testing.assert_close(grad, eager_grad)
+
+
+def test_backend_lookups_carry_dynamo_constant_result_mark():
+    """fastvae marks its backend lookups as torch.compiler.assume_constant_result does,
+    without importing torch._dynamo at import time (fastvae.ops._common): the mark must
+    be exactly what torch's decorator sets, or torch.compile would trace into them."""
+    from fastvae.ops._common import _resolve
+    from fastvae.ops.logistic import _mixture_forward_writes_grad
+
+    def probe():
+        return 0
+
+    unmarked = dict(vars(probe))
+    torch.compiler.assume_constant_result(probe)
+    mark = {name: value for name, value in vars(probe).items() if name not in unmarked}
+    assert mark, "torch.compiler.assume_constant_result no longer marks the function: update fastvae.ops._common"
+    for function in (_resolve, _mixture_forward_writes_grad):
+        assert {name: vars(function).get(name) for name in mark} == mark, function.__name__

@@ -386,6 +386,40 @@ def test_resume_is_bit_exact(tmp_path):
     assert len([e for e in trainer_events(whole) if "eval/elbo" in e]) == 3  # steps 7, 14, 20
 
 
+def test_request_stop_stops_between_steps_with_a_checkpoint(tmp_path):
+    """request_stop() during step 5 (as a signal handler would call it): fit finishes
+    that step, writes a checkpoint at it and returns; resumed, the run equals the
+    uninterrupted one bit for bit."""
+    data = TensorData(make_data(100), binarize=True)
+    settings = dict(steps=12, batch_size=16, ema_decay=0.8, eval_every=5, log_every=3)
+    eval_data = make_data(40, seed=1)
+    whole = Trainer(make_model(), data, config(**settings, out_dir=str(tmp_path / "whole")), eval_data=eval_data)
+    whole.fit()
+
+    stopped = Trainer(make_model(), data, config(**settings, out_dir=str(tmp_path / "stopped")), eval_data=eval_data)
+    train_step = stopped._train_step
+
+    def step_then_ask_to_stop(x):
+        record = train_step(x)
+        if stopped.step == 4:  # the step in progress is the fifth
+            stopped.request_stop()
+        return record
+
+    stopped._train_step = step_then_ask_to_stop
+    stopped.fit()
+    assert stopped.step == 5 and stopped.stopped_on_request and not stopped.stop_requested
+    assert [p.name for p in list_checkpoints(tmp_path / "stopped")] == ["step_00000005.pt"]
+    # Step 5's logging and evaluation happened before the checkpoint; step 4's and 5's
+    # training metrics wait in the checkpoint to be logged with step 6's.
+    assert [e["step"] for e in trainer_events(stopped)] == [3, 5]
+    resumed = Trainer.from_checkpoint(latest_checkpoint(tmp_path / "stopped"), data, eval_data=eval_data)
+    resumed.fit()
+    assert not resumed.stopped_on_request
+    assert all_equal(parameters(resumed.model), parameters(whole.model))
+    assert all_equal(parameters(resumed.ema.module), parameters(whole.ema.module))
+    assert without_time(trainer_events(resumed)) == without_time(trainer_events(whole))
+
+
 def _rng_after(trainer):
     return read_checkpoint(latest_checkpoint(trainer.out_dir))["rng"][0]["torch"]
 

@@ -22,6 +22,8 @@ Example::
 from __future__ import annotations
 
 import argparse
+import difflib
+import signal
 import sys
 from typing import Optional, Sequence
 
@@ -44,16 +46,56 @@ def _positive_int(text: str) -> int:
 _positive_int.__name__ = "positive int"
 
 
+def _did_you_mean(text: str, candidates) -> str:
+    """"; did you mean X?" for the candidate closest to ``text`` (flags compared without
+    their dashes), or nothing when none is close."""
+    by_name = {str(candidate).lstrip("-"): str(candidate) for candidate in candidates}
+    close = difflib.get_close_matches(text.lstrip("-"), list(by_name), n=1, cutoff=0.7)
+    return f"; did you mean {by_name[close[0]]}?" if close else ""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with shorter errors: a bad choice lists the choices and the closest one,
+    and the usage line above an error is the command's own (short) one."""
+
+    def _check_value(self, action, value):
+        if action.choices is not None and value not in action.choices:
+            choices = ", ".join(map(str, action.choices))
+            raise argparse.ArgumentError(action, f"invalid choice: {value!r} (choose from {choices})"
+                                                 + _did_you_mean(str(value), action.choices))
+
+    def unrecognized(self, arguments: Sequence[str]) -> None:
+        """The usage error of flags this (sub)command does not take."""
+        flags = [text for action in self._actions for text in action.option_strings]
+        unknown = next((text.split("=")[0] for text in arguments if text.startswith("-")), "")
+        hint = _did_you_mean(unknown, flags) if unknown else ""
+        self.error(f"unrecognized arguments: {' '.join(arguments)}{hint}")
+
+
+_TRAIN_USAGE = f"{PROGRAM} train [--config FILE.toml] [--resume] [--stop-at STEP] [--FLAG VALUE ...]"
+_SWEEP_USAGE = f"{PROGRAM} sweep --betas B,B,... [--config FILE.toml] [--FLAG VALUE ...]"
+_EVAL_USAGE = f"{PROGRAM} eval CHECKPOINT [--iwae-samples K] [--num-points N] [--split SPLIT] [--FLAG VALUE ...]"
+_SAMPLE_USAGE = f"{PROGRAM} sample CHECKPOINT [--num N] [--seed SEED] [--out FILE.png] [--FLAG VALUE ...]"
+_TRAIN_EPILOG = (
+    "Ctrl-C (SIGINT) or SIGTERM stops training after the step in progress with a checkpoint, prints how to "
+    "continue (--resume) and exits with status 130 for SIGINT, 143 for SIGTERM: 128 + the signal's number, as a "
+    "shell reports a process the signal ended, so a scheduler sees which signal stopped the run. A second signal "
+    "while the checkpoint is written does not interrupt it. --resume of a finished run says so and exits 0."
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``fastvae`` argument parser and its five commands."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROGRAM, description="Train, evaluate and sample variational autoencoders on fastvae's fused ops.",
         epilog=f"`{PROGRAM} COMMAND --help` lists a command's options.",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    parser.command_parsers = commands.choices
 
     train = commands.add_parser(
         "train", help="train a model and leave a run folder (config, metrics, checkpoints, PNGs, report.md)",
+        usage=_TRAIN_USAGE, epilog=_TRAIN_EPILOG,
         description="Train a VAE and write a run folder: config.toml, metrics.jsonl, checkpoints/, PNGs and "
         "report.md (final ELBO, IWAE estimate, ELBO gap, active units, KL per dimension). With no flags: the "
         "default conv VAE on the embedded sprites, about two minutes on a CPU.",
@@ -68,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser(
         "eval", help="evaluate a checkpoint: IWAE log-likelihood (K=5000), ELBO, gap, active units, KL per dimension",
+        usage=_EVAL_USAGE,
         description="Evaluate a checkpoint on a data split and write report.md and results.json. The data set is "
         "the run's (from its config.toml) unless --data is given.",
     )
@@ -88,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--binarize", choices=("none", "static", "dynamic"), help="(default: the run's)")
 
     sample = commands.add_parser("sample", help="write a PNG grid of samples of a checkpoint's model",
-                                 description="Draw z ~ p(z) and write the decoder's means as a PNG grid.")
+                                 usage=_SAMPLE_USAGE, description="Draw z ~ p(z) and write the decoder's means as a "
+                                 "PNG grid.")
     sample.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint file or a run folder (its last one)")
     sample.add_argument("--num", type=_positive_int, default=64, help="samples (default: 64)")
     sample.add_argument("--ncol", type=_positive_int, default=8, help="columns of the grid (default: 8)")
@@ -96,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--out", help="the PNG (default: RUN/samples-seed<seed>.png)")
 
     sweep = commands.add_parser(
-        "sweep", help="rate–distortion: train one model per β and plot rate against distortion",
+        "sweep", help="rate–distortion: train one model per β and plot rate against distortion", usage=_SWEEP_USAGE,
         description="Train one model per β (all other settings equal, each in OUT/beta-<β> with its own report), "
         "then write OUT/rate_distortion.png, .md and .json.",
     )
@@ -188,10 +232,17 @@ _COMMANDS = {"train": _run_train, "eval": _run_eval, "sample": _run_sample, "swe
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the ``fastvae`` command with ``argv`` (default ``sys.argv[1:]``); returns the
-    exit status.  A bad setting or a missing file exits with a one-line message."""
+    exit status.  A bad setting or a missing file exits with a one-line message; so does
+    Ctrl-C (status 130) or SIGTERM (143), after ``fastvae train`` has saved a checkpoint."""
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
+    if unknown:
+        # The subcommand's usage, not the top-level one: the flags go to the subcommand.
+        parser.command_parsers[args.command].unrecognized(unknown)
+    # Imported after parsing: `fastvae --help` needs none of the training stack.
     from ..train import TooManySkippedUpdates, distributed
+    from .interrupt import Interrupted, exit_status
 
-    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
         return _COMMANDS[args.command](args)
     except (*_USER_ERRORS, TooManySkippedUpdates) as error:
@@ -199,5 +250,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if not message.startswith(PROGRAM):
             message = f"{PROGRAM} {args.command}: {message}"
         raise SystemExit(message) from None
+    except Interrupted as interruption:  # `fastvae train` has said where it stopped
+        return interruption.exit_status
+    except KeyboardInterrupt:
+        print(f"{PROGRAM} {args.command}: interrupted", file=sys.stderr, flush=True)
+        return exit_status(signal.SIGINT)
     finally:
         distributed.cleanup()

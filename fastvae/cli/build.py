@@ -3,6 +3,7 @@ trainer's config, the device."""
 from __future__ import annotations
 
 import inspect
+import os
 from typing import Mapping, Optional
 
 import torch
@@ -42,7 +43,14 @@ def load_split(settings: Mapping, split: str, device: Optional[str] = None):
         kwargs["num_images"] = count
     if name == "image_folder" and settings.get("image_size") is not None:
         kwargs["image_size"] = settings["image_size"]
-    dataset = fastvae_data.load_dataset(name, root=settings.get("data_root"), split=split, **kwargs)
+    root = settings.get("data_root")
+    if name == "image_folder" and not root:
+        raise ConfigError(f"--data image_folder needs --data-root FOLDER, the folder of the images (FASTVAE_DATA "
+                          f"names the folder of the other data sets' files, not an image folder)")
+    try:
+        dataset = fastvae_data.load_dataset(name, root=root, split=split, **kwargs)
+    except fastvae_data.DataNotFoundError as error:
+        raise FileNotFoundError(f"--data {name}: {error.problem}. {_data_root_advice(name, root)}") from None
     if count is not None and name != "sprites" and count < len(dataset):
         dataset = dataset.subset(torch.arange(count))
     binarize = settings.get("binarize") or "none"
@@ -53,6 +61,18 @@ def load_split(settings: Mapping, split: str, device: Optional[str] = None):
     if device is not None and torch.device(device).type != "cpu" and hasattr(dataset, "to"):
         dataset = dataset.to(device)
     return dataset
+
+
+def _data_root_advice(name: str, root: Optional[str]) -> str:
+    """Where the command looks for data and how to point it elsewhere, in the command's
+    terms (--data-root, FASTVAE_DATA) rather than the Python API's (root=)."""
+    if name == "image_folder":
+        return f"Give the folder of the images with --data-root FOLDER (it is {root})"
+    configured = os.environ.get("FASTVAE_DATA")
+    where = (f"--data-root is {root}" if root else f"FASTVAE_DATA is {configured}" if configured
+             else f"neither is set, so the folder is {fastvae_data.data_root()}")
+    return (f"fastvae downloads nothing: put the files there, or give their folder with --data-root FOLDER or the "
+            f"FASTVAE_DATA environment variable ({where})")
 
 
 def model_config(settings: Mapping, data_shape) -> dict:

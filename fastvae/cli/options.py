@@ -59,7 +59,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("data", "str", "sprites", DATA, "the data set: " + ", ".join(DATASETS)
            + " (sprites is embedded: nothing to download)", DATASETS),
     Option("data_root", "str", None, DATA, "the folder holding the data files (default: $FASTVAE_DATA, else "
-           "~/.cache/fastvae); the image folder for image_folder"),
+           "~/.cache/fastvae); for image_folder, the folder of the images (required)"),
     Option("binarize", "str", None, DATA, "none, static (one fixed Bernoulli draw per pixel) or dynamic (a fresh "
            "draw at every read); default: dynamic for mnist and fashion_mnist, none otherwise", BINARIZATIONS),
     Option("num_train", "int", None, DATA, "training images (default: all; 20000 generated sprites)"),

@@ -17,6 +17,7 @@ import datetime
 import json
 import math
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Mapping, Optional
@@ -25,12 +26,14 @@ import torch
 
 from .. import backends
 from ..eval import evaluate, iwae_estimate, save_pictures, write_report
-from ..train import Trainer, distributed, latest_checkpoint
+from ..train import Trainer, distributed
 from ..train.checkpoint import list_checkpoints
 from ..train.metrics import METRICS_FILE, TENSORBOARD_DIR, MetricsLogger
 from .build import DEFAULT_EVAL_BATCH, load_split, model_settings, new_model, pick_device, train_config
+from .interrupt import Interrupted, SignalHandling
 from .options import (INVOCATION_KEYS, PROGRAM, ConfigError, builtin_defaults, fill_data_defaults, overlay,
                       read_toml, write_toml)
+from .resume import agreed_signal, finished_results, forget_final_evaluation, iwae_logged, load_latest_checkpoint
 
 CONFIG_FILE = "config.toml"
 RESULTS_FILE = "results.json"
@@ -101,11 +104,18 @@ def say(message: str, context) -> None:
         print(message, flush=True)
 
 
-def _milestones(every: int, start: int, end: int) -> list:
+def _milestones(every: int, start: int, end: int, start_pending: bool = False) -> list:
     """The steps after ``start`` up to ``end`` at which training pauses for an IWAE
-    estimate (every ``every`` steps), ending with ``end``."""
+    estimate (every ``every`` steps), ending with ``end``; ``start`` first when its
+    estimate is still to be made (a resume from a checkpoint at such a step)."""
     stops = list(range(every, end, every)) if every else []
-    return [step for step in stops if step > start] + [end]
+    return [start] * start_pending + [step for step in stops if step > start] + [end]
+
+
+def _estimates_at(step: int, every: int, total: int) -> bool:
+    """Whether ``--iwae-every`` asks for an IWAE estimate at ``step`` (the last step's
+    is the final evaluation's)."""
+    return bool(every) and 0 < step < total and step % every == 0
 
 
 def _evaluated_module(trainer: Trainer):
@@ -179,14 +189,26 @@ def train_run(settings: dict, resume: bool = False, stop_at: Optional[int] = Non
     # `fastvae train` process sets it before its first parallel op.
     flushing = torch.device(device or "cpu").type == "cpu" and torch.set_flush_denormal(True)
     try:
-        return _train(settings, context, device, resume, stop_at)
+        with SignalHandling() as signals:
+            try:
+                return _train(settings, context, device, resume, stop_at, signals)
+            except Interrupted as interruption:
+                if context.is_main:
+                    print(signals.message(interruption.signum), file=sys.stderr, flush=True)
+                if interruption.agreed:
+                    # No process leaves before rank 0 has said how to resume: under
+                    # torchrun, the first to exit gets the others terminated.
+                    distributed.barrier(context)
+                raise
     finally:
         if flushing:
             torch.set_flush_denormal(False)
 
 
-def _train(settings: dict, context, device: Optional[str], resume: bool, stop_at: Optional[int]) -> Optional[dict]:
+def _train(settings: dict, context, device: Optional[str], resume: bool, stop_at: Optional[int],
+           signals: SignalHandling) -> Optional[dict]:
     folder = run_folder(settings, context)
+    signals.folder, signals.resuming = folder, resume
     if context.is_main and not resume:
         claim_folder(folder, settings.get("overwrite", False))
     distributed.barrier(context)
@@ -196,29 +218,44 @@ def _train(settings: dict, context, device: Optional[str], resume: bool, stop_at
         model = new_model(settings, train_data.data_shape)
         settings.update(model_settings(model))
         config = train_config(settings, folder, device)
+        trainer = Trainer(model, train_data, config, eval_data=eval_data)
+        signals.total_steps = trainer.total_steps
+        split, every = settings["eval_split"], settings["iwae_every"]
+        if resume:
+            load_latest_checkpoint(trainer, folder, context)
+            signals.checkpoint_step = trainer.step
+            if trainer.step >= trainer.total_steps:
+                # Finished: say so and write nothing (not even config.toml).
+                results = finished_results(folder, trainer.step, RESULTS_FILE, REPORT_FILE)
+                if results is not None:
+                    say(f"{PROGRAM} train: the run in {folder} is finished at step {trainer.step} (its {REPORT_FILE} "
+                        f"is written); nothing to do. To train it longer: --resume --steps N", context)
+                    return results
+                forget_final_evaluation(folder, trainer.step, split, context)
+            say(f"resuming {folder} from step {trainer.step} of {trainer.total_steps}", context)
         if context.is_main:
             header = (f"fastvae train: {settings['name']}\nRerun: {PROGRAM} train --config {folder / CONFIG_FILE} "
                       f"--out NEW_FOLDER; continue: {PROGRAM} train --out {folder} --resume")
             write_toml(folder / CONFIG_FILE, {k: v for k, v in settings.items() if k not in INVOCATION_KEYS}, header)
-        trainer = Trainer(model, train_data, config, eval_data=eval_data)
-        if resume:
-            checkpoint = latest_checkpoint(folder)
-            if checkpoint is None:
-                raise FileNotFoundError(f"{PROGRAM} train: --resume: no checkpoint under {folder / 'checkpoints'}")
-            trainer.resume(checkpoint)
-            say(f"resuming {folder} from step {trainer.step} of {trainer.total_steps}", context)
         backend = backends.resolve("sample_gaussian", trainer.device, torch.float32)
         say(f"training {settings['model']} on {settings['data']} ({len(train_data)} images, "
             f"{trainer.total_steps} steps of {config.batch_size}) on {trainer.device}, fastvae backend '{backend}'; "
             f"run folder {folder}", context)
         end = trainer.total_steps if stop_at is None else min(stop_at, trainer.total_steps)
-        split = settings["eval_split"]
-        for milestone in _milestones(settings["iwae_every"], trainer.step, end):
-            metrics = trainer.fit(stop_at=milestone)
+        # Rank 0's metrics.jsonl says whether the estimate of the resumed step was logged.
+        start_pending = (resume and _estimates_at(trainer.step, every, trainer.total_steps)
+                         and not distributed.all_gather_objects(iwae_logged(folder, trainer.step, split), context)[0])
+        for milestone in _milestones(every, trainer.step, end, start_pending):
+            with signals.deferring(trainer):
+                metrics = trainer.fit(stop_at=milestone)
+            signals.checkpoint_step = trainer.step
+            stopped_by = agreed_signal(signals.received, context)
+            if stopped_by is not None:
+                raise Interrupted(stopped_by, agreed=True)
             if math.isfinite(metrics.get("elbo", math.nan)):
                 say(f"step {trainer.step}: train ELBO {metrics['elbo']:.3f}"
                     + (f", {split} ELBO {metrics['eval/elbo']:.3f}" if "eval/elbo" in metrics else ""), context)
-            if milestone < trainer.total_steps and context.is_main:
+            if _estimates_at(milestone, every, trainer.total_steps) and context.is_main:
                 event = _iwae_event(trainer, eval_data, settings, split)
                 logger = MetricsLogger(folder, tensorboard=False)
                 logger.log(event)

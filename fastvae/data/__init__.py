@@ -20,7 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from ._files import PathLike, data_root, resolve_root
+from ._files import DataNotFoundError, PathLike, data_root, resolve_root
 from .adapters import from_tensor, wrap_dataset
 from .base import TensorImageDataset
 from .binarize import DynamicBinarization, static_binarize
@@ -36,6 +36,7 @@ BINARIZATIONS = (None, "static", "dynamic")
 __all__ = [
     "DATASETS",
     "DEFAULT_DATASET",
+    "DataNotFoundError",
     "DynamicBinarization",
     "FACTOR_NAMES",
     "FACTOR_SIZES",
@@ -65,9 +66,9 @@ def _image_folder_split(root: Optional[PathLike], split: str) -> Path:
         return root / split
     if split == "train":
         return root
-    raise FileNotFoundError(
-        f"fastvae.data.load_dataset: no folder {root / split} for split {split!r} of 'image_folder' "
-        f"(the 'train' split is {root} itself unless {root / 'train'} exists)"
+    raise DataNotFoundError(
+        "load_dataset", f"no folder {root / split} for split {split!r} of 'image_folder' "
+        f"(the 'train' split is {root} itself unless {root / 'train'} exists)", advice=None,
     )
 
 
@@ -102,8 +103,8 @@ def load_dataset(
 
     Raises:
         ValueError: an unknown name (the message lists the known ones) or argument.
-        FileNotFoundError: the files are missing (the message says where they were looked
-            for and which files are expected).
+        DataNotFoundError: (a FileNotFoundError) the files are missing (the message says
+            where they were looked for and which files are expected).
 
     Example::
 

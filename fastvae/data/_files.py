@@ -20,6 +20,16 @@ NO_DOWNLOAD_HINT = (
 )
 
 
+class DataNotFoundError(FileNotFoundError):
+    """Data files or folders missing.  ``problem`` says what is missing and where it was
+    looked for; the message adds ``advice`` on where to put them (the Python API's, which
+    names ``root=``: the ``fastvae`` command gives its own, which names ``--data-root``)."""
+
+    def __init__(self, caller: str, problem: str, advice: Optional[str] = NO_DOWNLOAD_HINT):
+        super().__init__(f"fastvae.data.{caller}: {problem}" + (f". {advice}" if advice else ""))
+        self.problem = problem
+
+
 def data_root() -> Path:
     """The folder data files are looked for in when no root is given: the environment
     variable ``FASTVAE_DATA`` if set, else ``~/.cache/fastvae``."""
@@ -46,9 +56,9 @@ def find_file(caller: str, folders: Sequence[Path], name: str, expected: Sequenc
             if candidate.is_file():
                 return candidate
     looked = ", ".join(str(folder) for folder in folders)
-    raise FileNotFoundError(
-        f"fastvae.data.{caller}: could not find {name} (or {name}.gz); looked in: {looked}. "
-        f"Expected files: {', '.join(expected)} (each plain or gzipped). {NO_DOWNLOAD_HINT}"
+    raise DataNotFoundError(
+        caller, f"could not find {name} (or {name}.gz); looked in: {looked}. "
+        f"Expected files: {', '.join(expected)} (each plain or gzipped)"
     )
 
 

@@ -7,7 +7,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
-from ._files import PathLike
+from ._files import DataNotFoundError, PathLike
 from .base import TensorImageDataset
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
@@ -28,7 +28,7 @@ def _import_pil(caller: str):
 
 def _image_files(caller: str, folder: Path) -> list[Path]:
     if not folder.is_dir():
-        raise FileNotFoundError(f"fastvae.data.{caller}: the image folder {folder} does not exist")
+        raise DataNotFoundError(caller, f"the image folder {folder} does not exist", advice=None)
     files = sorted(
         path
         for path in folder.rglob("*")
@@ -37,9 +37,9 @@ def _image_files(caller: str, folder: Path) -> list[Path]:
         and not any(part.startswith(".") for part in path.relative_to(folder).parts)
     )
     if not files:
-        raise FileNotFoundError(
-            f"fastvae.data.{caller}: no image files in {folder} or its subfolders "
-            f"(looked for {', '.join(IMAGE_EXTENSIONS)})"
+        raise DataNotFoundError(
+            caller, f"no image files in {folder} or its subfolders (looked for {', '.join(IMAGE_EXTENSIONS)})",
+            advice=None,
         )
     return files
 

@@ -1,17 +1,31 @@
 """Plumbing shared by the op families: backend lookup, the kernel module of a backend,
-seed drawing, and the double-backward guard."""
+seed drawing, the double-backward guard, and torch.compile's constant-result mark."""
 from __future__ import annotations
 
 import importlib
-from typing import Optional
+from typing import Callable, Optional, TypeVar
 
 import torch
 
 from .. import backends
 from ..random import draw_seed
 
+_Function = TypeVar("_Function", bound=Callable)
 
-@torch.compiler.assume_constant_result
+
+def assume_constant_result(fn: _Function) -> _Function:
+    """Mark ``fn`` as :func:`torch.compiler.assume_constant_result` does, without
+    importing ``torch._dynamo``.
+
+    That decorator only sets the attribute below on ``fn`` (torch/_dynamo/decorators.py),
+    which dynamo reads when it traces a call of ``fn``; but reaching it imports
+    torch._dynamo, seconds of start-up for every ``import fastvae`` and every
+    ``fastvae --help``. tests/test_compile.py checks that this mark is the decorator's."""
+    fn._dynamo_marked_constant = True
+    return fn
+
+
+@assume_constant_result
 def _resolve(op: str, choice: str, device_type: str, dtype: torch.dtype) -> str:
     return backends.resolve(op, torch.device(device_type), dtype)
 

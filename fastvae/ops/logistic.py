@@ -33,7 +33,8 @@ from ..validation import (
     check_same_shape,
     value_checks_active,
 )
-from ._common import kernel_module, no_double_backward, pick_backend, promoted_dtype, seed_for
+from ._common import (assume_constant_result, kernel_module, no_double_backward, pick_backend, promoted_dtype,
+                      seed_for)
 
 
 # --------------------------------------------------------------------------------------
@@ -124,7 +125,7 @@ def _(params, x, num_mixtures, num_bins, per_pixel, with_grad, backend):
     return params.new_empty(shape, dtype=torch.float32), grad_params
 
 
-@torch.compiler.assume_constant_result
+@assume_constant_result
 def _mixture_forward_writes_grad(backend: str) -> bool:
     return kernel_module(backend, "logistic").mixture_forward_writes_grad()
 

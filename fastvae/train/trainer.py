@@ -7,7 +7,8 @@ the forward pass under bf16 autocast when asked; backward; the gradient's global
 ``skip_threshold``; the weight average.  Logging, evaluation and checkpoints happen
 between steps and draw no random numbers from the training stream, so a run stopped and
 resumed from a checkpoint continues bit for bit as the uninterrupted run on the same
-device.
+device.  :meth:`Trainer.request_stop` (safe in a signal handler: it only sets a flag)
+makes :meth:`Trainer.fit` stop between two steps with such a checkpoint.
 """
 from __future__ import annotations
 
@@ -179,6 +180,8 @@ class Trainer:
         self._permutation: Optional[Tensor] = None
         self._permutation_epoch = -1
         self._logger: Optional[MetricsLogger] = None
+        self.stop_requested = False  # set by request_stop, read between steps
+        self.stopped_on_request = False  # whether the last fit ended on a request
 
     # ---------------------------------------------------------------- setup helpers
 
@@ -486,6 +489,22 @@ class Trainer:
 
     # ---------------------------------------------------------------- the loop
 
+    def request_stop(self) -> None:
+        """Ask the running :meth:`fit` to stop after the step in progress: it finishes that
+        step (and its logging and evaluation), writes a checkpoint at it (when ``out_dir``
+        is set) and returns with :attr:`stopped_on_request` set.  Only sets a flag, so a
+        signal handler may call it; under DDP one process asking stops them all at the
+        same step."""
+        self.stop_requested = True
+
+    def _stop_agreed(self) -> bool:
+        """Whether any process asked to stop; every process gets the same answer at the
+        same step (one small all-reduce per step under DDP)."""
+        if not self.context.enabled:
+            return self.stop_requested
+        flag = torch.tensor([1.0 if self.stop_requested else 0.0], device=self.device)
+        return distributed.all_reduce_sum(flag, self.context).item() > 0
+
     def _claim_out_dir(self) -> Optional[str]:
         """A fresh run's folder must not hold another run's metrics or checkpoints: clear
         them (overwrite=True) or return why the run cannot start."""
@@ -508,6 +527,9 @@ class Trainer:
         """Train to the end of the run (``config.steps`` or ``config.epochs``), or until the
         global step ``stop_at``, where a checkpoint is written (when ``out_dir`` is set)
         so that a later :meth:`from_checkpoint` continues exactly.
+
+        A :meth:`request_stop` ends it earlier, between two steps, also with a checkpoint
+        (:attr:`stopped_on_request` tells).
 
         Returns:
             The last logged metrics: the training ones (step, epoch, loss, elbo, nll, kl,
@@ -533,6 +555,7 @@ class Trainer:
             resume_step=self.step if self.step > 0 else None,
         )
         progress = _progress_bar(self.total_steps, self.step, enabled=config.progress and self.context.is_main)
+        self.stopped_on_request = False
         self.model.train()
         try:
             while self.step < end:
@@ -549,8 +572,15 @@ class Trainer:
                 if self.eval_source is not None and ((config.eval_every and self.step % config.eval_every == 0) or at_end):
                     self._evaluate_and_log()
                 wants_checkpoint = (config.checkpoint_every and self.step % config.checkpoint_every == 0) or at_end
-                if self.out_dir is not None and (wants_checkpoint or self.step == end):
+                # Checked after the step's logging and evaluation, so that the checkpoint
+                # holds the step complete and the resumed run logs what this one did not.
+                stopping = self._stop_agreed()
+                if self.out_dir is not None and (wants_checkpoint or self.step == end or stopping):
                     self.save_checkpoint()
+                if stopping:
+                    self.stop_requested = False
+                    self.stopped_on_request = True
+                    break
         finally:
             self.elapsed = self._elapsed()
             progress.close()
