@@ -779,42 +779,6 @@ def test_double_backward_raises(kernel_backend):
         grad.sum().backward()
 
 
-def test_fake_and_autograd_registration(kernel_backend):
-    from fastvae.ops.logistic import (
-        _discretized_logistic_bwd,
-        _discretized_logistic_fwd,
-        _mixture_bwd,
-        _mixture_forward_writes_grad,
-        _mixture_fwd,
-        _mixture_scale_grad,
-    )
-
-    checks = ("test_schema", "test_faketensor", "test_autograd_registration")
-    params = make_params(2, 3, 2, (3, 4))
-    x = make_levels((2, 3, 3, 4)).to(torch.uint8)
-    channels_last = params.detach().contiguous(memory_format=torch.channels_last)
-    with_grad_choices = (False, True) if _mixture_forward_writes_grad(kernel_backend) else (False,)
-    for with_grad in with_grad_choices:
-        torch.library.opcheck(_mixture_fwd, (params, x, 2, 256, True, with_grad, kernel_backend), test_utils=checks)
-        torch.library.opcheck(_mixture_fwd, (channels_last, x, 2, 256, False, with_grad, kernel_backend),
-                              test_utils=("test_schema", "test_faketensor"))
-        params_gray = make_params(2, 1, 2, (3, 4))
-        torch.library.opcheck(_mixture_fwd, (params_gray, x[:, :1], 2, 256, False, with_grad, kernel_backend),
-                              test_utils=checks)
-    for grad in (torch.randn(2, 3, 4, device=DEVICE), torch.randn(2, device=DEVICE)):
-        torch.library.opcheck(_mixture_bwd, (grad, channels_last, x, 2, 256, kernel_backend),
-                              test_utils=("test_schema", "test_faketensor"))
-        torch.library.opcheck(_mixture_scale_grad, (channels_last, grad), test_utils=("test_schema", "test_faketensor"))
-    mean, log_scale = make_logistic((2, 3, 4))
-    x = as_data(make_levels((2, 3, 4)))
-    for per_element in (True, False):
-        torch.library.opcheck(_discretized_logistic_fwd, (mean, log_scale, x, 256, per_element, kernel_backend),
-                              test_utils=checks)
-    torch.library.opcheck(_discretized_logistic_bwd,
-                          (torch.randn(2, device=DEVICE), mean.detach(), log_scale.detach(), x, 256, kernel_backend),
-                          test_utils=("test_schema", "test_faketensor"))
-
-
 def test_autograd_saves_only_the_inputs_or_the_gradient(kernel_backend):
     """Memory: the forward keeps nothing for the backward but params and x, or, where the
     backend's forward writes ∂nll/∂params, that gradient alone (no [B, C, K, S]
