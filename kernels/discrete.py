@@ -202,15 +202,14 @@ def _geometry(logits):
     return rows, categories
 
 
-def categorical_fwd(logits, prior_logits, seed_offset, tau: float, hard: bool):
-    """Launch the forward.  logits: contiguous, shape [..., C] (1 ≤ C ≤ MAX_CATEGORIES);
-    prior_logits broadcast to it or None; seed_offset: int64 [2].  Returns (z of logits'
-    shape and dtype, KL per variable: float32 of logits' shape without the last dim)."""
+def categorical_fwd(logits, prior_logits, seed_offset, tau: float, hard: bool, z, kl):
+    """Launch the forward, writing the outputs (allocated by the op, fastvae/ops/discrete.py).
+    logits: contiguous, shape [..., C] (1 ≤ C ≤ MAX_CATEGORIES); prior_logits broadcast to
+    it or None; seed_offset: int64 [2]; z: logits' shape and dtype; kl: the KL per
+    variable, float32 of logits' shape without the last dim."""
     rows, categories = _geometry(logits)
-    z = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
-    kl = torch.empty(logits.shape[:-1], dtype=torch.float32, device=logits.device)
     if rows == 0:
-        return z, kl
+        return
     block_r, block_c, num_warps = _blocks(rows, categories)
     prior_arg, stride0, stride1, stride_c, size1 = categorical_prior_layout(prior_logits, logits.shape)
     grid = (triton.cdiv(rows, block_r),)
@@ -220,22 +219,17 @@ def categorical_fwd(logits, prior_logits, seed_offset, tau: float, hard: bool):
         HAS_PRIOR=prior_logits is not None, HARD=bool(hard),
         BLOCK_R=block_r, BLOCK_C=block_c, num_warps=num_warps,
     )
-    return z, kl
 
 
-def categorical_bwd(grad_z, grad_kl, logits, prior_logits, seed_offset, tau: float, prior_grad: bool):
-    """Launch the backward.  grad_z: logits' shape or None; grad_kl: logits' shape
-    without the last dim, or None; both contiguous.  Returns (grad_logits, grad_prior):
-    grad_prior per element of logits' shape (float32 unless the prior is full-size), None
-    unless ``prior_grad`` and grad_kl is given."""
+def categorical_bwd(grad_z, grad_kl, logits, prior_logits, seed_offset, tau: float, grad_logits, grad_prior):
+    """Launch the backward, writing the outputs (allocated by the op, fastvae/ops/discrete.py).
+    grad_z: logits' shape or None; grad_kl: logits' shape without the last dim, or None;
+    both contiguous.  grad_logits: logits' shape and dtype; grad_prior: the prior's
+    gradient per element of logits' shape (in its own dtype), or None when not asked for
+    (then grad_kl is given)."""
     rows, categories = _geometry(logits)
-    grad_logits = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
-    grad_prior = None
-    if prior_grad and grad_kl is not None:
-        dtype = prior_logits.dtype if prior_logits.shape == logits.shape else torch.float32
-        grad_prior = torch.empty(logits.shape, dtype=dtype, device=logits.device)
     if rows == 0:
-        return grad_logits, grad_prior
+        return
     block_r, block_c, num_warps = _blocks(rows, categories)
     prior_arg, stride0, stride1, stride_c, size1 = categorical_prior_layout(prior_logits, logits.shape)
     grid = (triton.cdiv(rows, block_r),)
@@ -250,4 +244,3 @@ def categorical_bwd(grad_z, grad_kl, logits, prior_logits, seed_offset, tau: flo
         PRIOR_GRAD=grad_prior is not None,
         BLOCK_R=block_r, BLOCK_C=block_c, num_warps=num_warps,
     )
-    return grad_logits, grad_prior

@@ -330,56 +330,46 @@ def _or(tensor, fallback):
     return tensor if tensor is not None else fallback
 
 
-def sample_gaussian_k_fwd(mu, logvar, prior_mu, prior_logvar, seed_offset, num_samples: int, z_dtype):
-    """Launch the forward.  mu, logvar: contiguous, shape [B, *inner]; priors broadcast
-    to it or None; seed_offset: int64 [2].  Returns (z [K, B, *inner] of ``z_dtype``,
-    log_q [K, B] float32, log_p [K, B] float32)."""
+def sample_gaussian_k_fwd(mu, logvar, prior_mu, prior_logvar, seed_offset, num_samples: int, z, log_q, log_p):
+    """Launch the forward, writing the outputs (allocated by the op, fastvae/ops/iwae.py).
+    mu, logvar: contiguous, shape [B, *inner]; priors broadcast to it or None;
+    seed_offset: int64 [2]; z: [K, B, *inner]; log_q, log_p: float32 [K, B]."""
     batch, features = mu.shape[0], _features(mu)
     num_rows = num_samples * batch
-    z = torch.empty((num_samples,) + tuple(mu.shape), dtype=z_dtype, device=mu.device)
     if num_rows == 0 or features == 0:
-        log_q = torch.zeros((num_samples, batch), dtype=torch.float32, device=mu.device)
-        return z, log_q, log_q.clone()
+        log_q.zero_()
+        log_p.zero_()
+        return
     block_rows, block_n = _blocks(num_rows, features)
     grid = (triton.cdiv(num_rows, block_rows), triton.cdiv(features, block_n))
-    log_q = torch.empty((num_rows, grid[1]), dtype=torch.float32, device=mu.device)
-    log_p = torch.empty((num_rows, grid[1]), dtype=torch.float32, device=mu.device)
+    log_q_partials = torch.empty((num_rows, grid[1]), dtype=torch.float32, device=mu.device)
+    log_p_partials = torch.empty((num_rows, grid[1]), dtype=torch.float32, device=mu.device)
     (prior_mu_arg, prior_logvar_arg), strides, size1, size2 = prior_layout([prior_mu, prior_logvar], mu.shape)
     sample_gaussian_k_fwd_kernel[grid](
-        mu, logvar, _or(prior_mu_arg, mu), _or(prior_logvar_arg, mu), seed_offset, z, log_q, log_p,
+        mu, logvar, _or(prior_mu_arg, mu), _or(prior_logvar_arg, mu), seed_offset, z, log_q_partials, log_p_partials,
         num_rows, batch, features, *strides, size1, size2, grid[1],
         HAS_PRIOR_MU=prior_mu is not None, HAS_PRIOR_LOGVAR=prior_logvar is not None,
         BLOCK_R=block_rows, BLOCK_N=block_n,
     )
     # Partial sums per column block, added in a fixed order: bitwise repeatable.
     if grid[1] == 1:
-        log_q, log_p = log_q[:, 0], log_p[:, 0]
+        log_q_rows, log_p_rows = log_q_partials[:, 0], log_p_partials[:, 0]
     else:
-        log_q, log_p = log_q.sum(dim=1), log_p.sum(dim=1)
-    return z, log_q.reshape(num_samples, batch), log_p.reshape(num_samples, batch)
+        log_q_rows, log_p_rows = log_q_partials.sum(dim=1), log_p_partials.sum(dim=1)
+    log_q.copy_(log_q_rows.reshape(num_samples, batch))
+    log_p.copy_(log_p_rows.reshape(num_samples, batch))
 
 
 def sample_gaussian_k_bwd(grad_z, grad_log_q, grad_log_p, mu, logvar, prior_mu, prior_logvar, seed_offset,
-                          num_samples: int, prior_mu_grad: bool, prior_logvar_grad: bool):
-    """Launch the backward.  grad_z: contiguous [K, B, *inner] or None; grad_log_q,
-    grad_log_p: contiguous [K, B] or None.  Returns (grad_mu, grad_logvar, grad_prior_mu,
-    grad_prior_logvar), each summed over the K samples; the prior gradients are per
-    element of mu's shape (float32 unless the prior is full-size) and None unless asked
-    for (and log_p has a gradient)."""
+                          num_samples: int, grad_mu, grad_logvar, grad_prior_mu, grad_prior_logvar):
+    """Launch the backward, writing the outputs (allocated by the op, fastvae/ops/iwae.py).
+    grad_z: contiguous [K, B, *inner] or None; grad_log_q, grad_log_p: contiguous [K, B]
+    or None.  grad_mu, grad_logvar: contiguous, mu's shape, each summed over the K
+    samples; grad_prior_mu, grad_prior_logvar: the prior gradients per element of mu's
+    shape (in their own dtypes), or None when not asked for (then grad_log_p is given)."""
     batch, features = mu.shape[0], _features(mu)
-    grad_mu = torch.empty_like(mu)
-    grad_logvar = torch.empty_like(logvar)
-
-    def prior_grad_buffer(prior, wanted):
-        if not wanted:
-            return None
-        dtype = prior.dtype if prior.shape == mu.shape else torch.float32
-        return torch.empty(mu.shape, dtype=dtype, device=mu.device)
-
-    grad_prior_mu = prior_grad_buffer(prior_mu, prior_mu_grad and grad_log_p is not None)
-    grad_prior_logvar = prior_grad_buffer(prior_logvar, prior_logvar_grad and grad_log_p is not None)
     if batch == 0 or features == 0:
-        return grad_mu, grad_logvar, grad_prior_mu, grad_prior_logvar
+        return
     block_b, block_n = _blocks(batch, features)
     grid = (triton.cdiv(batch, block_b), triton.cdiv(features, block_n))
     (prior_mu_arg, prior_logvar_arg), strides, size1, size2 = prior_layout([prior_mu, prior_logvar], mu.shape)
@@ -394,7 +384,6 @@ def sample_gaussian_k_bwd(grad_z, grad_log_q, grad_log_p, mu, logvar, prior_mu, 
         PRIOR_MU_GRAD=grad_prior_mu is not None, PRIOR_LOGVAR_GRAD=grad_prior_logvar is not None,
         BLOCK_B=block_b, BLOCK_N=block_n,
     )
-    return grad_mu, grad_logvar, grad_prior_mu, grad_prior_logvar
 
 
 def _reduced_layout(shape, dim: int) -> tuple[int, int, int]:
@@ -412,13 +401,10 @@ def _log_mean_exp_blocks(num_samples: int, columns: int) -> tuple[int, int]:
     return block_k, block_m
 
 
-def _log_mean_exp_fwd(x, log_p, log_q, dim: int):
+def _log_mean_exp_fwd(x, log_p, log_q, dim: int, out, lse_parts):
     num_samples, columns, inner = _reduced_layout(x.shape, dim)
-    out_shape = tuple(x.shape[:dim]) + tuple(x.shape[dim + 1:])
-    out = torch.empty(out_shape, dtype=torch.float32, device=x.device)
-    lse_parts = torch.empty((2, columns), dtype=torch.float32, device=x.device)
     if columns == 0:
-        return out, lse_parts
+        return
     block_k, block_m = _log_mean_exp_blocks(num_samples, columns)
     grid = (triton.cdiv(columns, block_m),)
     log_mean_exp_fwd_kernel[grid](
@@ -426,56 +412,48 @@ def _log_mean_exp_fwd(x, log_p, log_q, dim: int):
         num_samples, columns, inner, math.log(num_samples),
         IWAE_WEIGHTS=log_p is not None, BLOCK_K=block_k, BLOCK_M=block_m,
     )
-    return out, lse_parts
 
 
-def _log_mean_exp_bwd(grad_out, x, log_p, log_q, lse_parts, dim: int, x_grad: bool, log_p_grad: bool,
-                      log_q_grad: bool):
+def _log_mean_exp_bwd(grad_out, x, log_p, log_q, lse_parts, dim: int, grad_x, grad_log_p, grad_log_q):
     num_samples, columns, inner = _reduced_layout(x.shape, dim)
-    grad_x = torch.empty_like(x) if x_grad else None
-    grad_log_p = torch.empty_like(log_p) if log_p_grad else None
-    grad_log_q = torch.empty_like(log_q) if log_q_grad else None
-    if columns == 0 or not (x_grad or log_p_grad or log_q_grad):
-        return grad_x, grad_log_p, grad_log_q
+    if columns == 0 or (grad_x is None and grad_log_p is None and grad_log_q is None):
+        return
     block_k, block_m = _log_mean_exp_blocks(num_samples, columns)
     grid = (triton.cdiv(columns, block_m), triton.cdiv(num_samples, block_k))
     log_mean_exp_bwd_kernel[grid](
         x, _or(log_p, x), _or(log_q, x), lse_parts, grad_out,
         _or(grad_x, x), _or(grad_log_p, x), _or(grad_log_q, x),
         num_samples, columns, inner,
-        IWAE_WEIGHTS=log_p is not None, X_GRAD=x_grad, LOG_P_GRAD=log_p_grad, LOG_Q_GRAD=log_q_grad,
-        BLOCK_K=block_k, BLOCK_M=block_m,
+        IWAE_WEIGHTS=log_p is not None, X_GRAD=grad_x is not None, LOG_P_GRAD=grad_log_p is not None,
+        LOG_Q_GRAD=grad_log_q is not None, BLOCK_K=block_k, BLOCK_M=block_m,
     )
-    return grad_x, grad_log_p, grad_log_q
 
 
-def log_mean_exp_fwd(x, dim: int):
-    """Launch the forward.  x: contiguous, K = x.shape[dim] >= 1.  Returns (out, lse_parts):
-    out = logsumexp_k(x) − log K, float32, x's shape without ``dim``; lse_parts, float32
-    [2, M], the per-column shift (the max) and log Σ_k exp(x − shift), which the backward
-    needs (their sum is the logsumexp, kept apart for precision)."""
-    return _log_mean_exp_fwd(x, None, None, dim)
+def log_mean_exp_fwd(x, dim: int, out, lse_parts):
+    """Launch the forward, writing the outputs (allocated by the op, fastvae/ops/iwae.py).
+    x: contiguous, K = x.shape[dim] >= 1; out: logsumexp_k(x) − log K, float32, x's shape
+    without ``dim``; lse_parts, float32 [2, M], the per-column shift (the max) and
+    log Σ_k exp(x − shift), which the backward needs (their sum is the logsumexp, kept
+    apart for precision)."""
+    _log_mean_exp_fwd(x, None, None, dim, out, lse_parts)
 
 
-def log_mean_exp_bwd(grad_out, x, lse_parts, dim: int) -> torch.Tensor:
-    """Launch the backward.  grad_out: contiguous, x's shape without ``dim``; x and
-    lse_parts as the forward's.  Returns grad_x = grad_out · softmax over ``dim``, x's
-    shape and dtype."""
-    grad_x, _, _ = _log_mean_exp_bwd(grad_out, x, None, None, lse_parts, dim, True, False, False)
-    return grad_x
+def log_mean_exp_bwd(grad_out, x, lse_parts, dim: int, grad_x):
+    """Launch the backward, writing grad_x = grad_out · softmax over ``dim`` (contiguous,
+    x's shape and dtype).  grad_out: contiguous, x's shape without ``dim``; x and
+    lse_parts as the forward's."""
+    _log_mean_exp_bwd(grad_out, x, None, None, lse_parts, dim, grad_x, None, None)
 
 
-def iwae_bound_fwd(log_px_z, log_p, log_q):
-    """Launch the forward.  log_px_z, log_p, log_q: contiguous, one shape [K, *batch],
-    K >= 1.  Returns (bound, lse_parts): bound = logsumexp_k(log_px_z + log_p − log_q)
-    − log K, float32 [*batch]; lse_parts as :func:`log_mean_exp_fwd`'s."""
-    return _log_mean_exp_fwd(log_px_z, log_p, log_q, 0)
+def iwae_bound_fwd(log_px_z, log_p, log_q, bound, lse_parts):
+    """Launch the forward, writing the outputs.  log_px_z, log_p, log_q: contiguous, one
+    shape [K, *batch], K >= 1; bound: logsumexp_k(log_px_z + log_p − log_q) − log K,
+    float32 [*batch]; lse_parts as :func:`log_mean_exp_fwd`'s."""
+    _log_mean_exp_fwd(log_px_z, log_p, log_q, 0, bound, lse_parts)
 
 
-def iwae_bound_bwd(grad_bound, log_px_z, log_p, log_q, lse_parts, log_px_z_grad: bool, log_p_grad: bool,
-                   log_q_grad: bool):
-    """Launch the backward.  With w = softmax_k of the log weights: returns (grad·w,
-    grad·w, −grad·w) for (log_px_z, log_p, log_q), each in its input's dtype, None
-    unless asked for."""
-    return _log_mean_exp_bwd(grad_bound, log_px_z, log_p, log_q, lse_parts, 0, log_px_z_grad, log_p_grad,
-                             log_q_grad)
+def iwae_bound_bwd(grad_bound, log_px_z, log_p, log_q, lse_parts, grad_log_px_z, grad_log_p, grad_log_q):
+    """Launch the backward, writing, with w = softmax_k of the log weights, grad·w, grad·w
+    and −grad·w into the gradients of (log_px_z, log_p, log_q) (contiguous, each in its
+    input's dtype), each None when not asked for."""
+    _log_mean_exp_bwd(grad_bound, log_px_z, log_p, log_q, lse_parts, 0, grad_log_px_z, grad_log_p, grad_log_q)

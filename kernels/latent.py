@@ -187,36 +187,34 @@ def _or(tensor, fallback):
     return tensor if tensor is not None else fallback
 
 
-def gaussian_latent_fwd(mu, logvar, prior_mu, prior_logvar, seed_offset, sample: bool, kl_mode: str, z_dtype):
-    """Launch the forward.  mu, logvar: contiguous, shape [B, *inner]; priors broadcast
-    to it or None; kl_mode: 'none' (no KL), 'element' (KL per element, float32 like mu),
-    'row' (KL summed per sample, float32 [B]).  Returns (z or None, kl or None)."""
+def gaussian_latent_fwd(mu, logvar, prior_mu, prior_logvar, seed_offset, kl_mode: str, z, kl):
+    """Launch the forward, writing the outputs (allocated by the op, fastvae/ops/latent.py).
+    mu, logvar: contiguous, shape [B, *inner]; priors broadcast to it or None; z: mu's
+    shape, or None not to sample; kl: float32, per element (mu's shape) in kl_mode
+    'element', per sample [B] in 'row', None in 'none'."""
     batch = mu.shape[0]
     features = mu.numel() // batch if batch else int(torch.Size(mu.shape[1:]).numel())
     block_b, block_n = _blocks(batch, features)
     grid = (triton.cdiv(batch, block_b), triton.cdiv(features, block_n))
-    z = torch.empty(mu.shape, dtype=z_dtype, device=mu.device) if sample else None
-    kl = None
-    if kl_mode == "element":
-        kl = torch.empty(mu.shape, dtype=torch.float32, device=mu.device)
-    elif kl_mode == "row":
-        kl = torch.empty((batch, grid[1]), dtype=torch.float32, device=mu.device)
+    kl_partials = kl
+    if kl_mode == "row":
+        kl_partials = torch.empty((batch, grid[1]), dtype=torch.float32, device=mu.device)
     if batch == 0 or features == 0:
         if kl_mode == "row":
-            kl = torch.zeros((batch,), dtype=torch.float32, device=mu.device)
-        return z, kl
+            kl.zero_()
+        return
     (prior_mu_arg, prior_logvar_arg), strides, size1, size2 = prior_layout([prior_mu, prior_logvar], mu.shape)
     gaussian_latent_fwd_kernel[grid](
-        mu, logvar, _or(prior_mu_arg, mu), _or(prior_logvar_arg, mu), _or(seed_offset, mu), _or(z, mu), _or(kl, mu),
+        mu, logvar, _or(prior_mu_arg, mu), _or(prior_logvar_arg, mu), _or(seed_offset, mu), _or(z, mu),
+        _or(kl_partials, mu),
         batch, features, *strides, size1, size2, grid[1],
         HAS_PRIOR_MU=prior_mu is not None, HAS_PRIOR_LOGVAR=prior_logvar is not None,
-        SAMPLE=sample, COMPUTE_KL=kl_mode != "none", KL_PER_ELEMENT=kl_mode == "element",
+        SAMPLE=z is not None, COMPUTE_KL=kl_mode != "none", KL_PER_ELEMENT=kl_mode == "element",
         BLOCK_B=block_b, BLOCK_N=block_n,
     )
     if kl_mode == "row":
         # Partial sums per column block, added in a fixed order: bitwise repeatable.
-        kl = kl[:, 0].contiguous() if grid[1] == 1 else kl.sum(dim=1)
-    return z, kl
+        kl.copy_(kl_partials[:, 0] if grid[1] == 1 else kl_partials.sum(dim=1))
 
 
 def backward_reads_sample(z_dtype: torch.dtype) -> bool:
@@ -227,28 +225,18 @@ def backward_reads_sample(z_dtype: torch.dtype) -> bool:
 
 
 def gaussian_latent_bwd(grad_z, grad_kl, mu, logvar, prior_mu, prior_logvar, seed_offset, z,
-                        prior_mu_grad: bool, prior_logvar_grad: bool):
-    """Launch the backward.  grad_z: [B, *inner] or None; grad_kl: per element (mu's
-    shape), per sample [B], or None; z: None (see :func:`backward_reads_sample`).  Returns
-    (grad_mu, grad_logvar, grad_prior_mu, grad_prior_logvar); the prior gradients are per
-    element (float32 unless the prior is full-size) and None unless asked for."""
+                        grad_mu, grad_logvar, grad_prior_mu, grad_prior_logvar):
+    """Launch the backward, writing the outputs (allocated by the op, fastvae/ops/latent.py).
+    grad_z: [B, *inner] or None; grad_kl: per element (mu's shape), per sample [B], or
+    None; z: None (see :func:`backward_reads_sample`).  grad_mu, grad_logvar: contiguous,
+    mu's shape; grad_prior_mu, grad_prior_logvar: the prior gradients per element of mu's
+    shape (in their own dtypes), or None when not asked for (then grad_kl is given)."""
     if z is not None:
         raise ValueError("fastvae gaussian_latent_bwd (triton): regenerates ε and takes no z")
     batch = mu.shape[0]
     features = mu.numel() // batch if batch else int(torch.Size(mu.shape[1:]).numel())
-    grad_mu = torch.empty_like(mu)
-    grad_logvar = torch.empty_like(logvar)
-
-    def prior_grad_buffer(prior, wanted):
-        if not wanted:
-            return None
-        dtype = prior.dtype if prior.shape == mu.shape else torch.float32
-        return torch.empty(mu.shape, dtype=dtype, device=mu.device)
-
-    grad_prior_mu = prior_grad_buffer(prior_mu, prior_mu_grad and grad_kl is not None)
-    grad_prior_logvar = prior_grad_buffer(prior_logvar, prior_logvar_grad and grad_kl is not None)
     if batch == 0 or features == 0:
-        return grad_mu, grad_logvar, grad_prior_mu, grad_prior_logvar
+        return
     block_b, block_n = _blocks(batch, features)
     grid = (triton.cdiv(batch, block_b), triton.cdiv(features, block_n))
     (prior_mu_arg, prior_logvar_arg), strides, size1, size2 = prior_layout([prior_mu, prior_logvar], mu.shape)
@@ -263,4 +251,3 @@ def gaussian_latent_bwd(grad_z, grad_kl, mu, logvar, prior_mu, prior_logvar, see
         PRIOR_MU_GRAD=grad_prior_mu is not None, PRIOR_LOGVAR_GRAD=grad_prior_logvar is not None,
         BLOCK_B=block_b, BLOCK_N=block_n,
     )
-    return grad_mu, grad_logvar, grad_prior_mu, grad_prior_logvar

@@ -267,17 +267,19 @@ def _layout(tensor):
     return batch, features, block_b, block_n, grid
 
 
-def _nll_buffer(tensor, per_element: bool, grid):
-    if per_element:
-        return torch.empty(tensor.shape, dtype=torch.float32, device=tensor.device)
-    return torch.empty((tensor.shape[0], grid[1]), dtype=torch.float32, device=tensor.device)
-
-
-def _finish_rows(nll, per_element: bool, grid):
+def _nll_partials(nll, per_element: bool, grid):
+    """Where the forward kernel writes: the nll output itself per element, else partial
+    sums per (row, column block)."""
     if per_element:
         return nll
+    return torch.empty((nll.shape[0], grid[1]), dtype=torch.float32, device=nll.device)
+
+
+def _finish_rows(nll, partials, per_element: bool, grid):
+    if per_element:
+        return
     # Partial sums per column block, added in a fixed order: bitwise repeatable.
-    return nll[:, 0].contiguous() if grid[1] == 1 else nll.sum(dim=1)
+    nll.copy_(partials[:, 0] if grid[1] == 1 else partials.sum(dim=1))
 
 
 def _or(tensor, fallback):
@@ -286,80 +288,72 @@ def _or(tensor, fallback):
     return tensor if tensor is not None else fallback
 
 
-def bernoulli_nll_fwd(logits, x, continuous: bool, per_element: bool):
-    """Launch the forward.  logits: contiguous [B, *inner]; x: contiguous, logits' shape,
-    float or uint8 (a bool x viewed as uint8).  Returns the nll, float32: per element
-    (logits' shape) if ``per_element``, else summed per sample, [B]."""
+def bernoulli_nll_fwd(logits, x, continuous: bool, per_element: bool, nll):
+    """Launch the forward, writing the nll (allocated by the op, fastvae/ops/likelihood.py):
+    float32, per element (logits' shape) if ``per_element``, else summed per sample, [B].
+    logits: contiguous [B, *inner]; x: contiguous, logits' shape, float or uint8 (a bool x
+    viewed as uint8)."""
     batch, features, block_b, block_n, grid = _layout(logits)
     if batch == 0 or features == 0:
-        if per_element:
-            return torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
-        return torch.zeros((batch,), dtype=torch.float32, device=logits.device)
-    nll = _nll_buffer(logits, per_element, grid)
+        if not per_element:
+            nll.zero_()
+        return
+    partials = _nll_partials(nll, per_element, grid)
     bernoulli_nll_fwd_kernel[grid](
-        logits, x, nll, batch, features, grid[1],
+        logits, x, partials, batch, features, grid[1],
         CONTINUOUS=continuous, PER_ELEMENT=per_element, BLOCK_B=block_b, BLOCK_N=block_n,
     )
-    return _finish_rows(nll, per_element, grid)
+    _finish_rows(nll, partials, per_element, grid)
 
 
-def bernoulli_nll_bwd(grad_nll, logits, x, continuous: bool, logits_grad: bool, x_grad: bool):
-    """Launch the backward.  grad_nll: contiguous, per element (logits' shape) or per
-    sample [B]; logits, x as the forward's.  Returns (grad_logits, grad_x), each in its
-    input's dtype, None unless asked for."""
+def bernoulli_nll_bwd(grad_nll, logits, x, continuous: bool, grad_logits, grad_x):
+    """Launch the backward, writing the outputs (allocated by the op): grad_logits and
+    grad_x, each in its input's shape and dtype, None when not asked for.  grad_nll:
+    contiguous, per element (logits' shape) or per sample [B]; logits, x as the forward's."""
     batch, features, block_b, block_n, grid = _layout(logits)
-    grad_logits = torch.empty_like(logits) if logits_grad else None
-    grad_x = torch.empty_like(x) if x_grad else None
-    if batch == 0 or features == 0 or not (logits_grad or x_grad):
-        return grad_logits, grad_x
+    if batch == 0 or features == 0 or (grad_logits is None and grad_x is None):
+        return
     bernoulli_nll_bwd_kernel[grid](
         logits, x, grad_nll, _or(grad_logits, logits), _or(grad_x, logits), batch, features,
         CONTINUOUS=continuous, GRAD_PER_ELEMENT=grad_nll.shape == logits.shape,
-        LOGITS_GRAD=logits_grad, X_GRAD=x_grad, BLOCK_B=block_b, BLOCK_N=block_n,
+        LOGITS_GRAD=grad_logits is not None, X_GRAD=grad_x is not None, BLOCK_B=block_b, BLOCK_N=block_n,
     )
-    return grad_logits, grad_x
 
 
-def gaussian_nll_fwd(mean, x, logvar, logvar_value: float, per_element: bool):
-    """Launch the forward.  mean, x: contiguous [B, *inner]; logvar: a tensor broadcastable
-    to mean's shape (any strides), or None for the number ``logvar_value``.  Returns the
-    nll, float32: per element if ``per_element``, else summed per sample, [B]."""
+def gaussian_nll_fwd(mean, x, logvar, logvar_value: float, per_element: bool, nll):
+    """Launch the forward, writing the nll (allocated by the op): float32, per element if
+    ``per_element``, else summed per sample, [B].  mean, x: contiguous [B, *inner]; logvar:
+    a tensor broadcastable to mean's shape (any strides), or None for the number
+    ``logvar_value``."""
     batch, features, block_b, block_n, grid = _layout(mean)
     if batch == 0 or features == 0:
-        if per_element:
-            return torch.empty(mean.shape, dtype=torch.float32, device=mean.device)
-        return torch.zeros((batch,), dtype=torch.float32, device=mean.device)
-    nll = _nll_buffer(mean, per_element, grid)
+        if not per_element:
+            nll.zero_()
+        return
+    partials = _nll_partials(nll, per_element, grid)
     (logvar_arg,), strides, size1, size2 = prior_layout([logvar], mean.shape)
     gaussian_nll_fwd_kernel[grid](
-        mean, x, _or(logvar_arg, mean), nll, batch, features,
+        mean, x, _or(logvar_arg, mean), partials, batch, features,
         0.0 if logvar is not None else float(logvar_value), *strides, size1, size2, grid[1],
         LOGVAR_TENSOR=logvar is not None, PER_ELEMENT=per_element, BLOCK_B=block_b, BLOCK_N=block_n,
     )
-    return _finish_rows(nll, per_element, grid)
+    _finish_rows(nll, partials, per_element, grid)
 
 
-def gaussian_nll_bwd(grad_nll, mean, x, logvar, logvar_value: float, mean_grad: bool, x_grad: bool,
-                     logvar_grad: bool):
-    """Launch the backward.  grad_nll: contiguous, per element or per sample [B]; the rest
-    as the forward's.  Returns (grad_mean, grad_x, grad_logvar), None unless asked for;
-    grad_logvar per element of mean's shape (logvar's dtype if full-size, else float32,
-    for the caller to sum to logvar's shape)."""
+def gaussian_nll_bwd(grad_nll, mean, x, logvar, logvar_value: float, grad_mean, grad_x, grad_logvar):
+    """Launch the backward, writing the outputs (allocated by the op), each None when not
+    asked for: grad_mean, grad_x; grad_logvar per element of mean's shape (logvar's dtype
+    if full-size, else float32, for the caller to sum to logvar's shape).  grad_nll:
+    contiguous, per element or per sample [B]; the rest as the forward's."""
     batch, features, block_b, block_n, grid = _layout(mean)
-    grad_mean = torch.empty_like(mean) if mean_grad else None
-    grad_x = torch.empty_like(x) if x_grad else None
-    grad_logvar = None
-    if logvar_grad:
-        dtype = logvar.dtype if logvar.shape == mean.shape else torch.float32
-        grad_logvar = torch.empty(mean.shape, dtype=dtype, device=mean.device)
-    if batch == 0 or features == 0 or not (mean_grad or x_grad or logvar_grad):
-        return grad_mean, grad_x, grad_logvar
+    if batch == 0 or features == 0 or (grad_mean is None and grad_x is None and grad_logvar is None):
+        return
     (logvar_arg,), strides, size1, size2 = prior_layout([logvar], mean.shape)
     gaussian_nll_bwd_kernel[grid](
         mean, x, _or(logvar_arg, mean), grad_nll,
         _or(grad_mean, mean), _or(grad_x, mean), _or(grad_logvar, mean), batch, features,
         0.0 if logvar is not None else float(logvar_value), *strides, size1, size2,
         LOGVAR_TENSOR=logvar is not None, GRAD_PER_ELEMENT=grad_nll.shape == mean.shape,
-        MEAN_GRAD=mean_grad, X_GRAD=x_grad, LOGVAR_GRAD=logvar_grad, BLOCK_B=block_b, BLOCK_N=block_n,
+        MEAN_GRAD=grad_mean is not None, X_GRAD=grad_x is not None, LOGVAR_GRAD=grad_logvar is not None,
+        BLOCK_B=block_b, BLOCK_N=block_n,
     )
-    return grad_mean, grad_x, grad_logvar

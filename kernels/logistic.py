@@ -476,45 +476,45 @@ def _rows(tensor):
     return (tensor, stride) if stride is not None else (tensor.contiguous(), None)
 
 
-def discretized_logistic_fwd(mean, log_scale, x, num_bins: int, per_element: bool):
-    """Launch the forward.  mean, log_scale, x: shape [B, *inner], rows any stride apart
-    (anything else is copied contiguous first); x float or uint8.  Returns the nll per
-    element (float32, contiguous, x's shape) or per sample (float32 [B])."""
+def discretized_logistic_fwd(mean, log_scale, x, num_bins: int, per_element: bool, nll):
+    """Launch the forward, writing the nll (allocated by the op, fastvae/ops/logistic.py):
+    per element (float32, contiguous, x's shape) or per sample (float32 [B]).  mean,
+    log_scale, x: shape [B, *inner], rows any stride apart (anything else is copied
+    contiguous first); x float or uint8."""
     batch = mean.shape[0]
     features = mean[0].numel() if batch else int(torch.Size(mean.shape[1:]).numel())
-    if per_element:
-        nll = torch.empty(mean.shape, dtype=torch.float32, device=mean.device)
     if batch == 0 or features == 0:
-        return nll if per_element else torch.zeros((batch,), dtype=torch.float32, device=mean.device)
+        if not per_element:
+            nll.zero_()
+        return
     block_b, block_n = _row_blocks(batch, features)
     num_row_blocks, num_col_blocks = triton.cdiv(batch, block_b), triton.cdiv(features, block_n)
+    partials = nll
     if not per_element:
-        nll = torch.empty((batch, num_col_blocks), dtype=torch.float32, device=mean.device)
+        partials = torch.empty((batch, num_col_blocks), dtype=torch.float32, device=mean.device)
     (mean, mean_stride), (log_scale, log_scale_stride), (x, x_stride) = _rows(mean), _rows(log_scale), _rows(x)
     top_level, level_scale, half = _grid_constants(num_bins)
     discretized_logistic_fwd_kernel[(num_row_blocks * num_col_blocks,)](
-        mean, log_scale, x, nll, batch, features,
+        mean, log_scale, x, partials, batch, features,
         mean_stride if mean_stride is not None else features,
         log_scale_stride if log_scale_stride is not None else features,
         x_stride if x_stride is not None else features,
         num_col_blocks, top_level, level_scale, half,
         X_IS_LEVEL=x.dtype == torch.uint8, PER_ELEMENT=per_element, BLOCK_B=block_b, BLOCK_N=block_n,
     )
-    if per_element:
-        return nll
-    # Partial sums per column block, added in a fixed order: bitwise repeatable.
-    return nll[:, 0].contiguous() if num_col_blocks == 1 else nll.sum(dim=1)
+    if not per_element:
+        # Partial sums per column block, added in a fixed order: bitwise repeatable.
+        nll.copy_(partials[:, 0] if num_col_blocks == 1 else partials.sum(dim=1))
 
 
-def discretized_logistic_bwd(grad_nll, mean, log_scale, x, num_bins: int):
-    """Launch the backward.  grad_nll: per element (contiguous, mean's shape) or per sample
-    [B].  Returns (grad_mean, grad_log_scale), contiguous, in mean's and log_scale's dtypes."""
+def discretized_logistic_bwd(grad_nll, mean, log_scale, x, num_bins: int, grad_mean, grad_log_scale):
+    """Launch the backward, writing grad_mean and grad_log_scale (allocated by the op:
+    contiguous, in mean's and log_scale's dtypes).  grad_nll: per element (contiguous,
+    mean's shape) or per sample [B]."""
     batch = mean.shape[0]
     features = mean[0].numel() if batch else int(torch.Size(mean.shape[1:]).numel())
-    grad_mean = torch.empty(mean.shape, dtype=mean.dtype, device=mean.device)
-    grad_log_scale = torch.empty(log_scale.shape, dtype=log_scale.dtype, device=log_scale.device)
     if batch == 0 or features == 0:
-        return grad_mean, grad_log_scale
+        return
     block_b, block_n = _row_blocks(batch, features)
     num_row_blocks, num_col_blocks = triton.cdiv(batch, block_b), triton.cdiv(features, block_n)
     (mean, mean_stride), (log_scale, log_scale_stride), (x, x_stride) = _rows(mean), _rows(log_scale), _rows(x)
@@ -528,7 +528,6 @@ def discretized_logistic_bwd(grad_nll, mean, log_scale, x, num_bins: int):
         X_IS_LEVEL=x.dtype == torch.uint8, GRAD_PER_ELEMENT=grad_nll.dim() > 1,
         BLOCK_B=block_b, BLOCK_N=block_n,
     )
-    return grad_mean, grad_log_scale
 
 
 def _mixture_blocks(num_mixtures: int, pixels: int, device: torch.device) -> tuple[int, int]:
@@ -547,50 +546,49 @@ def mixture_forward_writes_grad() -> bool:
     return False
 
 
-def logistic_mixture_fwd(params, x, num_mixtures: int, num_bins: int, per_pixel: bool, grad_params=None):
-    """Launch the mixture's forward.  params [B, P, *spatial], x [B, C, *spatial] (float
-    or uint8), each read through strides where :func:`mixture_layout` allows; grad_params:
-    None (see :func:`mixture_forward_writes_grad`).  Returns the nll per pixel (float32,
-    contiguous [B, *spatial]) or per sample (float32 [B])."""
+def logistic_mixture_fwd(params, x, num_mixtures: int, num_bins: int, per_pixel: bool, nll, grad_params):
+    """Launch the mixture's forward, writing the nll (allocated by the op,
+    fastvae/ops/logistic.py): per pixel (float32, contiguous [B, *spatial]) or per sample
+    (float32 [B]).  params [B, P, *spatial], x [B, C, *spatial] (float or uint8), each read
+    through strides where :func:`mixture_layout` allows; grad_params: None (see
+    :func:`mixture_forward_writes_grad`)."""
     if grad_params is not None:
         raise ValueError("logistic_mixture_fwd (triton): computes no gradient in the forward")
     batch, channels = x.shape[0], x.shape[1]
     pixels = int(torch.Size(x.shape[2:]).numel())
-    shape = (batch,) + tuple(x.shape[2:])
     if batch == 0 or pixels == 0:
-        return (torch.empty(shape, dtype=torch.float32, device=params.device) if per_pixel
-                else torch.zeros((batch,), dtype=torch.float32, device=params.device))
+        if not per_pixel:
+            nll.zero_()
+        return
     params, x = mixture_layout(params), mixture_layout(x)
     block_k, block_s = _mixture_blocks(num_mixtures, pixels, params.device)
     num_s_blocks = triton.cdiv(pixels, block_s)
-    if per_pixel:
-        nll = torch.empty(shape, dtype=torch.float32, device=params.device)
-    else:
-        nll = torch.empty((batch, num_s_blocks), dtype=torch.float32, device=params.device)
+    partials = nll
+    if not per_pixel:
+        partials = torch.empty((batch, num_s_blocks), dtype=torch.float32, device=params.device)
     top_level, level_scale, half = _grid_constants(num_bins)
     logistic_mixture_fwd_kernel[(batch * num_s_blocks,)](
-        params, x, nll, pixels, num_mixtures, num_s_blocks,
+        params, x, partials, pixels, num_mixtures, num_s_blocks,
         params.stride(0), params.stride(1), spatial_stride(params),
         x.stride(0), x.stride(1), spatial_stride(x),
         top_level, level_scale, half,
         C=channels, X_IS_LEVEL=x.dtype == torch.uint8, PER_PIXEL=per_pixel, BLOCK_K=block_k, BLOCK_S=block_s,
     )
-    if per_pixel:
-        return nll
-    # Partial sums per pixel block, added in a fixed order: bitwise repeatable.
-    return nll[:, 0].contiguous() if num_s_blocks == 1 else nll.sum(dim=1)
+    if not per_pixel:
+        # Partial sums per pixel block, added in a fixed order: bitwise repeatable.
+        nll.copy_(partials[:, 0] if num_s_blocks == 1 else partials.sum(dim=1))
 
 
 def logistic_mixture_bwd(grad_nll, params, x, num_mixtures: int, num_bins: int, grad_params):
-    """Launch the mixture's backward.  grad_nll: per pixel (contiguous [B, *spatial]) or per
-    sample [B]; grad_params: the output, params' shape and dtype, any layout whose spatial
-    dimensions form one strided run (contiguous, channels_last).  Returns grad_params."""
+    """Launch the mixture's backward, writing grad_params (allocated by the op: params'
+    shape and dtype, any layout whose spatial dimensions form one strided run, contiguous
+    or channels_last).  grad_nll: per pixel (contiguous [B, *spatial]) or per sample [B]."""
     if spatial_stride(grad_params) is None:
         raise ValueError("logistic_mixture_bwd: grad_params' spatial dimensions must form one strided run")
     batch, channels = x.shape[0], x.shape[1]
     pixels = int(torch.Size(x.shape[2:]).numel())
     if batch == 0 or pixels == 0:
-        return grad_params
+        return
     params, x = mixture_layout(params), mixture_layout(x)
     block_k, block_s = _mixture_blocks(num_mixtures, pixels, params.device)
     num_s_blocks = triton.cdiv(pixels, block_s)
@@ -604,4 +602,3 @@ def logistic_mixture_bwd(grad_nll, params, x, num_mixtures: int, num_bins: int, 
         C=channels, X_IS_LEVEL=x.dtype == torch.uint8, GRAD_PER_PIXEL=grad_nll.dim() > 1,
         BLOCK_K=block_k, BLOCK_S=block_s,
     )
-    return grad_params

@@ -191,20 +191,6 @@ def test_double_backward_raises(kernel_backend):
         grad.sum().backward()
 
 
-def test_fake_and_autograd_registration(kernel_backend):
-    from fastvae.ops.discrete import _categorical_bwd, _categorical_fwd
-
-    logits = _leaf((3, 5))
-    prior = _leaf((5,), seed=1)
-    seed_offset = draw_seed(DEVICE)
-    torch.library.opcheck(_categorical_fwd, (logits, prior, seed_offset, 0.5, True, kernel_backend),
-                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
-    grad_z, grad_kl = torch.randn(3, 5), torch.randn(3)
-    torch.library.opcheck(_categorical_bwd,
-                          (grad_z, grad_kl, logits.detach(), prior.detach(), seed_offset, 0.5, True, kernel_backend),
-                          test_utils=("test_schema", "test_faketensor"))
-
-
 @pytest.mark.slow
 def test_torch_compile_fullgraph(kernel_backend, fallback_random):
     logits = _leaf((4, 3, 5))

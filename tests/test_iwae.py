@@ -598,23 +598,6 @@ def test_double_backward_raises(kernel_backend):
 # --------------------------------------------------------------------------------------
 
 
-def test_custom_ops_pass_torch_library_checks():
-    """torch.library.opcheck: schema, fake (meta) implementation, autograd registration."""
-    if "triton" not in fastvae.backends.available(DEVICE):
-        pytest.skip("triton backend not present")
-    checks = ("test_schema", "test_faketensor", "test_autograd_registration")
-    mu, logvar = make_latent((5, 6), torch.float32)
-    prior_mu, _ = make_prior((1, 6))
-    seed = draw_seed(DEVICE)
-    torch.library.opcheck(
-        torch.ops.fastvae.sample_gaussian_k_fwd.default, (mu, logvar, prior_mu, None, seed, 3, "triton"), test_utils=checks
-    )
-    x = torch.randn(4, 3, 5, device=DEVICE, requires_grad=True)
-    torch.library.opcheck(torch.ops.fastvae.log_mean_exp_fwd.default, (x, 1, "triton"), test_utils=checks)
-    log_densities = make_log_densities((4, 7), torch.float32)
-    torch.library.opcheck(torch.ops.fastvae.iwae_bound_fwd.default, (*log_densities, "triton"), test_utils=checks)
-
-
 def test_compiles_without_graph_breaks(kernel_backend):
     """The IWAE objective traces with fullgraph=True (AOT autograd on the fake
     implementations) and equals eager."""

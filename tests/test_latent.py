@@ -221,13 +221,14 @@ def test_noise_crosses_the_offset_carry(kernel_backend):
     shape = (3, 777)  # rows cross the CPU's 256-column tiles and the carry at 2^32
     seed_offset = torch.tensor([2**40 + 17, 2**32 - 1000], dtype=torch.int64, device=DEVICE)
     zeros = torch.zeros(shape, device=DEVICE)
-    z, _ = launchers.gaussian_latent_fwd(zeros, zeros, None, None, seed_offset, True, "none", torch.float32)
+    z = torch.empty(shape, device=DEVICE)
+    launchers.gaussian_latent_fwd(zeros, zeros, None, None, seed_offset, "none", z=z, kl=None)
     expected = fv_random.philox_normal(seed_offset.cpu(), shape)
     torch.testing.assert_close(z.cpu(), expected, rtol=0, atol=5e-6)
     # With logvar = 0 and grad_z = 1, grad_logvar = ε/2.
-    _, grad_logvar, _, _ = launchers.gaussian_latent_bwd(
-        torch.ones(shape, device=DEVICE), None, zeros, zeros, None, None, seed_offset, None, False, False
-    )
+    grad_mu, grad_logvar = torch.empty(shape, device=DEVICE), torch.empty(shape, device=DEVICE)
+    launchers.gaussian_latent_bwd(torch.ones(shape, device=DEVICE), None, zeros, zeros, None, None, seed_offset, None,
+                                  grad_mu=grad_mu, grad_logvar=grad_logvar, grad_prior_mu=None, grad_prior_logvar=None)
     torch.testing.assert_close(grad_logvar.cpu(), 0.5 * expected, rtol=0, atol=3e-6)
 
 
@@ -239,15 +240,21 @@ def test_backward_from_z_equals_backward_from_regenerated_noise(kernel_backend, 
     mu, logvar = make_latent((37, 300), torch.float32, requires_grad=False)
     mu, logvar = mu * mu_scale, logvar - 4.0
     seed_offset = torch.tensor([5, 77], dtype=torch.int64, device=DEVICE)
-    z, kl = launchers.gaussian_latent_fwd(mu, logvar, None, None, seed_offset, True, "row", torch.float32)
+    z, kl = torch.empty_like(mu), torch.empty(mu.shape[0], device=DEVICE)
+    launchers.gaussian_latent_fwd(mu, logvar, None, None, seed_offset, "row", z=z, kl=kl)
     grad_z, grad_kl = upstream_grads([z, kl])
+
+    def backward(z):
+        grads = torch.empty_like(mu), torch.empty_like(logvar)
+        launchers.gaussian_latent_bwd(grad_z, grad_kl, mu, logvar, None, None, seed_offset, z, *grads, None, None)
+        return grads
+
     if not launchers.backward_reads_sample(torch.float32):
         with pytest.raises(ValueError, match="regenerates ε and takes no z"):
-            launchers.gaussian_latent_bwd(grad_z, grad_kl, mu, logvar, None, None, seed_offset, z, False, False)
+            backward(z)
         return
     assert not launchers.backward_reads_sample(torch.bfloat16)  # z − mu in bfloat16 loses σ·ε
-    from_z = launchers.gaussian_latent_bwd(grad_z, grad_kl, mu, logvar, None, None, seed_offset, z, False, False)
-    regenerated = launchers.gaussian_latent_bwd(grad_z, grad_kl, mu, logvar, None, None, seed_offset, None, False, False)
+    from_z, regenerated = backward(z), backward(None)
     assert torch.equal(from_z[0], regenerated[0])
     # |z − mu − σ·ε| ≤ ulp(z)/2, so the difference is at most |grad_z|·ulp(z)/4.
     bound = grad_z.abs() * torch.finfo(torch.float32).eps * z.abs() / 2 + 1e-6

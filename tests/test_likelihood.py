@@ -590,26 +590,6 @@ def test_double_backward_raises(kernel_backend, family):
         grad.sum().backward()
 
 
-def test_custom_ops_pass_torch_library_checks():
-    """torch.library.opcheck: schema, fake (meta) implementation, autograd registration."""
-    if "triton" not in fastvae.backends.available(DEVICE):
-        pytest.skip("triton backend not present")
-    logits, x = make_inputs("bernoulli", (3, 6), torch.float32)
-    for continuous in (False, True):
-        for per_element in (False, True):
-            torch.library.opcheck(
-                torch.ops.fastvae.bernoulli_nll_fwd.default, (logits, x, continuous, per_element, "triton"),
-                test_utils=("test_schema", "test_faketensor", "test_autograd_registration"),
-            )
-    mean, target = make_inputs("gaussian", (3, 2, 4), torch.float32)
-    logvar = torch.zeros(1, 2, 1, requires_grad=True, device=DEVICE)
-    for args in ((mean, target, logvar, 0.0, False, "triton"), (mean, target, None, 0.5, True, "triton")):
-        torch.library.opcheck(
-            torch.ops.fastvae.gaussian_nll_fwd.default, args,
-            test_utils=("test_schema", "test_faketensor", "test_autograd_registration"),
-        )
-
-
 def test_compiles_without_graph_break(kernel_backend):
     import torch._dynamo
 

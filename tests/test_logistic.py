@@ -194,21 +194,31 @@ def test_mixture_forward_gradient_is_the_backward_at_one(kernel_backend, channel
     if not launchers.mixture_forward_writes_grad():
         with pytest.raises(ValueError, match="computes no gradient in the forward"):
             launchers.logistic_mixture_fwd(make_params(1, 1, 2, (3,)), as_data(make_levels((1, 1, 3))), 2, 256,
-                                           per_pixel, torch.empty(1, 6, 3, device=DEVICE))
+                                           per_pixel, torch.empty(1, 3, device=DEVICE),
+                                           torch.empty(1, 6, 3, device=DEVICE))
         return
     # 2·70 pixels: tasks of 64 pixels, the last one partial; channels_last params.
     params = make_params(2, channels, 5, (7, 20), requires_grad=False)
     params = params.contiguous(memory_format=torch.channels_last)
     x = as_data(make_levels((2, channels, 7, 20)))
+
+    def forward(grad_params):
+        nll = torch.empty((2, 7, 20) if per_pixel else (2,), device=DEVICE)
+        launchers.logistic_mixture_fwd(params, x, 5, 256, per_pixel, nll, grad_params)
+        return nll
+
+    def backward(grad_nll):
+        grad_params = _grad_params_buffer(params)
+        launchers.logistic_mixture_bwd(grad_nll, params, x, 5, 256, grad_params)
+        return grad_params
+
     grad = _grad_params_buffer(params)
-    nll = launchers.logistic_mixture_fwd(params, x, 5, 256, per_pixel, grad)
+    nll = forward(grad)
     assert grad.is_contiguous(memory_format=torch.channels_last)
-    assert torch.equal(nll, launchers.logistic_mixture_fwd(params, x, 5, 256, per_pixel))
-    ones = torch.ones_like(nll)
-    assert torch.equal(grad, launchers.logistic_mixture_bwd(ones, params, x, 5, 256, _grad_params_buffer(params)))
+    assert torch.equal(nll, forward(None))
+    assert torch.equal(grad, backward(torch.ones_like(nll)))
     incoming = upstream(nll)
-    expected = launchers.logistic_mixture_bwd(incoming, params, x, 5, 256, _grad_params_buffer(params))
-    torch.testing.assert_close(_mixture_scale_grad(grad, incoming), expected, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(_mixture_scale_grad(grad, incoming), backward(incoming), rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("reduction", ["batch", "none", "sum", "mean"])
@@ -945,42 +955,6 @@ def test_double_backward_raises(kernel_backend):
     (grad,) = torch.autograd.grad(fastvae.discretized_logistic_nll(mean, log_scale, x).sum(), mean, create_graph=True)
     with pytest.raises(RuntimeError, match="double backward"):
         grad.sum().backward()
-
-
-def test_fake_and_autograd_registration(kernel_backend):
-    from fastvae.ops.logistic import (
-        _discretized_logistic_bwd,
-        _discretized_logistic_fwd,
-        _mixture_bwd,
-        _mixture_forward_writes_grad,
-        _mixture_fwd,
-        _mixture_scale_grad,
-    )
-
-    checks = ("test_schema", "test_faketensor", "test_autograd_registration")
-    params = make_params(2, 3, 2, (3, 4))
-    x = make_levels((2, 3, 3, 4)).to(torch.uint8)
-    channels_last = params.detach().contiguous(memory_format=torch.channels_last)
-    with_grad_choices = (False, True) if _mixture_forward_writes_grad(kernel_backend) else (False,)
-    for with_grad in with_grad_choices:
-        torch.library.opcheck(_mixture_fwd, (params, x, 2, 256, True, with_grad, kernel_backend), test_utils=checks)
-        torch.library.opcheck(_mixture_fwd, (channels_last, x, 2, 256, False, with_grad, kernel_backend),
-                              test_utils=("test_schema", "test_faketensor"))
-        params_gray = make_params(2, 1, 2, (3, 4))
-        torch.library.opcheck(_mixture_fwd, (params_gray, x[:, :1], 2, 256, False, with_grad, kernel_backend),
-                              test_utils=checks)
-    for grad in (torch.randn(2, 3, 4, device=DEVICE), torch.randn(2, device=DEVICE)):
-        torch.library.opcheck(_mixture_bwd, (grad, channels_last, x, 2, 256, kernel_backend),
-                              test_utils=("test_schema", "test_faketensor"))
-        torch.library.opcheck(_mixture_scale_grad, (channels_last, grad), test_utils=("test_schema", "test_faketensor"))
-    mean, log_scale = make_logistic((2, 3, 4))
-    x = as_data(make_levels((2, 3, 4)))
-    for per_element in (True, False):
-        torch.library.opcheck(_discretized_logistic_fwd, (mean, log_scale, x, 256, per_element, kernel_backend),
-                              test_utils=checks)
-    torch.library.opcheck(_discretized_logistic_bwd,
-                          (torch.randn(2, device=DEVICE), mean.detach(), log_scale.detach(), x, 256, kernel_backend),
-                          test_utils=("test_schema", "test_faketensor"))
 
 
 def test_autograd_saves_only_the_inputs_or_the_gradient(kernel_backend):

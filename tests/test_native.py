@@ -134,3 +134,19 @@ def test_cuda_extension_imports_without_a_gpu():
     import fastvae._C_cuda as extension
 
     assert extension.LATENT_ROW_PARTIAL_WIDTH > 0
+
+
+@pytest.mark.parametrize("family", sorted(CUDA_ENTRY_POINTS))
+def test_native_launchers_take_the_triton_launchers_arguments(family):
+    """An op hands every backend's launcher the same arguments, its allocated outputs
+    among them (docs/architecture.md): fastvae/native/<family>.py's launchers have the
+    names and parameters of kernels/<family>.py's (after the bound extension)."""
+    import importlib
+    import inspect
+
+    pytest.importorskip("triton", reason="the Triton launchers need triton")
+    native = importlib.import_module(f"fastvae.native.{family}")
+    triton_launchers = importlib.import_module(f"fastvae.kernels.{family}")
+    for name in native.LAUNCHERS:
+        native_parameters = list(inspect.signature(getattr(native, name)).parameters)[1:]
+        assert native_parameters == list(inspect.signature(getattr(triton_launchers, name)).parameters), name

@@ -210,8 +210,12 @@ void sample_k_backward(const SampleKBackwardArgs& args) {
         const int64_t index = row * features + first_col + i;
         grad_mu[index] = from_float<T>(tile.sum_mu[i]);
         grad_logvar[index] = from_float<T>(tile.sum_logvar[i] - 0.5f * grad_log_q_sum);
-        if (args.grad_prior_mu) args.grad_prior_mu[index] = tile.sum_prior_mu[i];
-        if (args.grad_prior_logvar) args.grad_prior_logvar[index] = tile.sum_prior_logvar[i];
+        if (args.grad_prior_mu) {
+          store_float_as(args.grad_prior_mu, args.grad_prior_mu_dtype, index, tile.sum_prior_mu[i]);
+        }
+        if (args.grad_prior_logvar) {
+          store_float_as(args.grad_prior_logvar, args.grad_prior_logvar_dtype, index, tile.sum_prior_logvar[i]);
+        }
       }
     }
   }

@@ -264,10 +264,15 @@ void latent_backward(const LatentBackwardArgs& args) {
           }
           math.kl_grads[standard_prior](tile, width);
           if (args.grad_prior_mu) {
-            for (int i = 0; i < width; ++i) args.grad_prior_mu[first + i] = tile.grad_prior_mu[i];
+            for (int i = 0; i < width; ++i) {
+              store_float_as(args.grad_prior_mu, args.grad_prior_mu_dtype, first + i, tile.grad_prior_mu[i]);
+            }
           }
           if (args.grad_prior_logvar) {
-            for (int i = 0; i < width; ++i) args.grad_prior_logvar[first + i] = tile.grad_prior_logvar[i];
+            for (int i = 0; i < width; ++i) {
+              store_float_as(args.grad_prior_logvar, args.grad_prior_logvar_dtype, first + i,
+                             tile.grad_prior_logvar[i]);
+            }
           }
         }
         store_floats(tile.grad_mu, width, grad_mu + first);

@@ -27,19 +27,26 @@ PYBIND11_MODULE(_C_cuda, module) {
                                               reinterpret_cast<cudaStream_t>(stream));
       },
       py::call_guard<py::gil_scoped_release>());
+  // Named arguments: the launcher (fastvae/native/latent.py) passes each by name.
   module.def(
       "gaussian_latent_bwd",
       [](Address mu, Address logvar, Address prior_mu, Address prior_logvar, Address seed_offset, Address z,
          Address grad_z, Address grad_kl, Address grad_mu, Address grad_logvar, Address grad_prior_mu,
          Address grad_prior_logvar, int64_t batch, int64_t features, const Layout& prior_mu_layout,
-         const Layout& prior_logvar_layout, const Sizes& sizes, int dtype, int prior_dtype, bool grad_kl_per_element, Address stream) {
+         const Layout& prior_logvar_layout, const Sizes& sizes, int dtype, int prior_dtype, int grad_prior_mu_dtype,
+         int grad_prior_logvar_dtype, bool grad_kl_per_element, Address stream) {
         fastvae::cuda::gaussian_latent_backward(latent_backward_args(
             mu, logvar, prior_mu, prior_logvar, seed_offset, z, grad_z, grad_kl, grad_mu, grad_logvar, grad_prior_mu,
             grad_prior_logvar, batch, features, prior_mu_layout, prior_logvar_layout, sizes, dtype, prior_dtype,
-            grad_kl_per_element),
-        reinterpret_cast<cudaStream_t>(stream));
+            grad_prior_mu_dtype, grad_prior_logvar_dtype, grad_kl_per_element),
+            reinterpret_cast<cudaStream_t>(stream));
       },
-      py::call_guard<py::gil_scoped_release>());
+      py::arg("mu"), py::arg("logvar"), py::arg("prior_mu"), py::arg("prior_logvar"), py::arg("seed_offset"),
+      py::arg("z"), py::arg("grad_z"), py::arg("grad_kl"), py::arg("grad_mu"), py::arg("grad_logvar"),
+      py::arg("grad_prior_mu"), py::arg("grad_prior_logvar"), py::arg("batch"), py::arg("features"),
+      py::arg("prior_mu_layout"), py::arg("prior_logvar_layout"), py::arg("sizes"), py::arg("dtype"),
+      py::arg("prior_dtype"), py::arg("grad_prior_mu_dtype"), py::arg("grad_prior_logvar_dtype"),
+      py::arg("grad_kl_per_element"), py::arg("stream"), py::call_guard<py::gil_scoped_release>());
   // IWAE family.  Columns per partial row sum of log q and log p (one warp's chunk).
   module.attr("SAMPLE_GAUSSIAN_K_ROW_PARTIAL_WIDTH") = fastvae::cuda::kSampleKChunk;
   module.def(
@@ -54,19 +61,26 @@ PYBIND11_MODULE(_C_cuda, module) {
             reinterpret_cast<cudaStream_t>(stream));
       },
       py::call_guard<py::gil_scoped_release>());
+  // Named arguments: the launcher (fastvae/native/iwae.py) passes each by name.
   module.def(
       "sample_gaussian_k_bwd",
       [](Address mu, Address logvar, Address prior_mu, Address prior_logvar, Address seed_offset, Address grad_z,
          Address grad_log_q, Address grad_log_p, Address grad_mu, Address grad_logvar, Address grad_prior_mu,
          Address grad_prior_logvar, int64_t num_samples, int64_t batch, int64_t features,
          const Layout& prior_mu_layout, const Layout& prior_logvar_layout, const Sizes& sizes, int dtype,
-         int prior_dtype, Address stream) {
+         int prior_dtype, int grad_prior_mu_dtype, int grad_prior_logvar_dtype, Address stream) {
         fastvae::cuda::sample_gaussian_k_backward(sample_gaussian_k_backward_args(
             mu, logvar, prior_mu, prior_logvar, seed_offset, grad_z, grad_log_q, grad_log_p, grad_mu, grad_logvar,
             grad_prior_mu, grad_prior_logvar, num_samples, batch, features, prior_mu_layout, prior_logvar_layout,
-            sizes, dtype, prior_dtype),
+            sizes, dtype, prior_dtype, grad_prior_mu_dtype, grad_prior_logvar_dtype),
             reinterpret_cast<cudaStream_t>(stream));
       },
+      py::arg("mu"), py::arg("logvar"), py::arg("prior_mu"), py::arg("prior_logvar"), py::arg("seed_offset"),
+      py::arg("grad_z"), py::arg("grad_log_q"), py::arg("grad_log_p"), py::arg("grad_mu"), py::arg("grad_logvar"),
+      py::arg("grad_prior_mu"), py::arg("grad_prior_logvar"), py::arg("num_samples"), py::arg("batch"),
+      py::arg("features"), py::arg("prior_mu_layout"), py::arg("prior_logvar_layout"), py::arg("sizes"),
+      py::arg("dtype"), py::arg("prior_dtype"), py::arg("grad_prior_mu_dtype"), py::arg("grad_prior_logvar_dtype"),
+      py::arg("stream"),
       py::call_guard<py::gil_scoped_release>());
   module.def(
       "log_mean_exp_fwd",

@@ -113,8 +113,10 @@ __global__ void sample_k_backward_kernel(SampleKBackwardArgs args) {
   }
   static_cast<T*>(args.grad_mu)[index] = from_float<T>(sums.mu);
   static_cast<T*>(args.grad_logvar)[index] = from_float<T>(sums.logvar - 0.5f * grad_log_q_sum);
-  if (args.grad_prior_mu) args.grad_prior_mu[index] = sums.prior_mu;
-  if (args.grad_prior_logvar) args.grad_prior_logvar[index] = sums.prior_logvar;
+  if (args.grad_prior_mu) store_float_as(args.grad_prior_mu, args.grad_prior_mu_dtype, index, sums.prior_mu);
+  if (args.grad_prior_logvar) {
+    store_float_as(args.grad_prior_logvar, args.grad_prior_logvar_dtype, index, sums.prior_logvar);
+  }
 }
 
 // ---------------------------------------------------------------------------------------

@@ -125,8 +125,10 @@ __global__ void latent_backward_kernel(LatentBackwardArgs args, int64_t chunks_p
           gaussian_kl_grads(mu_values[e], logvar_values[e], prior_mu_value, prior_logvar_value, grad_kl_values[e]);
       grad_mu_values[e] += grads.mu;
       grad_logvar_values[e] += grads.logvar;
-      if (args.grad_prior_mu) args.grad_prior_mu[index] = grads.prior_mu;
-      if (args.grad_prior_logvar) args.grad_prior_logvar[index] = grads.prior_logvar;
+      if (args.grad_prior_mu) store_float_as(args.grad_prior_mu, args.grad_prior_mu_dtype, index, grads.prior_mu);
+      if (args.grad_prior_logvar) {
+        store_float_as(args.grad_prior_logvar, args.grad_prior_logvar_dtype, index, grads.prior_logvar);
+      }
     }
   }
   store_quad(static_cast<T*>(args.grad_mu), columns.index, columns.count, vector, grad_mu_values);

@@ -1,9 +1,10 @@
 """Launchers of the C++ backends: ``cpu`` (``fastvae._C``) and ``cuda`` (``fastvae._C_cuda``).
 
 One module per op family, with the same functions and signatures as the Triton launchers
-in ``fastvae.kernels``, so an op calls any backend the same way.  A launcher turns tensors
-into raw addresses, sizes and dtype codes, the extension runs the C++ (releasing the GIL;
-on CUDA on the current stream).
+in ``fastvae.kernels``, so an op calls any backend the same way: the op allocates its
+outputs (fastvae/ops) and the launcher writes into them.  A launcher turns tensors into
+raw addresses, sizes and dtype codes, the extension runs the C++ (releasing the GIL; on
+CUDA on the current stream).
 """
 from __future__ import annotations
 
@@ -27,12 +28,16 @@ class NativeBackend:
         self.name = name
         self.module = importlib.import_module(EXTENSIONS[name])
 
-    def launch(self, kernel: str, device: torch.device, *args) -> None:
+    def launch(self, kernel: str, device: torch.device, *args, **kwargs) -> None:
+        """Call ``kernel`` with ``args`` or, for the functions whose bindings name their
+        arguments, with ``kwargs`` (CUDA's then takes the stream by name too)."""
         function = getattr(self.module, kernel)
-        if self.name == "cuda":
-            function(*args, torch.cuda.current_stream(device).cuda_stream)
+        if self.name != "cuda":
+            function(*args, **kwargs)
+        elif kwargs:
+            function(*args, **kwargs, stream=torch.cuda.current_stream(device).cuda_stream)
         else:
-            function(*args)
+            function(*args, torch.cuda.current_stream(device).cuda_stream)
 
     def constant(self, name: str) -> int:
         return int(getattr(self.module, name))
@@ -48,6 +53,12 @@ def dtype_code(dtype: torch.dtype, op: str) -> int:
         return DTYPE_CODES[dtype]
     except KeyError:
         raise TypeError(f"fastvae.{op}: the C++ backends take float32, bfloat16 or float16, got {dtype}") from None
+
+
+def output_dtype_code(tensor, op: str) -> int:
+    """The dtype code of an output the C++ writes in a dtype chosen per call (a prior's
+    gradient); float32's for an absent one, which is never written."""
+    return dtype_code(tensor.dtype if tensor is not None else torch.float32, op)
 
 
 def gaussian_dtypes(mu, logvar, prior_mu, prior_logvar, z_dtype):

@@ -32,15 +32,13 @@ def _prior_args(prior_logits, logits):
     return prior, [stride0, stride1, stride_c, size1], dtype
 
 
-def categorical_fwd(native, logits, prior_logits, seed_offset, tau: float, hard: bool):
-    """As :func:`fastvae.kernels.discrete.categorical_fwd`: (z of logits' shape and dtype,
-    the KL per variable in float32)."""
+def categorical_fwd(native, logits, prior_logits, seed_offset, tau: float, hard: bool, z, kl):
+    """As :func:`fastvae.kernels.discrete.categorical_fwd`: writes z and the KL per
+    variable."""
     logits = logits.contiguous()
     rows, categories = _geometry(logits)
-    z = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
-    kl = torch.empty(logits.shape[:-1], dtype=torch.float32, device=logits.device)
     if rows == 0:
-        return z, kl
+        return
     prior, prior_layout, prior_dtype = _prior_args(prior_logits, logits)
     native.launch(
         "categorical_fwd", logits.device,
@@ -48,22 +46,15 @@ def categorical_fwd(native, logits, prior_logits, seed_offset, tau: float, hard:
         rows, categories, prior_layout, float(tau), -math.log(categories),
         dtype_code(logits.dtype, OP), dtype_code(prior_dtype, OP), bool(hard),
     )
-    return z, kl
 
 
-def categorical_bwd(native, grad_z, grad_kl, logits, prior_logits, seed_offset, tau: float, prior_grad: bool):
-    """As :func:`fastvae.kernels.discrete.categorical_bwd`: (grad_logits, grad_prior), the
-    prior's gradient per element of logits' shape (float32 unless the prior is full-size),
-    None unless ``prior_grad`` and grad_kl is given."""
+def categorical_bwd(native, grad_z, grad_kl, logits, prior_logits, seed_offset, tau: float, grad_logits, grad_prior):
+    """As :func:`fastvae.kernels.discrete.categorical_bwd`: writes grad_logits and, unless
+    None, grad_prior."""
     logits = logits.contiguous()
     rows, categories = _geometry(logits)
-    grad_logits = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
-    grad_prior = None
-    if prior_grad and grad_kl is not None:
-        dtype = prior_logits.dtype if prior_logits.shape == logits.shape else torch.float32
-        grad_prior = torch.empty(logits.shape, dtype=dtype, device=logits.device)
     if rows == 0:
-        return grad_logits, grad_prior
+        return
     # The C++ reads grad_z in the logits' dtype and grad_kl in float32 (what autograd
     # gives for z and the KL; a cast only for an unusual caller).
     if grad_z is not None:
@@ -86,4 +77,3 @@ def categorical_bwd(native, grad_z, grad_kl, logits, prior_logits, seed_offset, 
     )
     if grad_prior_out is not grad_prior:
         grad_prior.copy_(grad_prior_out)
-    return grad_logits, grad_prior

@@ -1,12 +1,12 @@
 """Native launchers of the IWAE family (csrc/cpu/iwae.cpp, csrc/cuda/iwae.cu), with the
-signatures and return conventions of :mod:`fastvae.kernels.iwae`'s."""
+signatures of :mod:`fastvae.kernels.iwae`'s: they write into the outputs the op allocates."""
 from __future__ import annotations
 
 import math
 
 import torch
 
-from . import address, dtype_code, gaussian_dtypes, prior_layout_args
+from . import address, dtype_code, gaussian_dtypes, output_dtype_code, prior_layout_args
 
 LAUNCHERS = (
     "sample_gaussian_k_fwd", "sample_gaussian_k_bwd",
@@ -19,83 +19,78 @@ def _features(mu: torch.Tensor) -> int:
     return int(torch.Size(mu.shape[1:]).numel())
 
 
-def sample_gaussian_k_fwd(native, mu, logvar, prior_mu, prior_logvar, seed_offset, num_samples: int, z_dtype):
-    """As :func:`fastvae.kernels.iwae.sample_gaussian_k_fwd`: (z [K, B, *inner] of
-    ``z_dtype``, log_q [K, B] float32, log_p [K, B] float32)."""
+def sample_gaussian_k_fwd(native, mu, logvar, prior_mu, prior_logvar, seed_offset, num_samples: int, z, log_q, log_p):
+    """As :func:`fastvae.kernels.iwae.sample_gaussian_k_fwd`: writes z [K, B, *inner],
+    log_q and log_p (float32 [K, B])."""
     batch, features = mu.shape[0], _features(mu)
     num_rows = num_samples * batch
-    z = torch.empty((num_samples,) + tuple(mu.shape), dtype=z_dtype, device=mu.device)
     if num_rows == 0 or features == 0:
-        log_q = torch.zeros((num_samples, batch), dtype=torch.float32, device=mu.device)
-        return z, log_q, log_q.clone()
-    mu, logvar, prior_mu, prior_logvar, prior_dtype = gaussian_dtypes(mu, logvar, prior_mu, prior_logvar, z_dtype)
+        log_q.zero_()
+        log_p.zero_()
+        return
+    mu, logvar, prior_mu, prior_logvar, prior_dtype = gaussian_dtypes(mu, logvar, prior_mu, prior_logvar, z.dtype)
     width = native.constant("SAMPLE_GAUSSIAN_K_ROW_PARTIAL_WIDTH")
     row_partials = -(-features // width) if width else 1
-    log_q = torch.empty((num_rows, row_partials), dtype=torch.float32, device=mu.device)
-    log_p = torch.empty((num_rows, row_partials), dtype=torch.float32, device=mu.device)
+    log_q_partials = torch.empty((num_rows, row_partials), dtype=torch.float32, device=mu.device)
+    log_p_partials = torch.empty((num_rows, row_partials), dtype=torch.float32, device=mu.device)
     prior_mu, prior_logvar, prior_mu_layout, prior_logvar_layout, sizes = prior_layout_args(prior_mu, prior_logvar, mu.shape)
     native.launch(
         "sample_gaussian_k_fwd", mu.device,
         address(mu), address(logvar), address(prior_mu), address(prior_logvar), address(seed_offset),
-        address(z), address(log_q), address(log_p),
+        address(z), address(log_q_partials), address(log_p_partials),
         num_samples, batch, features, row_partials, prior_mu_layout, prior_logvar_layout, sizes,
-        dtype_code(z_dtype, "sample_gaussian_k"), dtype_code(prior_dtype, "sample_gaussian_k"),
+        dtype_code(z.dtype, "sample_gaussian_k"), dtype_code(prior_dtype, "sample_gaussian_k"),
     )
     # Partial sums per column chunk, added in a fixed order: bitwise repeatable.
     if row_partials == 1:
-        log_q, log_p = log_q[:, 0], log_p[:, 0]
+        log_q_rows, log_p_rows = log_q_partials[:, 0], log_p_partials[:, 0]
     else:
-        log_q, log_p = log_q.sum(dim=1), log_p.sum(dim=1)
-    return z, log_q.reshape(num_samples, batch), log_p.reshape(num_samples, batch)
+        log_q_rows, log_p_rows = log_q_partials.sum(dim=1), log_p_partials.sum(dim=1)
+    log_q.copy_(log_q_rows.reshape(num_samples, batch))
+    log_p.copy_(log_p_rows.reshape(num_samples, batch))
 
 
 def sample_gaussian_k_bwd(native, grad_z, grad_log_q, grad_log_p, mu, logvar, prior_mu, prior_logvar, seed_offset,
-                          num_samples: int, prior_mu_grad: bool, prior_logvar_grad: bool):
-    """As :func:`fastvae.kernels.iwae.sample_gaussian_k_bwd`: (grad_mu, grad_logvar,
-    grad_prior_mu, grad_prior_logvar), summed over the K samples; the prior gradients per
-    element of mu's shape (float32 unless the prior is full-size, then its dtype), None
-    unless asked for (and log_p has a gradient)."""
+                          num_samples: int, grad_mu, grad_logvar, grad_prior_mu, grad_prior_logvar):
+    """As :func:`fastvae.kernels.iwae.sample_gaussian_k_bwd`: writes the gradients summed
+    over the K samples, each prior's in its own dtype."""
     batch, features = mu.shape[0], _features(mu)
-    z_dtype = torch.promote_types(mu.dtype, logvar.dtype)
-    wants_prior = grad_log_p is not None
-    # The C++ writes prior gradients in float32; a full-size prior's comes back in its dtype.
-    prior_grad_dtypes = [
-        (prior.dtype if prior.shape == mu.shape else torch.float32) if wanted and wants_prior else None
-        for prior, wanted in ((prior_mu, prior_mu_grad), (prior_logvar, prior_logvar_grad))
-    ]
-    grad_prior_mu, grad_prior_logvar = (
-        torch.empty(mu.shape, dtype=torch.float32, device=mu.device) if dtype is not None else None
-        for dtype in prior_grad_dtypes
-    )
     if batch == 0 or features == 0:
-        grad_mu, grad_logvar = torch.empty_like(mu), torch.empty_like(logvar)
-    else:
-        mu_c, logvar_c, prior_mu, prior_logvar, prior_dtype = gaussian_dtypes(mu, logvar, prior_mu, prior_logvar, z_dtype)
-        if grad_z is not None and grad_z.dtype != z_dtype:
-            grad_z = grad_z.to(z_dtype)
-        # Gradients of float32 outputs; cast only under an unusual caller.
-        grad_log_q = grad_log_q.float() if grad_log_q is not None else None
-        grad_log_p = grad_log_p.float() if grad_log_p is not None else None
-        grad_mu = torch.empty(mu.shape, dtype=z_dtype, device=mu.device)
-        grad_logvar = torch.empty(mu.shape, dtype=z_dtype, device=mu.device)
-        prior_mu, prior_logvar, prior_mu_layout, prior_logvar_layout, sizes = prior_layout_args(
-            prior_mu, prior_logvar, mu.shape
-        )
-        needs_noise = grad_z is not None or grad_log_p is not None
-        native.launch(
-            "sample_gaussian_k_bwd", mu.device,
-            address(mu_c), address(logvar_c), address(prior_mu), address(prior_logvar),
-            address(seed_offset) if needs_noise else 0, address(grad_z), address(grad_log_q), address(grad_log_p),
-            address(grad_mu), address(grad_logvar), address(grad_prior_mu), address(grad_prior_logvar),
-            num_samples, batch, features, prior_mu_layout, prior_logvar_layout, sizes,
-            dtype_code(z_dtype, "sample_gaussian_k"), dtype_code(prior_dtype, "sample_gaussian_k"),
-        )
-        grad_mu, grad_logvar = grad_mu.to(mu.dtype), grad_logvar.to(logvar.dtype)
-    if grad_prior_mu is not None:
-        grad_prior_mu = grad_prior_mu.to(prior_grad_dtypes[0])
-    if grad_prior_logvar is not None:
-        grad_prior_logvar = grad_prior_logvar.to(prior_grad_dtypes[1])
-    return grad_mu, grad_logvar, grad_prior_mu, grad_prior_logvar
+        return
+    op = "sample_gaussian_k"
+    z_dtype = torch.promote_types(mu.dtype, logvar.dtype)
+    mu_c, logvar_c, prior_mu, prior_logvar, prior_dtype = gaussian_dtypes(mu, logvar, prior_mu, prior_logvar, z_dtype)
+    if grad_z is not None and grad_z.dtype != z_dtype:
+        grad_z = grad_z.to(z_dtype)
+    # Gradients of float32 outputs; cast only under an unusual caller.
+    grad_log_q = grad_log_q.float() if grad_log_q is not None else None
+    grad_log_p = grad_log_p.float() if grad_log_p is not None else None
+    # The C++ writes grad_mu and grad_logvar in the dtype it reads mu and logvar in: in the
+    # rare mixed case, into a buffer cast into the outputs afterwards (one copy each).
+    grad_mu_written = grad_mu if grad_mu.dtype == z_dtype else torch.empty(mu.shape, dtype=z_dtype, device=mu.device)
+    grad_logvar_written = (
+        grad_logvar if grad_logvar.dtype == z_dtype else torch.empty(mu.shape, dtype=z_dtype, device=mu.device)
+    )
+    prior_mu, prior_logvar, prior_mu_layout, prior_logvar_layout, sizes = prior_layout_args(
+        prior_mu, prior_logvar, mu.shape
+    )
+    needs_noise = grad_z is not None or grad_log_p is not None
+    native.launch(
+        "sample_gaussian_k_bwd", mu.device,
+        mu=address(mu_c), logvar=address(logvar_c), prior_mu=address(prior_mu), prior_logvar=address(prior_logvar),
+        seed_offset=address(seed_offset) if needs_noise else 0, grad_z=address(grad_z),
+        grad_log_q=address(grad_log_q), grad_log_p=address(grad_log_p),
+        grad_mu=address(grad_mu_written), grad_logvar=address(grad_logvar_written),
+        grad_prior_mu=address(grad_prior_mu), grad_prior_logvar=address(grad_prior_logvar),
+        num_samples=num_samples, batch=batch, features=features, prior_mu_layout=prior_mu_layout,
+        prior_logvar_layout=prior_logvar_layout, sizes=sizes, dtype=dtype_code(z_dtype, op),
+        prior_dtype=dtype_code(prior_dtype, op), grad_prior_mu_dtype=output_dtype_code(grad_prior_mu, op),
+        grad_prior_logvar_dtype=output_dtype_code(grad_prior_logvar, op),
+    )
+    if grad_mu_written is not grad_mu:
+        grad_mu.copy_(grad_mu_written)
+    if grad_logvar_written is not grad_logvar:
+        grad_logvar.copy_(grad_logvar_written)
 
 
 def _reduced_layout(shape, dim: int) -> tuple[int, int, int]:
@@ -117,12 +112,10 @@ def _common_dtype(op: str, *tensors):
     return [t if t.dtype == dtype else t.to(dtype) for t in tensors], dtype
 
 
-def _log_mean_exp_fwd(native, x, log_p, log_q, dim: int, op: str):
+def _log_mean_exp_fwd(native, x, log_p, log_q, dim: int, out, lse_parts, op: str):
     num_samples, columns, inner = _reduced_layout(x.shape, dim)
-    out = torch.empty(tuple(x.shape[:dim]) + tuple(x.shape[dim + 1:]), dtype=torch.float32, device=x.device)
-    lse_parts = torch.empty((2, columns), dtype=torch.float32, device=x.device)
     if columns == 0:
-        return out, lse_parts
+        return
     inputs, dtype = _common_dtype(op, *[t for t in (x, log_p, log_q) if t is not None])
     x, log_p, log_q = inputs if log_p is not None else (inputs[0], None, None)
     native.launch(
@@ -130,47 +123,47 @@ def _log_mean_exp_fwd(native, x, log_p, log_q, dim: int, op: str):
         address(x), address(log_p), address(log_q), address(out), address(lse_parts),
         num_samples, columns, inner, math.log(num_samples), dtype_code(dtype, op),
     )
-    return out, lse_parts
 
 
-def _log_mean_exp_bwd(native, grad_out, x, log_p, log_q, lse_parts, dim: int, wanted, op: str):
-    """(grad_x, grad_log_p, grad_log_q), each in its input's dtype, None unless ``wanted``."""
+def _log_mean_exp_bwd(native, grad_out, x, log_p, log_q, lse_parts, dim: int, grads, op: str):
+    """Writes grads = (grad_x, grad_log_p, grad_log_q), each None when not asked for."""
     num_samples, columns, inner = _reduced_layout(x.shape, dim)
-    originals = (x, log_p, log_q)
-    if columns == 0 or not any(wanted):
-        return tuple(torch.empty_like(t) if w else None for t, w in zip(originals, wanted))
-    inputs, dtype = _common_dtype(op, *[t for t in originals if t is not None])
+    if columns == 0 or all(g is None for g in grads):
+        return
+    inputs, dtype = _common_dtype(op, *[t for t in (x, log_p, log_q) if t is not None])
     x, log_p, log_q = inputs if log_p is not None else (inputs[0], None, None)
-    grads = [torch.empty(x.shape, dtype=dtype, device=x.device) if w else None for w in wanted]
+    # The C++ writes every gradient in the one dtype it reads the inputs in: a gradient of
+    # another dtype (a mixed-dtype call) is written to a buffer and cast into it.
+    written = [g if g is None or g.dtype == dtype else torch.empty(x.shape, dtype=dtype, device=x.device)
+               for g in grads]
     grad_out = grad_out.float()  # the gradient of a float32 output: a no-op but for an unusual caller
     native.launch(
         "log_mean_exp_bwd", x.device,
         address(x), address(log_p), address(log_q), address(lse_parts), address(grad_out),
-        *(address(g) for g in grads), num_samples, columns, inner, dtype_code(dtype, op),
+        *(address(g) for g in written), num_samples, columns, inner, dtype_code(dtype, op),
     )
-    return tuple(g.to(t.dtype) if g is not None else None for g, t in zip(grads, originals))
+    for grad, buffer in zip(grads, written):
+        if buffer is not grad:
+            grad.copy_(buffer)
 
 
-def log_mean_exp_fwd(native, x, dim: int):
-    """As :func:`fastvae.kernels.iwae.log_mean_exp_fwd`: (out, lse_parts)."""
-    return _log_mean_exp_fwd(native, x, None, None, dim, "log_mean_exp")
+def log_mean_exp_fwd(native, x, dim: int, out, lse_parts):
+    """As :func:`fastvae.kernels.iwae.log_mean_exp_fwd`: writes out and lse_parts."""
+    _log_mean_exp_fwd(native, x, None, None, dim, out, lse_parts, "log_mean_exp")
 
 
-def log_mean_exp_bwd(native, grad_out, x, lse_parts, dim: int) -> torch.Tensor:
-    """As :func:`fastvae.kernels.iwae.log_mean_exp_bwd`: grad_x, x's shape and dtype."""
-    grad_x, _, _ = _log_mean_exp_bwd(native, grad_out, x, None, None, lse_parts, dim, (True, False, False),
-                                     "log_mean_exp")
-    return grad_x
+def log_mean_exp_bwd(native, grad_out, x, lse_parts, dim: int, grad_x):
+    """As :func:`fastvae.kernels.iwae.log_mean_exp_bwd`: writes grad_x."""
+    _log_mean_exp_bwd(native, grad_out, x, None, None, lse_parts, dim, (grad_x, None, None), "log_mean_exp")
 
 
-def iwae_bound_fwd(native, log_px_z, log_p, log_q):
-    """As :func:`fastvae.kernels.iwae.iwae_bound_fwd`: (bound, lse_parts)."""
-    return _log_mean_exp_fwd(native, log_px_z, log_p, log_q, 0, "iwae_bound")
+def iwae_bound_fwd(native, log_px_z, log_p, log_q, bound, lse_parts):
+    """As :func:`fastvae.kernels.iwae.iwae_bound_fwd`: writes bound and lse_parts."""
+    _log_mean_exp_fwd(native, log_px_z, log_p, log_q, 0, bound, lse_parts, "iwae_bound")
 
 
-def iwae_bound_bwd(native, grad_bound, log_px_z, log_p, log_q, lse_parts, log_px_z_grad: bool, log_p_grad: bool,
-                   log_q_grad: bool):
-    """As :func:`fastvae.kernels.iwae.iwae_bound_bwd`: (grad·w, grad·w, −grad·w) for
-    (log_px_z, log_p, log_q), each in its input's dtype, None unless asked for."""
-    return _log_mean_exp_bwd(native, grad_bound, log_px_z, log_p, log_q, lse_parts, 0,
-                             (log_px_z_grad, log_p_grad, log_q_grad), "iwae_bound")
+def iwae_bound_bwd(native, grad_bound, log_px_z, log_p, log_q, lse_parts, grad_log_px_z, grad_log_p, grad_log_q):
+    """As :func:`fastvae.kernels.iwae.iwae_bound_bwd`: writes grad·w, grad·w and −grad·w
+    into the gradients of (log_px_z, log_p, log_q), each None when not asked for."""
+    _log_mean_exp_bwd(native, grad_bound, log_px_z, log_p, log_q, lse_parts, 0,
+                      (grad_log_px_z, grad_log_p, grad_log_q), "iwae_bound")

@@ -4,38 +4,35 @@ from __future__ import annotations
 
 import torch
 
-from . import address, dtype_code, gaussian_dtypes, prior_layout_args
+from . import address, dtype_code, gaussian_dtypes, output_dtype_code, prior_layout_args
 
 LAUNCHERS = ("gaussian_latent_fwd", "gaussian_latent_bwd", "backward_reads_sample")
 KL_MODE_CODES = {"none": 0, "element": 1, "row": 2}
 
 
-def gaussian_latent_fwd(native, mu, logvar, prior_mu, prior_logvar, seed_offset, sample: bool, kl_mode: str, z_dtype):
-    """As :func:`fastvae.kernels.latent.gaussian_latent_fwd`."""
+def gaussian_latent_fwd(native, mu, logvar, prior_mu, prior_logvar, seed_offset, kl_mode: str, z, kl):
+    """As :func:`fastvae.kernels.latent.gaussian_latent_fwd`: writes z and kl."""
     batch = mu.shape[0]
     features = mu[0].numel() if batch else int(torch.Size(mu.shape[1:]).numel())
+    z_dtype = torch.promote_types(mu.dtype, logvar.dtype)
     mu, logvar, prior_mu, prior_logvar, prior_dtype = gaussian_dtypes(mu, logvar, prior_mu, prior_logvar, z_dtype)
-    z = torch.empty(mu.shape, dtype=z_dtype, device=mu.device) if sample else None
     row_partials = native.constant("LATENT_ROW_PARTIAL_WIDTH")
     row_partials = -(-features // row_partials) if row_partials else 1
-    kl = None
-    if kl_mode == "element":
-        kl = torch.empty(mu.shape, dtype=torch.float32, device=mu.device)
-    elif kl_mode == "row":
-        kl = torch.zeros((batch, max(row_partials, 1)), dtype=torch.float32, device=mu.device)
+    kl_partials = kl
+    if kl_mode == "row":
+        kl_partials = torch.zeros((batch, max(row_partials, 1)), dtype=torch.float32, device=mu.device)
     if batch and features:
         prior_mu, prior_logvar, prior_mu_layout, prior_logvar_layout, sizes = prior_layout_args(prior_mu, prior_logvar, mu.shape)
         native.launch(
             "gaussian_latent_fwd", mu.device,
             address(mu), address(logvar), address(prior_mu), address(prior_logvar),
-            address(seed_offset) if sample else 0, address(z), address(kl),
+            address(seed_offset) if z is not None else 0, address(z), address(kl_partials),
             batch, features, row_partials, prior_mu_layout, prior_logvar_layout, sizes,
             dtype_code(z_dtype, "sample_gaussian"), dtype_code(prior_dtype, "sample_gaussian"), KL_MODE_CODES[kl_mode],
         )
     if kl_mode == "row":
         # Partial sums per column chunk, added in a fixed order: bitwise repeatable.
-        kl = kl[:, 0].contiguous() if kl.shape[1] == 1 else kl.sum(dim=1)
-    return z, kl
+        kl.copy_(kl_partials[:, 0] if kl_partials.shape[1] == 1 else kl_partials.sum(dim=1))
 
 
 def backward_reads_sample(native, z_dtype: torch.dtype) -> bool:
@@ -50,34 +47,42 @@ def backward_reads_sample(native, z_dtype: torch.dtype) -> bool:
 
 
 def gaussian_latent_bwd(native, grad_z, grad_kl, mu, logvar, prior_mu, prior_logvar, seed_offset, z,
-                        prior_mu_grad: bool, prior_logvar_grad: bool):
-    """As :func:`fastvae.kernels.latent.gaussian_latent_bwd`; the prior gradients come back
-    per element in float32.  z: the forward's sample when :func:`backward_reads_sample`,
+                        grad_mu, grad_logvar, grad_prior_mu, grad_prior_logvar):
+    """As :func:`fastvae.kernels.latent.gaussian_latent_bwd`: writes the gradients, each
+    prior's in its own dtype.  z: the forward's sample when :func:`backward_reads_sample`,
     else None."""
     batch = mu.shape[0]
     features = mu[0].numel() if batch else int(torch.Size(mu.shape[1:]).numel())
-    grad_dtypes = (mu.dtype, logvar.dtype)
+    if not (batch and features):
+        return
     z_dtype = torch.promote_types(mu.dtype, logvar.dtype)
     mu_c, logvar_c, prior_mu, prior_logvar, prior_dtype = gaussian_dtypes(mu, logvar, prior_mu, prior_logvar, z_dtype)
     if grad_z is not None and grad_z.dtype != z_dtype:
         grad_z = grad_z.to(z_dtype)
-    grad_mu = torch.empty(mu.shape, dtype=z_dtype, device=mu.device)
-    grad_logvar = torch.empty(mu.shape, dtype=z_dtype, device=mu.device)
-    wants_prior = grad_kl is not None
-    grad_prior_mu = torch.empty(mu.shape, dtype=torch.float32, device=mu.device) if prior_mu_grad and wants_prior else None
-    grad_prior_logvar = (
-        torch.empty(mu.shape, dtype=torch.float32, device=mu.device) if prior_logvar_grad and wants_prior else None
+    # The C++ writes grad_mu and grad_logvar in the dtype it reads mu and logvar in: in the
+    # rare mixed case, into a buffer cast into the outputs afterwards (one copy each).
+    grad_mu_written = grad_mu if grad_mu.dtype == z_dtype else torch.empty(mu.shape, dtype=z_dtype, device=mu.device)
+    grad_logvar_written = (
+        grad_logvar if grad_logvar.dtype == z_dtype else torch.empty(mu.shape, dtype=z_dtype, device=mu.device)
     )
-    if batch and features:
-        prior_mu, prior_logvar, prior_mu_layout, prior_logvar_layout, sizes = prior_layout_args(prior_mu, prior_logvar, mu.shape)
-        native.launch(
-            "gaussian_latent_bwd", mu.device,
-            address(mu_c), address(logvar_c), address(prior_mu), address(prior_logvar),
-            address(seed_offset) if grad_z is not None and z is None else 0,
-            address(z) if grad_z is not None else 0, address(grad_z), address(grad_kl),
-            address(grad_mu), address(grad_logvar), address(grad_prior_mu), address(grad_prior_logvar),
-            batch, features, prior_mu_layout, prior_logvar_layout, sizes,
-            dtype_code(z_dtype, "sample_gaussian"), dtype_code(prior_dtype, "sample_gaussian"),
-            grad_kl is not None and grad_kl.shape == mu.shape,
-        )
-    return grad_mu.to(grad_dtypes[0]), grad_logvar.to(grad_dtypes[1]), grad_prior_mu, grad_prior_logvar
+    prior_mu, prior_logvar, prior_mu_layout, prior_logvar_layout, sizes = prior_layout_args(
+        prior_mu, prior_logvar, mu.shape
+    )
+    op = "sample_gaussian"
+    native.launch(
+        "gaussian_latent_bwd", mu.device,
+        mu=address(mu_c), logvar=address(logvar_c), prior_mu=address(prior_mu), prior_logvar=address(prior_logvar),
+        seed_offset=address(seed_offset) if grad_z is not None and z is None else 0,
+        z=address(z) if grad_z is not None else 0, grad_z=address(grad_z), grad_kl=address(grad_kl),
+        grad_mu=address(grad_mu_written), grad_logvar=address(grad_logvar_written),
+        grad_prior_mu=address(grad_prior_mu), grad_prior_logvar=address(grad_prior_logvar),
+        batch=batch, features=features, prior_mu_layout=prior_mu_layout, prior_logvar_layout=prior_logvar_layout,
+        sizes=sizes, dtype=dtype_code(z_dtype, op), prior_dtype=dtype_code(prior_dtype, op),
+        grad_prior_mu_dtype=output_dtype_code(grad_prior_mu, op),
+        grad_prior_logvar_dtype=output_dtype_code(grad_prior_logvar, op),
+        grad_kl_per_element=grad_kl is not None and grad_kl.shape == mu.shape,
+    )
+    if grad_mu_written is not grad_mu:
+        grad_mu.copy_(grad_mu_written)
+    if grad_logvar_written is not grad_logvar:
+        grad_logvar.copy_(grad_logvar_written)

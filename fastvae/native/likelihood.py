@@ -1,6 +1,6 @@
 """Native launchers of the reconstruction likelihoods (csrc/cpu/likelihood.cpp,
-csrc/cuda/likelihood.cu), with the signatures and return conventions of
-:mod:`fastvae.kernels.likelihood`'s.
+csrc/cuda/likelihood.cu), with the signatures of :mod:`fastvae.kernels.likelihood`'s: they
+write into the outputs the op allocates.
 
 The C++ reads the parameters (logits, mean) in their dtype, and x and the Gaussian logvar
 each in the parameters' dtype or float32 (a Bernoulli x also as 0/1 bytes); any other mix
@@ -42,23 +42,19 @@ def _companion(tensor, params_dtype, op: str, allow_bytes: bool = False):
     return tensor, dtype_code(tensor.dtype, op)
 
 
-def _empty_nll(params, per_element: bool):
-    if per_element:
-        return torch.empty(params.shape, dtype=torch.float32, device=params.device)
-    return torch.zeros((params.shape[0],), dtype=torch.float32, device=params.device)
-
-
-def _nll_buffer(params, per_element: bool, row_partials: int):
-    if per_element:
-        return torch.empty(params.shape, dtype=torch.float32, device=params.device)
-    return torch.empty((params.shape[0], row_partials), dtype=torch.float32, device=params.device)
-
-
-def _finish_rows(nll, per_element: bool):
+def _nll_partials(nll, per_element: bool, row_partials: int):
+    """Where the C++ writes the forward: the nll output itself per element, else partial
+    sums per (row, column chunk)."""
     if per_element:
         return nll
+    return torch.empty((nll.shape[0], row_partials), dtype=torch.float32, device=nll.device)
+
+
+def _finish_rows(nll, partials, per_element: bool):
+    if per_element:
+        return
     # Partial sums per column chunk, added in a fixed order: bitwise repeatable.
-    return nll[:, 0].contiguous() if nll.shape[1] == 1 else nll.sum(dim=1)
+    nll.copy_(partials[:, 0] if partials.shape[1] == 1 else partials.sum(dim=1))
 
 
 def _grad_nll(grad_nll):
@@ -67,49 +63,56 @@ def _grad_nll(grad_nll):
     return grad_nll.contiguous()
 
 
-def _grad_buffer(like, read_dtype):
-    """The gradient buffer of an input read by the C++ in ``read_dtype`` (its own dtype, or
-    float32 when it was cast)."""
-    return torch.empty(like.shape, dtype=read_dtype, device=like.device)
+def _written_grad(grad, read_dtype):
+    """Where the C++ writes the gradient ``grad`` of an input it reads in ``read_dtype``
+    (the input's own dtype, or float32 when it was cast): ``grad`` itself, or in the rare
+    mixed case a buffer cast into it afterwards (:func:`_cast_into`)."""
+    if grad is None or grad.dtype == read_dtype:
+        return grad
+    return torch.empty(grad.shape, dtype=read_dtype, device=grad.device)
 
 
-def bernoulli_nll_fwd(native, logits, x, continuous: bool, per_element: bool):
-    """As :func:`fastvae.kernels.likelihood.bernoulli_nll_fwd`: the nll, float32, per
-    element (logits' shape) if ``per_element``, else summed per sample, [B]."""
+def _cast_into(grad, written) -> None:
+    if written is not grad:
+        grad.copy_(written)
+
+
+def bernoulli_nll_fwd(native, logits, x, continuous: bool, per_element: bool, nll):
+    """As :func:`fastvae.kernels.likelihood.bernoulli_nll_fwd`: writes the nll, float32,
+    per element (logits' shape) if ``per_element``, else summed per sample, [B]."""
     op = "continuous_bernoulli_nll" if continuous else "bernoulli_nll"
     batch, features = _geometry(logits)
     if batch == 0 or features == 0:
-        return _empty_nll(logits, per_element)
+        if not per_element:
+            nll.zero_()
+        return
     x, x_code = _companion(x, logits.dtype, op, allow_bytes=True)
     row_partials = _row_partials(native, features)
-    nll = _nll_buffer(logits, per_element, row_partials)
+    partials = _nll_partials(nll, per_element, row_partials)
     native.launch(
         "bernoulli_nll_fwd", logits.device,
-        address(logits), address(x), address(nll), batch, features, row_partials,
+        address(logits), address(x), address(partials), batch, features, row_partials,
         dtype_code(logits.dtype, op), x_code, bool(continuous), bool(per_element),
     )
-    return _finish_rows(nll, per_element)
+    _finish_rows(nll, partials, per_element)
 
 
-def bernoulli_nll_bwd(native, grad_nll, logits, x, continuous: bool, logits_grad: bool, x_grad: bool):
-    """As :func:`fastvae.kernels.likelihood.bernoulli_nll_bwd`: (grad_logits, grad_x), each
-    in its input's dtype, None unless asked for."""
+def bernoulli_nll_bwd(native, grad_nll, logits, x, continuous: bool, grad_logits, grad_x):
+    """As :func:`fastvae.kernels.likelihood.bernoulli_nll_bwd`: writes grad_logits and
+    grad_x, each in its input's dtype, None when not asked for."""
     op = "continuous_bernoulli_nll" if continuous else "bernoulli_nll"
     batch, features = _geometry(logits)
-    grad_logits = torch.empty_like(logits) if logits_grad else None
-    if batch == 0 or features == 0 or not (logits_grad or x_grad):
-        return grad_logits, (torch.empty_like(x) if x_grad else None)
+    if batch == 0 or features == 0 or (grad_logits is None and grad_x is None):
+        return
     x_read, x_code = _companion(x, logits.dtype, op, allow_bytes=True)
-    grad_x = _grad_buffer(x, x_read.dtype) if x_grad else None
+    grad_x_written = _written_grad(grad_x, x_read.dtype)
     grad_nll = _grad_nll(grad_nll)
     native.launch(
         "bernoulli_nll_bwd", logits.device,
-        address(logits), address(x_read), address(grad_nll), address(grad_logits), address(grad_x),
+        address(logits), address(x_read), address(grad_nll), address(grad_logits), address(grad_x_written),
         batch, features, dtype_code(logits.dtype, op), x_code, bool(continuous), grad_nll.shape == logits.shape,
     )
-    if grad_x is not None and grad_x.dtype != x.dtype:
-        grad_x = grad_x.to(x.dtype)
-    return grad_logits, grad_x
+    _cast_into(grad_x, grad_x_written)
 
 
 def _logvar_args(logvar, mean, backward: bool):
@@ -127,57 +130,47 @@ def _logvar_args(logvar, mean, backward: bool):
     return logvar, strides, [size1, size2], code
 
 
-def gaussian_nll_fwd(native, mean, x, logvar, logvar_value: float, per_element: bool):
-    """As :func:`fastvae.kernels.likelihood.gaussian_nll_fwd`: the nll, float32, per
+def gaussian_nll_fwd(native, mean, x, logvar, logvar_value: float, per_element: bool, nll):
+    """As :func:`fastvae.kernels.likelihood.gaussian_nll_fwd`: writes the nll, float32, per
     element if ``per_element``, else summed per sample, [B]."""
     op = "gaussian_nll"
     batch, features = _geometry(mean)
     if batch == 0 or features == 0:
-        return _empty_nll(mean, per_element)
+        if not per_element:
+            nll.zero_()
+        return
     x, x_code = _companion(x, mean.dtype, op)
     logvar_arg, layout, sizes, logvar_code = _logvar_args(logvar, mean, backward=False)
     row_partials = _row_partials(native, features)
-    nll = _nll_buffer(mean, per_element, row_partials)
+    partials = _nll_partials(nll, per_element, row_partials)
     native.launch(
         "gaussian_nll_fwd", mean.device,
-        address(mean), address(x), address(logvar_arg), address(nll), batch, features, row_partials,
+        address(mean), address(x), address(logvar_arg), address(partials), batch, features, row_partials,
         layout, sizes, 0.0 if logvar is not None else float(logvar_value),
         dtype_code(mean.dtype, op), x_code, logvar_code, bool(per_element),
     )
-    return _finish_rows(nll, per_element)
+    _finish_rows(nll, partials, per_element)
 
 
-def gaussian_nll_bwd(native, grad_nll, mean, x, logvar, logvar_value: float, mean_grad: bool, x_grad: bool,
-                     logvar_grad: bool):
-    """As :func:`fastvae.kernels.likelihood.gaussian_nll_bwd`: (grad_mean, grad_x,
-    grad_logvar), None unless asked for; grad_logvar per element of mean's shape
-    (logvar's dtype if full-size, else float32, for the caller to sum to logvar's shape)."""
+def gaussian_nll_bwd(native, grad_nll, mean, x, logvar, logvar_value: float, grad_mean, grad_x, grad_logvar):
+    """As :func:`fastvae.kernels.likelihood.gaussian_nll_bwd`: writes grad_mean, grad_x and
+    grad_logvar (per element of mean's shape: logvar's dtype if full-size, else float32),
+    each None when not asked for."""
     op = "gaussian_nll"
     batch, features = _geometry(mean)
-    logvar_grad = logvar_grad and logvar is not None
-    full_size = logvar is not None and logvar.shape == mean.shape
-    grad_mean = torch.empty_like(mean) if mean_grad else None
-    if batch == 0 or features == 0 or not (mean_grad or x_grad or logvar_grad):
-        grad_x = torch.empty_like(x) if x_grad else None
-        grad_logvar = None
-        if logvar_grad:
-            dtype = logvar.dtype if full_size else torch.float32
-            grad_logvar = torch.empty(mean.shape, dtype=dtype, device=mean.device)
-        return grad_mean, grad_x, grad_logvar
+    if batch == 0 or features == 0 or (grad_mean is None and grad_x is None and grad_logvar is None):
+        return
     x_read, x_code = _companion(x, mean.dtype, op)
     logvar_arg, layout, sizes, logvar_code = _logvar_args(logvar, mean, backward=True)
-    grad_x = _grad_buffer(x, x_read.dtype) if x_grad else None
-    grad_logvar = _grad_buffer(mean, logvar_arg.dtype) if logvar_grad else None
+    grad_x_written = _written_grad(grad_x, x_read.dtype)
+    grad_logvar_written = _written_grad(grad_logvar, logvar_arg.dtype if logvar_arg is not None else torch.float32)
     grad_nll = _grad_nll(grad_nll)
     native.launch(
         "gaussian_nll_bwd", mean.device,
         address(mean), address(x_read), address(logvar_arg), address(grad_nll),
-        address(grad_mean), address(grad_x), address(grad_logvar), batch, features, layout, sizes,
+        address(grad_mean), address(grad_x_written), address(grad_logvar_written), batch, features, layout, sizes,
         0.0 if logvar is not None else float(logvar_value),
         dtype_code(mean.dtype, op), x_code, logvar_code, grad_nll.shape == mean.shape,
     )
-    if grad_x is not None and grad_x.dtype != x.dtype:
-        grad_x = grad_x.to(x.dtype)
-    if grad_logvar is not None and full_size and grad_logvar.dtype != logvar.dtype:
-        grad_logvar = grad_logvar.to(logvar.dtype)
-    return grad_mean, grad_x, grad_logvar
+    _cast_into(grad_x, grad_x_written)
+    _cast_into(grad_logvar, grad_logvar_written)

@@ -1,6 +1,6 @@
 """Native launchers of the discretized logistic family (csrc/cpu/logistic.cpp,
-csrc/cuda/logistic.cu), with the signatures and return conventions of
-:mod:`fastvae.kernels.logistic`'s.
+csrc/cuda/logistic.cu), with the signatures of :mod:`fastvae.kernels.logistic`'s: they
+write into the outputs the op allocates.
 
 Tensors are read in place where the kernels' strides allow (rows any stride apart for the
 single logistic; (batch, channel, spatial) strides for the mixture, so channels_last
@@ -42,9 +42,9 @@ def _partials(native, name: str, length: int) -> int:
     return -(-length // width)
 
 
-def _sum_partials(partials: torch.Tensor) -> torch.Tensor:
+def _sum_partials_into(nll: torch.Tensor, partials: torch.Tensor) -> None:
     # Partial sums per block, added in a fixed order: bitwise repeatable.
-    return partials[:, 0].contiguous() if partials.shape[1] == 1 else partials.sum(dim=1)
+    nll.copy_(partials[:, 0] if partials.shape[1] == 1 else partials.sum(dim=1))
 
 
 # --------------------------------------------------------------------------------------
@@ -69,48 +69,50 @@ def _logistic_inputs(mean, log_scale, x):
     return mean, log_scale, x, [mean_stride, log_scale_stride, x_stride], dtype
 
 
-def discretized_logistic_fwd(native, mean, log_scale, x, num_bins: int, per_element: bool):
-    """As :func:`fastvae.kernels.logistic.discretized_logistic_fwd`: the nll per element
-    (float32, contiguous, x's shape) or per sample (float32 [B])."""
+def discretized_logistic_fwd(native, mean, log_scale, x, num_bins: int, per_element: bool, nll):
+    """As :func:`fastvae.kernels.logistic.discretized_logistic_fwd`: writes the nll per
+    element (float32, contiguous, x's shape) or per sample (float32 [B])."""
     batch = mean.shape[0]
     features = mean[0].numel() if batch else int(torch.Size(mean.shape[1:]).numel())
     if batch == 0 or features == 0:
-        if per_element:
-            return torch.empty(mean.shape, dtype=torch.float32, device=mean.device)
-        return torch.zeros((batch,), dtype=torch.float32, device=mean.device)
+        if not per_element:
+            nll.zero_()
+        return
     mean, log_scale, x, strides, dtype = _logistic_inputs(mean, log_scale, x)
     row_partials = _partials(native, "LOGISTIC_ROW_PARTIAL_WIDTH", features)
-    shape = tuple(mean.shape) if per_element else (batch, row_partials)
-    nll = torch.empty(shape, dtype=torch.float32, device=mean.device)
+    partials = nll if per_element else torch.empty((batch, row_partials), dtype=torch.float32, device=mean.device)
     native.launch(
         "discretized_logistic_fwd", mean.device,
-        address(mean), address(log_scale), address(x), address(nll), batch, features, row_partials, strides,
+        address(mean), address(log_scale), address(x), address(partials), batch, features, row_partials, strides,
         *grid_constants(num_bins), dtype_code(dtype, NLL_OP), _x_code(x, NLL_OP), per_element,
     )
-    return nll if per_element else _sum_partials(nll)
+    if not per_element:
+        _sum_partials_into(nll, partials)
 
 
-def discretized_logistic_bwd(native, grad_nll, mean, log_scale, x, num_bins: int):
+def discretized_logistic_bwd(native, grad_nll, mean, log_scale, x, num_bins: int, grad_mean, grad_log_scale):
     """As :func:`fastvae.kernels.logistic.discretized_logistic_bwd`.  grad_nll: per element
-    (mean's shape) or per sample [B].  Returns (grad_mean, grad_log_scale), contiguous, in
-    mean's and log_scale's dtypes."""
+    (mean's shape) or per sample [B].  Writes grad_mean and grad_log_scale (contiguous, in
+    mean's and log_scale's dtypes)."""
     batch = mean.shape[0]
     features = mean[0].numel() if batch else int(torch.Size(mean.shape[1:]).numel())
-    grad_dtypes = (mean.dtype, log_scale.dtype)
     if batch == 0 or features == 0:
-        return (torch.empty(mean.shape, dtype=grad_dtypes[0], device=mean.device),
-                torch.empty(log_scale.shape, dtype=grad_dtypes[1], device=mean.device))
+        return
     mean, log_scale, x, strides, dtype = _logistic_inputs(mean, log_scale, x)
-    grad_mean = torch.empty(mean.shape, dtype=dtype, device=mean.device)
-    grad_log_scale = torch.empty(mean.shape, dtype=dtype, device=mean.device)
+    # The C++ writes both gradients in the one dtype it reads mean and log_scale in: in the
+    # rare mixed case, into a buffer cast into the output afterwards (one copy).
+    written = [g if g.dtype == dtype else torch.empty(mean.shape, dtype=dtype, device=mean.device)
+               for g in (grad_mean, grad_log_scale)]
     grad_nll = grad_nll.to(torch.float32).contiguous()
     native.launch(
         "discretized_logistic_bwd", mean.device,
-        address(mean), address(log_scale), address(x), address(grad_nll), address(grad_mean),
-        address(grad_log_scale), batch, features, strides, *grid_constants(num_bins),
+        address(mean), address(log_scale), address(x), address(grad_nll), address(written[0]),
+        address(written[1]), batch, features, strides, *grid_constants(num_bins),
         dtype_code(dtype, NLL_OP), _x_code(x, NLL_OP), grad_nll.dim() > 1,
     )
-    return grad_mean.to(grad_dtypes[0]), grad_log_scale.to(grad_dtypes[1])
+    for grad, buffer in zip((grad_mean, grad_log_scale), written):
+        if buffer is not grad:
+            grad.copy_(buffer)
 
 
 # --------------------------------------------------------------------------------------
@@ -139,45 +141,47 @@ def mixture_forward_writes_grad(native) -> bool:
     return native.name == "cpu"
 
 
-def logistic_mixture_fwd(native, params, x, num_mixtures: int, num_bins: int, per_pixel: bool, grad_params=None):
-    """As :func:`fastvae.kernels.logistic.logistic_mixture_fwd`: the nll per pixel
-    (float32, contiguous [B, *spatial]) or per sample (float32 [B]).  grad_params: None, or
-    (where :func:`mixture_forward_writes_grad`) a buffer as :func:`logistic_mixture_bwd`'s
+def logistic_mixture_fwd(native, params, x, num_mixtures: int, num_bins: int, per_pixel: bool, nll, grad_params):
+    """As :func:`fastvae.kernels.logistic.logistic_mixture_fwd`: writes the nll per pixel
+    (float32, contiguous [B, *spatial]) or per sample (float32 [B]).  grad_params: None,
+    or (where :func:`mixture_forward_writes_grad`) a buffer as :func:`logistic_mixture_bwd`'s
     that gets ∂nll/∂params, the gradient for an upstream gradient of 1."""
     if grad_params is not None and spatial_stride(grad_params) is None:
         raise ValueError("logistic_mixture_fwd: grad_params' spatial dimensions must form one strided run")
     _check_components(native, num_mixtures)
     batch, channels = x.shape[0], x.shape[1]
     pixels = int(torch.Size(x.shape[2:]).numel())
-    shape = (batch,) + tuple(x.shape[2:])
     if batch == 0 or pixels == 0:
-        return (torch.empty(shape, dtype=torch.float32, device=params.device) if per_pixel
-                else torch.zeros((batch,), dtype=torch.float32, device=params.device))
+        if not per_pixel:
+            nll.zero_()
+        return
     params, x = mixture_layout(params), mixture_layout(x)
     pixel_partials = _partials(native, "LOGISTIC_MIXTURE_ROW_PARTIAL_WIDTH", pixels)
-    nll = torch.empty(shape if per_pixel else (batch, pixel_partials), dtype=torch.float32, device=params.device)
+    partials = nll if per_pixel else torch.empty((batch, pixel_partials), dtype=torch.float32, device=params.device)
     native.launch(
         "logistic_mixture_fwd", params.device,
-        address(params), address(x), address(nll), address(grad_params), batch, pixels, num_mixtures, pixel_partials,
-        _pixel_strides(params), _pixel_strides(x), _pixel_strides(grad_params if grad_params is not None else params),
+        address(params), address(x), address(partials), address(grad_params), batch, pixels, num_mixtures,
+        pixel_partials, _pixel_strides(params), _pixel_strides(x),
+        _pixel_strides(grad_params if grad_params is not None else params),
         *grid_constants(num_bins), channels,
         dtype_code(params.dtype, MIXTURE_OP), _x_code(x, MIXTURE_OP), per_pixel,
     )
-    return nll if per_pixel else _sum_partials(nll)
+    if not per_pixel:
+        _sum_partials_into(nll, partials)
 
 
 def logistic_mixture_bwd(native, grad_nll, params, x, num_mixtures: int, num_bins: int, grad_params):
     """As :func:`fastvae.kernels.logistic.logistic_mixture_bwd`.  grad_nll: per pixel
     ([B, *spatial]) or per sample [B]; grad_params: the output, params' shape and dtype, any
     layout whose spatial dimensions form one strided run (contiguous, channels_last), every
-    element written once.  Returns grad_params."""
+    element written once."""
     if spatial_stride(grad_params) is None:
         raise ValueError("logistic_mixture_bwd: grad_params' spatial dimensions must form one strided run")
     _check_components(native, num_mixtures)
     batch, channels = x.shape[0], x.shape[1]
     pixels = int(torch.Size(x.shape[2:]).numel())
     if batch == 0 or pixels == 0:
-        return grad_params
+        return
     params, x = mixture_layout(params), mixture_layout(x)
     grad_nll = grad_nll.to(torch.float32).contiguous()
     native.launch(
@@ -186,4 +190,3 @@ def logistic_mixture_bwd(native, grad_nll, params, x, num_mixtures: int, num_bin
         _pixel_strides(params), _pixel_strides(x), _pixel_strides(grad_params), *grid_constants(num_bins), channels,
         dtype_code(params.dtype, MIXTURE_OP), _x_code(x, MIXTURE_OP), grad_nll.dim() > 1,
     )
-    return grad_params

@@ -1,5 +1,6 @@
 """Plumbing shared by the op families: backend lookup, the kernel module of a backend,
-seed drawing, the double-backward guard, and torch.compile's constant-result mark."""
+the placeholders of outputs an op does not compute, seed drawing, the double-backward
+guard, and torch.compile's constant-result mark."""
 from __future__ import annotations
 
 import importlib
@@ -55,6 +56,13 @@ def kernel_module(backend: str, family: str):
 
         return launchers(backend, family)
     raise RuntimeError(f"fastvae: backend {backend!r} has no kernels for the {family} ops")
+
+
+def fill_absent(outputs, like: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """A custom op's outputs as it returns them: each one it does not compute (None in
+    its outputs function) becomes a distinct empty float32 tensor on ``like``'s device
+    (a custom op returns tensors, and its outputs may not alias one another)."""
+    return tuple(like.new_empty((0,), dtype=torch.float32) if t is None else t for t in outputs)
 
 
 def seed_for(device: torch.device, generator: Optional[torch.Generator]) -> torch.Tensor:

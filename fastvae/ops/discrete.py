@@ -24,11 +24,19 @@ from ..validation import (
     check_reduction,
     check_same_device,
 )
-from ._common import kernel_module, no_double_backward, pick_backend, promoted_dtype, seed_for
+from ._common import fill_absent, kernel_module, no_double_backward, pick_backend, promoted_dtype, seed_for
 
 # --------------------------------------------------------------------------------------
 # Custom ops
 # --------------------------------------------------------------------------------------
+
+
+def _categorical_fwd_outputs(logits: Tensor):
+    """The outputs of ``categorical_fwd``, allocated (the fake returns them, the real op
+    hands them to the launcher): z, contiguous, logits' shape and dtype; the KL per
+    variable, float32 of logits' shape without the last dimension."""
+    z = torch.empty_like(logits, memory_format=torch.contiguous_format)
+    return z, logits.new_empty(tuple(logits.shape[:-1]), dtype=torch.float32)
 
 
 @torch.library.custom_op("fastvae::categorical_fwd", mutates_args=())
@@ -42,14 +50,28 @@ def _categorical_fwd(
 ) -> tuple[Tensor, Tensor]:
     """z (logits' shape and dtype) and the KL per variable (float32, logits' shape
     without the last dimension)."""
-    kernels = kernel_module(backend, "discrete")
-    return kernels.categorical_fwd(logits.contiguous(), prior_logits, seed_offset, tau, hard)
+    z, kl = outputs = _categorical_fwd_outputs(logits)
+    kernel_module(backend, "discrete").categorical_fwd(logits.contiguous(), prior_logits, seed_offset, tau, hard,
+                                                       z=z, kl=kl)
+    return outputs
 
 
 @_categorical_fwd.register_fake
 def _(logits, prior_logits, seed_offset, tau, hard, backend):
-    z = torch.empty_like(logits, memory_format=torch.contiguous_format)
-    return z, logits.new_empty(tuple(logits.shape[:-1]), dtype=torch.float32)
+    return _categorical_fwd_outputs(logits)
+
+
+def _categorical_bwd_outputs(grad_kl: Optional[Tensor], logits: Tensor, prior_logits: Optional[Tensor],
+                             prior_grad: bool):
+    """The outputs of ``categorical_bwd``, allocated: grad_logits, contiguous, logits'
+    shape and dtype; the prior's gradient per element of logits' shape (summed to the
+    prior's shape afterwards), in the prior's dtype when it is full-size and float32 when
+    it is broadcast, None unless asked for and the KL has a gradient."""
+    grad_logits = torch.empty_like(logits, memory_format=torch.contiguous_format)
+    if not prior_grad or grad_kl is None:
+        return grad_logits, None
+    dtype = prior_logits.dtype if prior_logits.shape == logits.shape else torch.float32
+    return grad_logits, logits.new_empty(tuple(logits.shape), dtype=dtype)
 
 
 @torch.library.custom_op("fastvae::categorical_bwd", mutates_args=())
@@ -65,24 +87,18 @@ def _categorical_bwd(
 ) -> tuple[Tensor, Tensor]:
     """(grad_logits, grad_prior_logits); the prior gradient per element of logits' shape,
     empty when not asked for (or when there is no grad_kl)."""
-    kernels = kernel_module(backend, "discrete")
-    grad_logits, grad_prior = kernels.categorical_bwd(
+    grad_logits, grad_prior = outputs = _categorical_bwd_outputs(grad_kl, logits, prior_logits, prior_grad)
+    kernel_module(backend, "discrete").categorical_bwd(
         None if grad_z is None else grad_z.contiguous(),
         None if grad_kl is None else grad_kl.contiguous(),
-        logits.contiguous(), prior_logits, seed_offset, tau, prior_grad,
+        logits.contiguous(), prior_logits, seed_offset, tau, grad_logits=grad_logits, grad_prior=grad_prior,
     )
-    if grad_prior is None:
-        grad_prior = logits.new_empty((0,), dtype=torch.float32)
-    return grad_logits, grad_prior
+    return fill_absent(outputs, logits)
 
 
 @_categorical_bwd.register_fake
 def _(grad_z, grad_kl, logits, prior_logits, seed_offset, tau, prior_grad, backend):
-    grad_logits = torch.empty_like(logits, memory_format=torch.contiguous_format)
-    if not prior_grad or grad_kl is None:
-        return grad_logits, logits.new_empty((0,), dtype=torch.float32)
-    dtype = prior_logits.dtype if prior_logits.shape == logits.shape else torch.float32
-    return grad_logits, logits.new_empty(tuple(logits.shape), dtype=dtype)
+    return fill_absent(_categorical_bwd_outputs(grad_kl, logits, prior_logits, prior_grad), logits)
 
 
 def _setup_context(ctx, inputs, output):

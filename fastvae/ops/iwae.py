@@ -26,13 +26,22 @@ from ..validation import (
     check_same_device,
     check_same_shape,
 )
-from ._common import kernel_module, no_double_backward, pick_backend, promoted_dtype, seed_for
+from ._common import fill_absent, kernel_module, no_double_backward, pick_backend, promoted_dtype, seed_for
 from .latent import check_latent_args
 
 
 # --------------------------------------------------------------------------------------
 # Custom ops: K samples with their log densities
 # --------------------------------------------------------------------------------------
+
+
+def _sample_gaussian_k_fwd_outputs(mu: Tensor, logvar: Tensor, num_samples: int):
+    """The outputs of ``sample_gaussian_k_fwd``, allocated (the fake returns them, the real
+    op hands them to the launcher): z, contiguous [K, *mu.shape] in the promoted dtype of
+    mu and logvar; log_q and log_p, float32 [K, B]."""
+    z = mu.new_empty((num_samples,) + tuple(mu.shape), dtype=reference.sample_dtype(mu, logvar))
+    log_q = mu.new_empty((num_samples, mu.shape[0]), dtype=torch.float32)
+    return z, log_q, torch.empty_like(log_q)
 
 
 @torch.library.custom_op("fastvae::sample_gaussian_k_fwd", mutates_args=())
@@ -46,18 +55,38 @@ def _sample_gaussian_k_fwd(
     backend: str,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(z [K, *mu.shape], log_q [K, B], log_p [K, B])."""
-    kernels = kernel_module(backend, "iwae")
-    return kernels.sample_gaussian_k_fwd(
+    z, log_q, log_p = outputs = _sample_gaussian_k_fwd_outputs(mu, logvar, num_samples)
+    kernel_module(backend, "iwae").sample_gaussian_k_fwd(
         mu.contiguous(), logvar.contiguous(), prior_mu, prior_logvar, seed_offset, num_samples,
-        reference.sample_dtype(mu, logvar),
+        z=z, log_q=log_q, log_p=log_p,
     )
+    return outputs
 
 
 @_sample_gaussian_k_fwd.register_fake
 def _(mu, logvar, prior_mu, prior_logvar, seed_offset, num_samples, backend):
-    z = mu.new_empty((num_samples,) + tuple(mu.shape), dtype=reference.sample_dtype(mu, logvar))
-    log_q = mu.new_empty((num_samples, mu.shape[0]), dtype=torch.float32)
-    return z, log_q, torch.empty_like(log_q)
+    return _sample_gaussian_k_fwd_outputs(mu, logvar, num_samples)
+
+
+def _sample_gaussian_k_bwd_outputs(grad_log_p: Optional[Tensor], mu: Tensor, logvar: Tensor,
+                                   prior_mu: Optional[Tensor], prior_logvar: Optional[Tensor], prior_mu_grad: bool,
+                                   prior_logvar_grad: bool):
+    """The outputs of ``sample_gaussian_k_bwd``, allocated: grad_mu and grad_logvar,
+    contiguous, in mu's and logvar's dtypes; each prior's gradient per element of mu's
+    shape (summed to the prior's shape afterwards), in the prior's dtype when the prior is
+    full-size and float32 when it is broadcast, None unless asked for and log p has a
+    gradient (only log p depends on the priors)."""
+    def prior_grad(prior, wanted):
+        if not wanted or grad_log_p is None:
+            return None
+        return mu.new_empty(tuple(mu.shape), dtype=prior.dtype if prior.shape == mu.shape else torch.float32)
+
+    return (
+        torch.empty_like(mu, memory_format=torch.contiguous_format),
+        torch.empty_like(logvar, memory_format=torch.contiguous_format),
+        prior_grad(prior_mu, prior_mu_grad),
+        prior_grad(prior_logvar, prior_logvar_grad),
+    )
 
 
 @torch.library.custom_op("fastvae::sample_gaussian_k_bwd", mutates_args=())
@@ -77,32 +106,26 @@ def _sample_gaussian_k_bwd(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(grad_mu, grad_logvar, grad_prior_mu, grad_prior_logvar); the prior gradients per
     element of mu's shape, empty when not asked for."""
-    kernels = kernel_module(backend, "iwae")
-    grads = kernels.sample_gaussian_k_bwd(
+    grad_mu, grad_logvar, grad_prior_mu, grad_prior_logvar = outputs = _sample_gaussian_k_bwd_outputs(
+        grad_log_p, mu, logvar, prior_mu, prior_logvar, prior_mu_grad, prior_logvar_grad
+    )
+    kernel_module(backend, "iwae").sample_gaussian_k_bwd(
         None if grad_z is None else grad_z.contiguous(),
         None if grad_log_q is None else grad_log_q.contiguous(),
         None if grad_log_p is None else grad_log_p.contiguous(),
         mu.contiguous(), logvar.contiguous(), prior_mu, prior_logvar, seed_offset, num_samples,
-        prior_mu_grad, prior_logvar_grad,
+        grad_mu=grad_mu, grad_logvar=grad_logvar, grad_prior_mu=grad_prior_mu, grad_prior_logvar=grad_prior_logvar,
     )
-    # Absent gradients come back as distinct empty tensors: outputs may not alias.
-    return tuple(g if g is not None else mu.new_empty((0,), dtype=torch.float32) for g in grads)
+    return fill_absent(outputs, mu)
 
 
 @_sample_gaussian_k_bwd.register_fake
 def _(grad_z, grad_log_q, grad_log_p, mu, logvar, prior_mu, prior_logvar, seed_offset, num_samples,
       prior_mu_grad, prior_logvar_grad, backend):
-    def prior_grad(prior, wanted):
-        if not wanted or grad_log_p is None:
-            return mu.new_empty((0,), dtype=torch.float32)
-        dtype = prior.dtype if prior.shape == mu.shape else torch.float32
-        return mu.new_empty(tuple(mu.shape), dtype=dtype)
-
-    return (
-        torch.empty_like(mu, memory_format=torch.contiguous_format),
-        torch.empty_like(logvar, memory_format=torch.contiguous_format),
-        prior_grad(prior_mu, prior_mu_grad),
-        prior_grad(prior_logvar, prior_logvar_grad),
+    return fill_absent(
+        _sample_gaussian_k_bwd_outputs(grad_log_p, mu, logvar, prior_mu, prior_logvar, prior_mu_grad,
+                                       prior_logvar_grad),
+        mu,
     )
 
 
@@ -151,36 +174,47 @@ _sample_gaussian_k_bwd.register_autograd(
 # --------------------------------------------------------------------------------------
 
 
-def _without_dim(shape, dim: int) -> tuple[int, ...]:
-    return tuple(shape[:dim]) + tuple(shape[dim + 1:])
+def _log_mean_exp_fwd_outputs(x: Tensor, dim: int):
+    """The outputs of ``log_mean_exp_fwd`` (and, over dim 0 of log_px_z, of
+    ``iwae_bound_fwd``), allocated: the result, float32 of x's shape without ``dim``; and
+    lse_parts, float32 [2, M] (M = x.numel() / K), the per-column shift and log-sum the
+    backward reads."""
+    out = x.new_empty(tuple(x.shape[:dim]) + tuple(x.shape[dim + 1:]), dtype=torch.float32)
+    columns = x.numel() // x.shape[dim] if x.shape[dim] else 0
+    return out, x.new_empty((2, columns), dtype=torch.float32)
 
 
 @torch.library.custom_op("fastvae::log_mean_exp_fwd", mutates_args=())
 def _log_mean_exp_fwd(x: Tensor, dim: int, backend: str) -> tuple[Tensor, Tensor]:
     """(out, lse_parts): out = logsumexp over ``dim`` (>= 0) minus log K, float32, x's shape
     without ``dim``; lse_parts [2, M] float32, the shift and log-sum the backward reads."""
-    return kernel_module(backend, "iwae").log_mean_exp_fwd(x.contiguous(), dim)
-
-
-def _lse_parts_like(x: Tensor, dim: int) -> Tensor:
-    columns = x.numel() // x.shape[dim] if x.shape[dim] else 0
-    return x.new_empty((2, columns), dtype=torch.float32)
+    out, lse_parts = outputs = _log_mean_exp_fwd_outputs(x, dim)
+    kernel_module(backend, "iwae").log_mean_exp_fwd(x.contiguous(), dim, out=out, lse_parts=lse_parts)
+    return outputs
 
 
 @_log_mean_exp_fwd.register_fake
 def _(x, dim, backend):
-    return x.new_empty(_without_dim(x.shape, dim), dtype=torch.float32), _lse_parts_like(x, dim)
+    return _log_mean_exp_fwd_outputs(x, dim)
+
+
+def _log_mean_exp_bwd_outputs(x: Tensor) -> Tensor:
+    """The output of ``log_mean_exp_bwd``, allocated: grad_x, contiguous, x's shape and dtype."""
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
 @torch.library.custom_op("fastvae::log_mean_exp_bwd", mutates_args=())
 def _log_mean_exp_bwd(grad_out: Tensor, x: Tensor, lse_parts: Tensor, dim: int, backend: str) -> Tensor:
     """grad_x = grad_out · softmax of x over ``dim``, x's shape (contiguous) and dtype."""
-    return kernel_module(backend, "iwae").log_mean_exp_bwd(grad_out.contiguous(), x.contiguous(), lse_parts, dim)
+    grad_x = _log_mean_exp_bwd_outputs(x)
+    kernel_module(backend, "iwae").log_mean_exp_bwd(grad_out.contiguous(), x.contiguous(), lse_parts, dim,
+                                                    grad_x=grad_x)
+    return grad_x
 
 
 @_log_mean_exp_bwd.register_fake
 def _(grad_out, x, lse_parts, dim, backend):
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
+    return _log_mean_exp_bwd_outputs(x)
 
 
 def _log_mean_exp_setup_context(ctx, inputs, output):
@@ -205,12 +239,26 @@ _log_mean_exp_bwd.register_autograd(no_double_backward("log_mean_exp"), setup_co
 def _iwae_bound_fwd(log_px_z: Tensor, log_p: Tensor, log_q: Tensor, backend: str) -> tuple[Tensor, Tensor]:
     """(bound, lse_parts): bound = logsumexp_k(log_px_z + log_p − log_q) − log K, float32,
     [*batch]; lse_parts as :func:`_log_mean_exp_fwd`'s."""
-    return kernel_module(backend, "iwae").iwae_bound_fwd(log_px_z.contiguous(), log_p.contiguous(), log_q.contiguous())
+    bound, lse_parts = outputs = _log_mean_exp_fwd_outputs(log_px_z, 0)
+    kernel_module(backend, "iwae").iwae_bound_fwd(
+        log_px_z.contiguous(), log_p.contiguous(), log_q.contiguous(), bound=bound, lse_parts=lse_parts
+    )
+    return outputs
 
 
 @_iwae_bound_fwd.register_fake
 def _(log_px_z, log_p, log_q, backend):
-    return log_px_z.new_empty(tuple(log_px_z.shape[1:]), dtype=torch.float32), _lse_parts_like(log_px_z, 0)
+    return _log_mean_exp_fwd_outputs(log_px_z, 0)
+
+
+def _iwae_bound_bwd_outputs(log_px_z: Tensor, log_p: Tensor, log_q: Tensor, log_px_z_grad: bool, log_p_grad: bool,
+                            log_q_grad: bool):
+    """The outputs of ``iwae_bound_bwd``, allocated: the gradient of each of log_px_z,
+    log_p and log_q, contiguous in its input's shape and dtype, None unless asked for."""
+    def grad(tensor, wanted):
+        return torch.empty_like(tensor, memory_format=torch.contiguous_format) if wanted else None
+
+    return grad(log_px_z, log_px_z_grad), grad(log_p, log_p_grad), grad(log_q, log_q_grad)
 
 
 @torch.library.custom_op("fastvae::iwae_bound_bwd", mutates_args=())
@@ -227,22 +275,20 @@ def _iwae_bound_bwd(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(grad_log_px_z, grad_log_p, grad_log_q) = (g·w, g·w, −g·w), w = softmax_k of the log
     weights; each in its input's shape (contiguous) and dtype, empty when not asked for."""
-    grads = kernel_module(backend, "iwae").iwae_bound_bwd(
-        grad_bound.contiguous(), log_px_z.contiguous(), log_p.contiguous(), log_q.contiguous(), lse_parts,
-        log_px_z_grad, log_p_grad, log_q_grad,
+    grad_log_px_z, grad_log_p, grad_log_q = outputs = _iwae_bound_bwd_outputs(
+        log_px_z, log_p, log_q, log_px_z_grad, log_p_grad, log_q_grad
     )
-    # Absent gradients come back as distinct empty tensors: outputs may not alias.
-    return tuple(g if g is not None else log_px_z.new_empty((0,), dtype=torch.float32) for g in grads)
+    kernel_module(backend, "iwae").iwae_bound_bwd(
+        grad_bound.contiguous(), log_px_z.contiguous(), log_p.contiguous(), log_q.contiguous(), lse_parts,
+        grad_log_px_z=grad_log_px_z, grad_log_p=grad_log_p, grad_log_q=grad_log_q,
+    )
+    return fill_absent(outputs, log_px_z)
 
 
 @_iwae_bound_bwd.register_fake
 def _(grad_bound, log_px_z, log_p, log_q, lse_parts, log_px_z_grad, log_p_grad, log_q_grad, backend):
-    def grad(tensor, wanted):
-        if not wanted:
-            return tensor.new_empty((0,), dtype=torch.float32)
-        return torch.empty_like(tensor, memory_format=torch.contiguous_format)
-
-    return grad(log_px_z, log_px_z_grad), grad(log_p, log_p_grad), grad(log_q, log_q_grad)
+    return fill_absent(_iwae_bound_bwd_outputs(log_px_z, log_p, log_q, log_px_z_grad, log_p_grad, log_q_grad),
+                       log_px_z)
 
 
 def _iwae_bound_setup_context(ctx, inputs, output):

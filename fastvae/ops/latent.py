@@ -25,7 +25,7 @@ from ..validation import (
     check_same_device,
     check_same_shape,
 )
-from ._common import kernel_module, no_double_backward, pick_backend, promoted_dtype, seed_for
+from ._common import fill_absent, kernel_module, no_double_backward, pick_backend, promoted_dtype, seed_for
 
 KL_MODES = ("none", "element", "row")
 
@@ -35,8 +35,15 @@ KL_MODES = ("none", "element", "row")
 # --------------------------------------------------------------------------------------
 
 
-def _kl_shape(mu: Tensor, kl_mode: str) -> tuple[int, ...]:
-    return {"none": (0,), "element": tuple(mu.shape), "row": (mu.shape[0],)}[kl_mode]
+def _gaussian_latent_fwd_outputs(mu: Tensor, logvar: Tensor, sample: bool, kl_mode: str):
+    """The outputs of ``gaussian_latent_fwd``, allocated (the fake returns them, the real
+    op hands them to the launcher): z, contiguous of mu's shape in the promoted dtype of
+    mu and logvar, None without ``sample``; the KL, float32, per element of mu's shape
+    (kl_mode 'element') or per sample [B] ('row'), None in kl_mode 'none'."""
+    z = mu.new_empty(tuple(mu.shape), dtype=reference.sample_dtype(mu, logvar)) if sample else None
+    kl_shape = {"none": None, "element": tuple(mu.shape), "row": (mu.shape[0],)}[kl_mode]
+    kl = mu.new_empty(kl_shape, dtype=torch.float32) if kl_shape is not None else None
+    return z, kl
 
 
 @torch.library.custom_op("fastvae::gaussian_latent_fwd", mutates_args=())
@@ -51,22 +58,36 @@ def _gaussian_latent_fwd(
     backend: str,
 ) -> tuple[Tensor, Tensor]:
     """z (mu's shape, or empty when not ``sample``) and the KL per ``kl_mode``."""
-    kernels = kernel_module(backend, "latent")
-    z, kl = kernels.gaussian_latent_fwd(
-        mu.contiguous(), logvar.contiguous(), prior_mu, prior_logvar, seed_offset, sample, kl_mode,
-        reference.sample_dtype(mu, logvar),
+    z, kl = _gaussian_latent_fwd_outputs(mu, logvar, sample, kl_mode)
+    kernel_module(backend, "latent").gaussian_latent_fwd(
+        mu.contiguous(), logvar.contiguous(), prior_mu, prior_logvar, seed_offset, kl_mode, z=z, kl=kl
     )
-    if z is None:
-        z = mu.new_empty((0,), dtype=reference.sample_dtype(mu, logvar))
-    if kl is None:
-        kl = mu.new_empty((0,), dtype=torch.float32)
-    return z, kl
+    return fill_absent((z, kl), mu)
 
 
 @_gaussian_latent_fwd.register_fake
 def _(mu, logvar, prior_mu, prior_logvar, seed_offset, sample, kl_mode, backend):
-    z = mu.new_empty(tuple(mu.shape) if sample else (0,), dtype=reference.sample_dtype(mu, logvar))
-    return z, mu.new_empty(_kl_shape(mu, kl_mode), dtype=torch.float32)
+    return fill_absent(_gaussian_latent_fwd_outputs(mu, logvar, sample, kl_mode), mu)
+
+
+def _gaussian_latent_bwd_outputs(grad_kl: Optional[Tensor], mu: Tensor, logvar: Tensor, prior_mu: Optional[Tensor],
+                                 prior_logvar: Optional[Tensor], prior_mu_grad: bool, prior_logvar_grad: bool):
+    """The outputs of ``gaussian_latent_bwd``, allocated: grad_mu and grad_logvar,
+    contiguous, in mu's and logvar's dtypes; each prior's gradient per element of mu's
+    shape (summed to the prior's shape afterwards), in the prior's dtype when the prior is
+    full-size and float32 when it is broadcast (the sum is then taken in float32), None
+    unless asked for and the KL has a gradient (only the KL depends on the priors)."""
+    def prior_grad(prior, wanted):
+        if not wanted or grad_kl is None:
+            return None
+        return mu.new_empty(tuple(mu.shape), dtype=prior.dtype if prior.shape == mu.shape else torch.float32)
+
+    return (
+        torch.empty_like(mu, memory_format=torch.contiguous_format),
+        torch.empty_like(logvar, memory_format=torch.contiguous_format),
+        prior_grad(prior_mu, prior_mu_grad),
+        prior_grad(prior_logvar, prior_logvar_grad),
+    )
 
 
 @torch.library.custom_op("fastvae::gaussian_latent_bwd", mutates_args=())
@@ -86,30 +107,23 @@ def _gaussian_latent_bwd(
     """(grad_mu, grad_logvar, grad_prior_mu, grad_prior_logvar); the prior gradients per
     element of mu's shape, empty when not asked for.  z: the forward's sample where the
     backend's backward reads it, else None (ε is regenerated from seed_offset)."""
-    kernels = kernel_module(backend, "latent")
-    grads = kernels.gaussian_latent_bwd(
+    grad_mu, grad_logvar, grad_prior_mu, grad_prior_logvar = outputs = _gaussian_latent_bwd_outputs(
+        grad_kl, mu, logvar, prior_mu, prior_logvar, prior_mu_grad, prior_logvar_grad
+    )
+    kernel_module(backend, "latent").gaussian_latent_bwd(
         None if grad_z is None else grad_z.contiguous(),
         None if grad_kl is None else grad_kl.contiguous(),
         mu.contiguous(), logvar.contiguous(), prior_mu, prior_logvar, seed_offset,
-        None if z is None else z.contiguous(), prior_mu_grad, prior_logvar_grad,
+        None if z is None else z.contiguous(),
+        grad_mu=grad_mu, grad_logvar=grad_logvar, grad_prior_mu=grad_prior_mu, grad_prior_logvar=grad_prior_logvar,
     )
-    # Absent gradients come back as distinct empty tensors: outputs may not alias.
-    return tuple(g if g is not None else mu.new_empty((0,), dtype=torch.float32) for g in grads)
+    return fill_absent(outputs, mu)
 
 
 @_gaussian_latent_bwd.register_fake
 def _(grad_z, grad_kl, mu, logvar, prior_mu, prior_logvar, seed_offset, z, prior_mu_grad, prior_logvar_grad, backend):
-    def prior_grad(prior, wanted):
-        if not wanted or grad_kl is None:
-            return mu.new_empty((0,), dtype=torch.float32)
-        dtype = prior.dtype if prior.shape == mu.shape else torch.float32
-        return mu.new_empty(tuple(mu.shape), dtype=dtype)
-
-    return (
-        torch.empty_like(mu, memory_format=torch.contiguous_format),
-        torch.empty_like(logvar, memory_format=torch.contiguous_format),
-        prior_grad(prior_mu, prior_mu_grad),
-        prior_grad(prior_logvar, prior_logvar_grad),
+    return fill_absent(
+        _gaussian_latent_bwd_outputs(grad_kl, mu, logvar, prior_mu, prior_logvar, prior_mu_grad, prior_logvar_grad), mu
     )
 
 

@@ -34,19 +34,22 @@ from ..validation import (
     check_same_shape,
     value_checks_active,
 )
-from ._common import kernel_module, no_double_backward, pick_backend, promoted_dtype, seed_for
+from ._common import fill_absent, kernel_module, no_double_backward, pick_backend, promoted_dtype, seed_for
 
 # x of a Bernoulli likelihood: a float tensor in [0, 1], or 0/1 values as bool or uint8.
 BINARY_DTYPES = (torch.bool, torch.uint8)
 
 
-def _nll_shape(tensor: Tensor, per_element: bool) -> tuple[int, ...]:
-    return tuple(tensor.shape) if per_element else (tensor.shape[0],)
+def _nll_outputs(params: Tensor, per_element: bool) -> Tensor:
+    """The output of a likelihood's forward (``bernoulli_nll_fwd``, ``gaussian_nll_fwd``),
+    allocated (the fake returns it, the real op hands it to the launcher): the nll,
+    float32, per element (contiguous, params' shape) or per sample [B]."""
+    return params.new_empty(tuple(params.shape) if per_element else (params.shape[0],), dtype=torch.float32)
 
 
-def _empty_grad(tensor: Tensor) -> Tensor:
-    # Absent gradients come back as distinct empty tensors: outputs may not alias.
-    return tensor.new_empty((0,), dtype=torch.float32)
+def _input_grad(tensor: Tensor, wanted: bool) -> Optional[Tensor]:
+    """The gradient of an input, contiguous in its shape and dtype, None unless wanted."""
+    return torch.empty_like(tensor, memory_format=torch.contiguous_format) if wanted else None
 
 
 # --------------------------------------------------------------------------------------
@@ -58,13 +61,21 @@ def _empty_grad(tensor: Tensor) -> Tensor:
 def _bernoulli_nll_fwd(logits: Tensor, x: Tensor, continuous: bool, per_element: bool, backend: str) -> Tensor:
     """The nll (continuous Bernoulli if ``continuous``), float32: per element, or per
     sample [B].  x: float, or uint8 0/1 values."""
-    kernels = kernel_module(backend, "likelihood")
-    return kernels.bernoulli_nll_fwd(logits.contiguous(), x.contiguous(), continuous, per_element)
+    nll = _nll_outputs(logits, per_element)
+    kernel_module(backend, "likelihood").bernoulli_nll_fwd(logits.contiguous(), x.contiguous(), continuous,
+                                                           per_element, nll=nll)
+    return nll
 
 
 @_bernoulli_nll_fwd.register_fake
 def _(logits, x, continuous, per_element, backend):
-    return logits.new_empty(_nll_shape(logits, per_element), dtype=torch.float32)
+    return _nll_outputs(logits, per_element)
+
+
+def _bernoulli_nll_bwd_outputs(logits: Tensor, x: Tensor, logits_grad: bool, x_grad: bool):
+    """The outputs of ``bernoulli_nll_bwd``, allocated: grad_logits and grad_x, each
+    contiguous in its input's shape and dtype, None unless asked for."""
+    return _input_grad(logits, logits_grad), _input_grad(x, x_grad)
 
 
 @torch.library.custom_op("fastvae::bernoulli_nll_bwd", mutates_args=())
@@ -78,21 +89,16 @@ def _bernoulli_nll_bwd(
     backend: str,
 ) -> tuple[Tensor, Tensor]:
     """(grad_logits, grad_x), each in its input's shape and dtype, empty when not asked for."""
-    kernels = kernel_module(backend, "likelihood")
-    grad_logits, grad_x = kernels.bernoulli_nll_bwd(
-        grad_nll.contiguous(), logits.contiguous(), x.contiguous(), continuous, logits_grad, x_grad
+    grad_logits, grad_x = outputs = _bernoulli_nll_bwd_outputs(logits, x, logits_grad, x_grad)
+    kernel_module(backend, "likelihood").bernoulli_nll_bwd(
+        grad_nll.contiguous(), logits.contiguous(), x.contiguous(), continuous, grad_logits=grad_logits, grad_x=grad_x
     )
-    return (
-        grad_logits if grad_logits is not None else _empty_grad(logits),
-        grad_x if grad_x is not None else _empty_grad(logits),
-    )
+    return fill_absent(outputs, logits)
 
 
 @_bernoulli_nll_bwd.register_fake
 def _(grad_nll, logits, x, continuous, logits_grad, x_grad, backend):
-    grad_logits = torch.empty_like(logits, memory_format=torch.contiguous_format) if logits_grad else _empty_grad(logits)
-    grad_x = torch.empty_like(x, memory_format=torch.contiguous_format) if x_grad else _empty_grad(logits)
-    return grad_logits, grad_x
+    return fill_absent(_bernoulli_nll_bwd_outputs(logits, x, logits_grad, x_grad), logits)
 
 
 def _bernoulli_setup_context(ctx, inputs, output):
@@ -134,13 +140,28 @@ def _gaussian_nll_fwd(
 ) -> Tensor:
     """The nll, float32: per element, or per sample [B].  logvar: a tensor broadcastable to
     mean's shape, or None for the number ``logvar_value``."""
-    kernels = kernel_module(backend, "likelihood")
-    return kernels.gaussian_nll_fwd(mean.contiguous(), x.contiguous(), logvar, logvar_value, per_element)
+    nll = _nll_outputs(mean, per_element)
+    kernel_module(backend, "likelihood").gaussian_nll_fwd(mean.contiguous(), x.contiguous(), logvar, logvar_value,
+                                                          per_element, nll=nll)
+    return nll
 
 
 @_gaussian_nll_fwd.register_fake
 def _(mean, x, logvar, logvar_value, per_element, backend):
-    return mean.new_empty(_nll_shape(mean, per_element), dtype=torch.float32)
+    return _nll_outputs(mean, per_element)
+
+
+def _gaussian_nll_bwd_outputs(mean: Tensor, x: Tensor, logvar: Optional[Tensor], mean_grad: bool, x_grad: bool,
+                              logvar_grad: bool):
+    """The outputs of ``gaussian_nll_bwd``, allocated: grad_mean and grad_x, each
+    contiguous in its input's shape and dtype; grad_logvar per element of mean's shape
+    (summed to logvar's shape afterwards), in logvar's dtype when it is full-size and
+    float32 when it is broadcast; each None unless asked for."""
+    grad_logvar = None
+    if logvar_grad and logvar is not None:
+        dtype = logvar.dtype if logvar.shape == mean.shape else torch.float32
+        grad_logvar = mean.new_empty(tuple(mean.shape), dtype=dtype)
+    return _input_grad(mean, mean_grad), _input_grad(x, x_grad), grad_logvar
 
 
 @torch.library.custom_op("fastvae::gaussian_nll_bwd", mutates_args=())
@@ -157,23 +178,18 @@ def _gaussian_nll_bwd(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(grad_mean, grad_x, grad_logvar); grad_logvar per element of mean's shape (summed
     to logvar's shape by the caller); each empty when not asked for."""
-    kernels = kernel_module(backend, "likelihood")
-    grads = kernels.gaussian_nll_bwd(
-        grad_nll.contiguous(), mean.contiguous(), x.contiguous(), logvar, logvar_value, mean_grad, x_grad, logvar_grad
+    grad_mean, grad_x, grad_logvar = outputs = _gaussian_nll_bwd_outputs(mean, x, logvar, mean_grad, x_grad,
+                                                                         logvar_grad)
+    kernel_module(backend, "likelihood").gaussian_nll_bwd(
+        grad_nll.contiguous(), mean.contiguous(), x.contiguous(), logvar, logvar_value,
+        grad_mean=grad_mean, grad_x=grad_x, grad_logvar=grad_logvar,
     )
-    return tuple(g if g is not None else _empty_grad(mean) for g in grads)
+    return fill_absent(outputs, mean)
 
 
 @_gaussian_nll_bwd.register_fake
 def _(grad_nll, mean, x, logvar, logvar_value, mean_grad, x_grad, logvar_grad, backend):
-    def like(tensor, wanted):
-        return torch.empty_like(tensor, memory_format=torch.contiguous_format) if wanted else _empty_grad(mean)
-
-    grad_logvar = _empty_grad(mean)
-    if logvar_grad:
-        dtype = logvar.dtype if logvar.shape == mean.shape else torch.float32
-        grad_logvar = mean.new_empty(tuple(mean.shape), dtype=dtype)
-    return like(mean, mean_grad), like(x, x_grad), grad_logvar
+    return fill_absent(_gaussian_nll_bwd_outputs(mean, x, logvar, mean_grad, x_grad, logvar_grad), mean)
 
 
 def _gaussian_setup_context(ctx, inputs, output):

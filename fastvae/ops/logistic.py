@@ -33,8 +33,8 @@ from ..validation import (
     check_same_shape,
     value_checks_active,
 )
-from ._common import (assume_constant_result, kernel_module, no_double_backward, pick_backend, promoted_dtype,
-                      seed_for)
+from ._common import (assume_constant_result, fill_absent, kernel_module, no_double_backward, pick_backend,
+                      promoted_dtype, seed_for)
 
 
 # --------------------------------------------------------------------------------------
@@ -42,17 +42,35 @@ from ._common import (assume_constant_result, kernel_module, no_double_backward,
 # --------------------------------------------------------------------------------------
 
 
+def _discretized_logistic_fwd_outputs(mean: Tensor, per_element: bool) -> Tensor:
+    """The output of ``discretized_logistic_fwd``, allocated (the fake returns it, the real
+    op hands it to the launcher): the nll, float32, per element (contiguous, mean's shape)
+    or per sample [B]."""
+    return mean.new_empty(tuple(mean.shape) if per_element else (mean.shape[0],), dtype=torch.float32)
+
+
 @torch.library.custom_op("fastvae::discretized_logistic_fwd", mutates_args=())
 def _discretized_logistic_fwd(
     mean: Tensor, log_scale: Tensor, x: Tensor, num_bins: int, per_element: bool, backend: str
 ) -> Tensor:
     """The nll per element (float32, contiguous, mean's shape) or per sample (float32 [B])."""
-    return kernel_module(backend, "logistic").discretized_logistic_fwd(mean, log_scale, x, num_bins, per_element)
+    nll = _discretized_logistic_fwd_outputs(mean, per_element)
+    kernel_module(backend, "logistic").discretized_logistic_fwd(mean, log_scale, x, num_bins, per_element, nll=nll)
+    return nll
 
 
 @_discretized_logistic_fwd.register_fake
 def _(mean, log_scale, x, num_bins, per_element, backend):
-    return mean.new_empty(tuple(mean.shape) if per_element else (mean.shape[0],), dtype=torch.float32)
+    return _discretized_logistic_fwd_outputs(mean, per_element)
+
+
+def _discretized_logistic_bwd_outputs(mean: Tensor, log_scale: Tensor) -> tuple[Tensor, Tensor]:
+    """The outputs of ``discretized_logistic_bwd``, allocated: grad_mean and
+    grad_log_scale, contiguous, in mean's and log_scale's shapes and dtypes."""
+    return (
+        torch.empty_like(mean, memory_format=torch.contiguous_format),
+        torch.empty_like(log_scale, memory_format=torch.contiguous_format),
+    )
 
 
 @torch.library.custom_op("fastvae::discretized_logistic_bwd", mutates_args=())
@@ -60,17 +78,16 @@ def _discretized_logistic_bwd(
     grad_nll: Tensor, mean: Tensor, log_scale: Tensor, x: Tensor, num_bins: int, backend: str
 ) -> tuple[Tensor, Tensor]:
     """(grad_mean, grad_log_scale), contiguous, in mean's and log_scale's dtypes."""
-    return kernel_module(backend, "logistic").discretized_logistic_bwd(
-        grad_nll.contiguous(), mean, log_scale, x, num_bins
+    grad_mean, grad_log_scale = outputs = _discretized_logistic_bwd_outputs(mean, log_scale)
+    kernel_module(backend, "logistic").discretized_logistic_bwd(
+        grad_nll.contiguous(), mean, log_scale, x, num_bins, grad_mean=grad_mean, grad_log_scale=grad_log_scale
     )
+    return outputs
 
 
 @_discretized_logistic_bwd.register_fake
 def _(grad_nll, mean, log_scale, x, num_bins, backend):
-    return (
-        torch.empty_like(mean, memory_format=torch.contiguous_format),
-        torch.empty_like(log_scale, memory_format=torch.contiguous_format),
-    )
+    return _discretized_logistic_bwd_outputs(mean, log_scale)
 
 
 def _discretized_logistic_setup_context(ctx, inputs, output):
@@ -105,6 +122,16 @@ _discretized_logistic_bwd.register_autograd(
 # --------------------------------------------------------------------------------------
 
 
+def _mixture_fwd_outputs(params: Tensor, x: Tensor, per_pixel: bool, with_grad: bool):
+    """The outputs of ``discretized_logistic_mixture_fwd``, allocated (the fake returns
+    them, the real op hands them to the launcher): the nll, float32, per pixel
+    (contiguous [B, *spatial]) or per sample [B]; and with ``with_grad`` the buffer of
+    ∂nll/∂params (:func:`_grad_params_buffer`), else None."""
+    shape = (x.shape[0],) + tuple(x.shape[2:]) if per_pixel else (x.shape[0],)
+    nll = params.new_empty(shape, dtype=torch.float32)
+    return nll, _grad_params_buffer(params) if with_grad else None
+
+
 @torch.library.custom_op("fastvae::discretized_logistic_mixture_fwd", mutates_args=())
 def _mixture_fwd(
     params: Tensor, x: Tensor, num_mixtures: int, num_bins: int, per_pixel: bool, with_grad: bool, backend: str
@@ -112,17 +139,15 @@ def _mixture_fwd(
     """The nll per pixel (float32, contiguous [B, *spatial]) or per sample (float32 [B]),
     and with ``with_grad`` ∂nll/∂params for an upstream gradient of 1 (see
     :func:`_grad_params_buffer`), else an empty tensor."""
-    kernels = kernel_module(backend, "logistic")
-    grad_params = _grad_params_buffer(params) if with_grad else None
-    nll = kernels.logistic_mixture_fwd(params, x, num_mixtures, num_bins, per_pixel, grad_params)
-    return nll, grad_params if with_grad else params.new_empty((0,))
+    nll, grad_params = outputs = _mixture_fwd_outputs(params, x, per_pixel, with_grad)
+    kernel_module(backend, "logistic").logistic_mixture_fwd(params, x, num_mixtures, num_bins, per_pixel,
+                                                            nll=nll, grad_params=grad_params)
+    return fill_absent(outputs, params)
 
 
 @_mixture_fwd.register_fake
 def _(params, x, num_mixtures, num_bins, per_pixel, with_grad, backend):
-    shape = (x.shape[0],) + tuple(x.shape[2:]) if per_pixel else (x.shape[0],)
-    grad_params = _grad_params_buffer(params) if with_grad else params.new_empty((0,))
-    return params.new_empty(shape, dtype=torch.float32), grad_params
+    return fill_absent(_mixture_fwd_outputs(params, x, per_pixel, with_grad), params)
 
 
 @assume_constant_result
@@ -132,7 +157,9 @@ def _mixture_forward_writes_grad(backend: str) -> bool:
 
 def _grad_params_buffer(params: Tensor) -> Tensor:
     """The empty grad_params: params' shape and dtype, channels_last if params is (so a
-    channels_last decoder gets its gradient in its own layout), contiguous otherwise."""
+    channels_last decoder gets its gradient in its own layout), contiguous otherwise.
+    The output of ``discretized_logistic_mixture_bwd``, and the second of the forward's
+    with ``with_grad``."""
     channels_last = (params.dim() == 4 and not params.is_contiguous()
                      and params.is_contiguous(memory_format=torch.channels_last))
     layout = torch.channels_last if channels_last else torch.contiguous_format
@@ -143,9 +170,11 @@ def _grad_params_buffer(params: Tensor) -> Tensor:
 def _mixture_bwd(grad_nll: Tensor, params: Tensor, x: Tensor, num_mixtures: int, num_bins: int, backend: str) -> Tensor:
     """grad_params in params' shape and dtype (see :func:`_grad_params_buffer`), written
     once by the kernel."""
-    return kernel_module(backend, "logistic").logistic_mixture_bwd(
-        grad_nll.contiguous(), params, x, num_mixtures, num_bins, _grad_params_buffer(params)
+    grad_params = _grad_params_buffer(params)
+    kernel_module(backend, "logistic").logistic_mixture_bwd(
+        grad_nll.contiguous(), params, x, num_mixtures, num_bins, grad_params=grad_params
     )
+    return grad_params
 
 
 @_mixture_bwd.register_fake
@@ -160,16 +189,25 @@ def _upstream_per_slot(grad_nll: Tensor, grad: Tensor) -> Tensor:
     return grad_nll.unsqueeze(1)
 
 
+def _mixture_scale_grad_outputs(grad: Tensor) -> Tensor:
+    """The output of ``discretized_logistic_mixture_scale_grad``, allocated: grad's shape,
+    dtype and layout (channels_last stays channels_last)."""
+    return torch.empty_like(grad)
+
+
 @torch.library.custom_op("fastvae::discretized_logistic_mixture_scale_grad", mutates_args=())
 def _mixture_scale_grad(grad: Tensor, grad_nll: Tensor) -> Tensor:
     """The backward after a forward that wrote ∂nll/∂params: that gradient times the
     upstream one, in grad's dtype and layout."""
-    return torch.mul(grad, _upstream_per_slot(grad_nll, grad)).to(grad.dtype)
+    scaled = _mixture_scale_grad_outputs(grad)
+    # The product is taken in the promoted dtype and rounded once to grad's on the store.
+    torch.mul(grad, _upstream_per_slot(grad_nll, grad), out=scaled)
+    return scaled
 
 
 @_mixture_scale_grad.register_fake
 def _(grad, grad_nll):
-    return torch.empty_like(grad)
+    return _mixture_scale_grad_outputs(grad)
 
 
 def _mixture_setup_context(ctx, inputs, output):

@@ -39,20 +39,30 @@ inline LatentForwardArgs latent_forward_args(Address mu, Address logvar, Address
                            layout(prior_logvar_layout), InnerSizes{sizes[0], sizes[1]}, dtype, prior_dtype, kl_mode};
 }
 
+// An output written through store_float_as: its dtype code must be one the kernels know.
+inline void check_output_dtype(const char* kernel, const char* name, Address data, int dtype) {
+  if (data != 0 && dtype != kFloat32 && dtype != kBFloat16 && dtype != kFloat16) {
+    throw std::invalid_argument(std::string("fastvae ") + kernel + ": " + name + " has unsupported dtype code " +
+                                std::to_string(dtype));
+  }
+}
+
 inline LatentBackwardArgs latent_backward_args(Address mu, Address logvar, Address prior_mu, Address prior_logvar,
                                                Address seed_offset, Address z, Address grad_z, Address grad_kl,
                                                Address grad_mu, Address grad_logvar, Address grad_prior_mu,
                                                Address grad_prior_logvar, int64_t batch, int64_t features,
                                                const Layout& prior_mu_layout, const Layout& prior_logvar_layout,
-                                               const Sizes& sizes, int dtype, int prior_dtype,
-                                               bool grad_kl_per_element) {
+                                               const Sizes& sizes, int dtype, int prior_dtype, int grad_prior_mu_dtype,
+                                               int grad_prior_logvar_dtype, bool grad_kl_per_element) {
+  check_output_dtype("gaussian_latent_bwd", "grad_prior_mu", grad_prior_mu, grad_prior_mu_dtype);
+  check_output_dtype("gaussian_latent_bwd", "grad_prior_logvar", grad_prior_logvar, grad_prior_logvar_dtype);
   return LatentBackwardArgs{pointer<const void>(mu), pointer<const void>(logvar), pointer<const void>(prior_mu),
                             pointer<const void>(prior_logvar), pointer<const int64_t>(seed_offset),
                             pointer<const void>(z), pointer<const void>(grad_z), pointer<const float>(grad_kl),
-                            pointer<void>(grad_mu), pointer<void>(grad_logvar), pointer<float>(grad_prior_mu),
-                            pointer<float>(grad_prior_logvar), batch, features, layout(prior_mu_layout),
+                            pointer<void>(grad_mu), pointer<void>(grad_logvar), pointer<void>(grad_prior_mu),
+                            pointer<void>(grad_prior_logvar), batch, features, layout(prior_mu_layout),
                             layout(prior_logvar_layout), InnerSizes{sizes[0], sizes[1]}, dtype, prior_dtype,
-                            grad_kl_per_element};
+                            grad_prior_mu_dtype, grad_prior_logvar_dtype, grad_kl_per_element};
 }
 
 inline SampleKForwardArgs sample_gaussian_k_forward_args(Address mu, Address logvar, Address prior_mu,
@@ -73,14 +83,18 @@ inline SampleKBackwardArgs sample_gaussian_k_backward_args(
     Address mu, Address logvar, Address prior_mu, Address prior_logvar, Address seed_offset, Address grad_z,
     Address grad_log_q, Address grad_log_p, Address grad_mu, Address grad_logvar, Address grad_prior_mu,
     Address grad_prior_logvar, int64_t num_samples, int64_t batch, int64_t features, const Layout& prior_mu_layout,
-    const Layout& prior_logvar_layout, const Sizes& sizes, int dtype, int prior_dtype) {
+    const Layout& prior_logvar_layout, const Sizes& sizes, int dtype, int prior_dtype, int grad_prior_mu_dtype,
+    int grad_prior_logvar_dtype) {
+  check_output_dtype("sample_gaussian_k_bwd", "grad_prior_mu", grad_prior_mu, grad_prior_mu_dtype);
+  check_output_dtype("sample_gaussian_k_bwd", "grad_prior_logvar", grad_prior_logvar, grad_prior_logvar_dtype);
   return SampleKBackwardArgs{pointer<const void>(mu), pointer<const void>(logvar), pointer<const void>(prior_mu),
                              pointer<const void>(prior_logvar), pointer<const int64_t>(seed_offset),
                              pointer<const void>(grad_z), pointer<const float>(grad_log_q),
                              pointer<const float>(grad_log_p), pointer<void>(grad_mu), pointer<void>(grad_logvar),
-                             pointer<float>(grad_prior_mu), pointer<float>(grad_prior_logvar), num_samples, batch,
+                             pointer<void>(grad_prior_mu), pointer<void>(grad_prior_logvar), num_samples, batch,
                              features, layout(prior_mu_layout), layout(prior_logvar_layout),
-                             InnerSizes{sizes[0], sizes[1]}, dtype, prior_dtype};
+                             InnerSizes{sizes[0], sizes[1]}, dtype, prior_dtype, grad_prior_mu_dtype,
+                             grad_prior_logvar_dtype};
 }
 
 // The kernels read log_q whenever log_p is given, and index columns modulo inner.

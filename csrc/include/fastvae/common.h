@@ -111,4 +111,18 @@ FASTVAE_HD float16 from_float<float16>(float value) {
   return float16{static_cast<uint16_t>(out | (sign >> 16))};
 }
 
+// data[index] = value in `dtype` (a DType code), for an output whose dtype is chosen per
+// call rather than by the kernel's template: a prior's gradient is float32 where it is
+// summed to a broadcast prior's shape afterwards, and the prior's own dtype where the prior
+// is full-size (the dtype the op's outputs declare, fastvae/ops).
+FASTVAE_HD void store_float_as(void* data, int dtype, int64_t index, float value) {
+  if (dtype == kBFloat16) {
+    static_cast<bfloat16*>(data)[index] = from_float<bfloat16>(value);
+  } else if (dtype == kFloat16) {
+    static_cast<float16*>(data)[index] = from_float<float16>(value);
+  } else {
+    static_cast<float*>(data)[index] = value;
+  }
+}
+
 }  // namespace fastvae

@@ -39,12 +39,13 @@ struct SampleKBackwardArgs {
   const float* grad_log_p;     // [K, B]; null when log p got no gradient
   void* grad_mu;               // [B, N], dtype: summed over the K samples
   void* grad_logvar;           // [B, N], dtype
-  float* grad_prior_mu;        // [B, N] (summed to the prior's shape in Python); may be null
-  float* grad_prior_logvar;    // likewise
+  void* grad_prior_mu;         // [B, N], grad_prior_mu_dtype (float32 for a broadcast prior, whose
+                               // gradient is summed to its shape in Python); may be null
+  void* grad_prior_logvar;     // likewise, grad_prior_logvar_dtype
   int64_t num_samples, batch, features;
   BroadcastLayout prior_mu_layout, prior_logvar_layout;
   InnerSizes sizes;
-  int dtype, prior_dtype;
+  int dtype, prior_dtype, grad_prior_mu_dtype, grad_prior_logvar_dtype;
 };
 
 struct LogMeanExpForwardArgs {

@@ -33,12 +33,13 @@ struct LatentBackwardArgs {
   const float* grad_kl;      // [B, N] or [B]; null when the KL got no gradient
   void* grad_mu;             // [B, N], dtype
   void* grad_logvar;         // [B, N], dtype
-  float* grad_prior_mu;      // [B, N] per element (summed to the prior's shape in Python); may be null
-  float* grad_prior_logvar;  // likewise
+  void* grad_prior_mu;       // [B, N] per element, grad_prior_mu_dtype (float32 for a broadcast prior,
+                             // whose gradient is summed to its shape in Python); may be null
+  void* grad_prior_logvar;   // likewise, grad_prior_logvar_dtype
   int64_t batch, features;
   BroadcastLayout prior_mu_layout, prior_logvar_layout;
   InnerSizes sizes;
-  int dtype, prior_dtype;
+  int dtype, prior_dtype, grad_prior_mu_dtype, grad_prior_logvar_dtype;
   bool grad_kl_per_element;
 };
 
