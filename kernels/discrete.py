@@ -14,7 +14,6 @@ Philox offset base + i (``tl.rand``), and the backward regenerates it.
 """
 import math
 
-import torch
 import triton
 import triton.language as tl
 

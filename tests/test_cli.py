@@ -6,9 +6,15 @@ checkpoint; ``eval`` and ``sample`` on its checkpoint; a two-β ``sweep``; short
 errors; ``python -m fastvae`` and an import that loads no compiler stack; and ``fastvae
 train`` under torchrun (2 processes, gloo), where a signal to one process stops both.
 Runs are in-process (``cli.main``) on tiny sprites and a tiny conv model, but for the
-signal tests, which need a process of their own."""
+signal tests, which need a process of their own.  The report's numbers are each paired with
+the points they cover, and say where and how the run ran."""
+
+import contextlib
+import io
 import json
 import os
+import platform
+import re
 import signal
 import struct
 import subprocess
@@ -19,11 +25,13 @@ from pathlib import Path
 import pytest
 import torch
 
+import fastvae
 from fastvae import cli
 from fastvae.cli.options import OPTIONS, read_toml
-from fastvae.cli.train import resolve_settings
+from fastvae.cli.train import evaluation_seed, resolve_settings
+from fastvae.eval.report import FIELDS
 from fastvae.eval import image_grid
-from fastvae.train import read_metrics
+from fastvae.train import load_checkpoint, read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 # A conv VAE small enough that a step takes milliseconds on a CPU.
@@ -55,8 +63,16 @@ def run(tmp_path_factory):
     config.write_text('# a tiny run\nsteps = 1000\nbatch-size = 8\nlatent_dim = 5\nlr = 3e-3\nlog_every = 5\n'
                       'channels = "4,8"\n')
     out = root / "run"
-    assert cli.main(tiny_train(out, "--config", str(config), "--steps", str(TRAIN_STEPS), "--batch-size", "16")) == 0
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert cli.main(tiny_train(out, "--config", str(config), "--steps", str(TRAIN_STEPS), "--batch-size", "16")) == 0
+    (root / "printed.txt").write_text(printed.getvalue())
     return out
+
+
+def printed_lines(run: Path) -> list[str]:
+    """What the run fixture's command printed."""
+    return (run.parent / "printed.txt").read_text().splitlines()
 
 
 def test_train_leaves_the_whole_run_folder(run):
@@ -99,13 +115,83 @@ def test_training_improves_the_elbo_and_the_report_states_it(run):
     assert iwae_events[-1]["step"] == TRAIN_STEPS and iwae_events[-1]["test/iwae"] == results["iwae"]
 
     report = (run / "report.md").read_text()
-    assert f"{results['elbo']:.2f} ± " in report and "(16 data points)" in report
-    assert "(K = 4 importance samples, 8 data points)" in report
+    assert f"| {results['elbo']:.2f} ± " in report and "| all 16 test points |" in report
+    assert "| IWAE estimate log p̂(x), K = 4 |" in report and "| first 8 of 16 test points |" in report
+    assert f"| {results['iwae_mean_log_weight']:.2f} ± " in report
     assert f"{results['elbo_gap']:.2f}" in report and "ELBO gap" in report
     assert f"{results['active_units']} of 3" in report
     assert "## KL per dimension" in report and report.count("| yes |") + report.count("| no |") == 3
     for name in PICTURES:
         assert f"({name}.png)" in report
+
+
+def test_the_summary_pairs_the_iwae_estimate_with_the_elbo_of_its_own_points(run):
+    results = json.loads((run / "results.json").read_text())
+    same, every = [line for line in printed_lines(run) if "test points:" in line]
+    assert same.startswith("first 8 of 16 test points: IWAE log p(x) >= ")
+    iwae = float(re.search(r"IWAE log p\(x\) >= (\S+) nats", same).group(1))
+    elbo = float(re.search(r"ELBO (\S+) nats \(same log-weights\)", same).group(1))
+    gap = float(re.search(r"ELBO gap (\S+) nats", same).group(1))
+    assert iwae >= elbo and gap == pytest.approx(iwae - elbo, abs=0.0011)
+    assert (iwae, elbo) == (round(results["iwae"], 3), round(results["iwae_mean_log_weight"], 3))
+    assert every.startswith(f"all 16 test points: ELBO {results['elbo']:.3f} nats")
+
+
+def test_the_report_elbo_is_the_training_lines_test_elbo(run):
+    """The same checkpoint's test ELBO, in the training line, metrics.jsonl, results.json
+    and report.md: one number (the trainer's evaluation batches and noise seed)."""
+    results = json.loads((run / "results.json").read_text())
+    logged = [e["eval/elbo"] for e in read_metrics(run / "metrics.jsonl") if "eval/elbo" in e]
+    assert results["elbo"] == pytest.approx(logged[-1], rel=1e-12)
+    assert results["training_log_elbo"] == logged[-1]
+    training_line = [line for line in printed_lines(run) if line.startswith(f"step {TRAIN_STEPS}: train ELBO")]
+    assert training_line[-1].endswith(f"test ELBO {results['elbo']:.3f}")
+    report = (run / "report.md").read_text()
+    assert "is the trainer's final test ELBO (metrics.jsonl `eval/elbo` at step 40): the same points" in report
+
+
+def test_a_weight_average_run_reports_its_own_test_elbo(tmp_path, capsys):
+    out = tmp_path / "ema"
+    assert cli.main(tiny_train(out, "--steps", "6", "--batch-size", "8", "--log-every", "3", "--ema-decay", "0.9",
+                               "--no-pictures")) == 0
+    assert "(one sample per point; of the weight average; the training line's test ELBO is the trained weights')" in (
+        capsys.readouterr().out)
+    results = json.loads((out / "results.json").read_text())
+    last = [e for e in read_metrics(out / "metrics.jsonl") if "eval_ema/elbo" in e][-1]
+    assert results["evaluated"] == "ema" and results["elbo"] == pytest.approx(last["eval_ema/elbo"], rel=1e-12)
+    report = (out / "report.md").read_text()
+    assert "metrics.jsonl `eval_ema/elbo` at step 6): the same points" in report
+    assert f"the trained weights' test ELBO, {last['eval/elbo']:.3f}; this report judges the weight average" in report
+
+
+def test_the_run_says_where_and_how_it_ran(run):
+    results = json.loads((run / "results.json").read_text())
+    assert results["backend"] in fastvae.backends.available("cpu")  # resolved, not 'auto'
+    assert results["device"] == "cpu" and results["device_name"]
+    assert (results["fastvae_version"], results["torch_version"]) == (fastvae.__version__, torch.__version__)
+    assert results["python_version"] == platform.python_version()
+    checkpoint = load_checkpoint(run / "checkpoints" / f"step_{TRAIN_STEPS:08d}.pt")
+    assert results["num_parameters"] == sum(p.numel() for p in checkpoint.model.parameters())
+    assert results["step"] == TRAIN_STEPS and results["evaluated"] == "weights"
+    assert 0 < results["train_seconds"] and 0 <= results["eval_seconds"]
+    assert results["train_seconds"] == pytest.approx(checkpoint.state["trainer"]["elapsed"], abs=0.5)
+    assert results["seed"] == 0 and results["eval_seed"] == evaluation_seed(0)
+    run_table = (run / "report.md").read_text().split("## Run")[1].split("\n## ")[0]
+    for row in (f"| fastvae backend | {results['backend']} |", f"| model parameters | {results['num_parameters']:,} |",
+                f"| training time | {TRAIN_STEPS} steps, ", f"torch {torch.__version__}", "| evaluation time |",
+                "| seed | 0 (evaluation noise seed "):
+        assert row in run_table, row
+
+
+def test_every_results_json_key_is_explained_in_the_report(run):
+    results = json.loads((run / "results.json").read_text())
+    undocumented = set(results) - set(FIELDS)
+    assert not undocumented, f"add these results.json keys to fastvae.eval.report.FIELDS: {sorted(undocumented)}"
+    # Only `fastvae eval`'s checkpoint is not a key of a training run's results.
+    assert set(FIELDS) - set(results) == {"checkpoint"}
+    fields = (run / "report.md").read_text().split("## Fields of results.json")[1]
+    for key in results:
+        assert f"| `{key}` | " in fields, key
 
 
 # A short run with an IWAE estimate between its two halves (--iwae-every 4 of 8 steps).
@@ -361,8 +447,11 @@ def test_eval_and_sample_on_the_checkpoint(run, tmp_path, capsys):
     assert results["iwae_num_samples"] == 6 and results["iwae_num_points"] == 5 and results["step"] == TRAIN_STEPS
     assert results["data"] == "sprites" and results["checkpoint"] == str(checkpoint)
     assert results["iwae"] >= results["iwae_mean_log_weight"]
-    assert "(K = 6 importance samples, 5 data points)" in (folder / "report.md").read_text()
-    assert "IWAE log p(x) >=" in capsys.readouterr().out
+    assert results["seed"] == 0 and results["eval_seed"] == evaluation_seed(0) and results["train_seconds"] > 0
+    assert not set(results) - set(FIELDS)
+    report = (folder / "report.md").read_text()
+    assert "| IWAE estimate log p̂(x), K = 6 |" in report and "| all 5 test points |" in report
+    assert "all 5 test points: IWAE log p(x) >=" in capsys.readouterr().out
 
     first, second = tmp_path / "a.png", tmp_path / "b.png"
     for out in (first, second):
@@ -388,6 +477,9 @@ def test_sweep_over_two_betas(tmp_path):
     assert points[8.0]["distortion"] > points[0.1]["distortion"]
     assert png_size(out / "rate_distortion.png") == (640, 400)
     table = (out / "rate_distortion.md").read_text()
+    # The IWAE estimate sits beside the ELBO of its own points, and says which points.
+    assert "over the first 8 of 16 test points, beside the ELBO of those same points" in table
+    assert points[8.0]["iwae"] >= points[8.0]["iwae_mean_log_weight"] and points[8.0]["iwae_num_points"] == 8
     assert "| 0.1 |" in table and "| 8 |" in table and "[beta-8](beta-8/report.md)" in table
     assert read_toml(out / "sweep.toml", "sweep", allowed=("betas",))["betas"] == [0.1, 8.0]
 
@@ -526,6 +618,10 @@ def test_train_under_torchrun_two_processes(tmp_path):
     assert finished.stdout.count("run folder:") == 1  # only rank 0 reports
     assert (out / "report.md").is_file() and (out / "checkpoints" / "step_00000006.pt").is_file()
     assert json.loads((out / "results.json").read_text())["step"] == 6
+    # Each process drew its own noise for its half of the trainer's test ELBO: the final
+    # one differs from it, and both the summary and the report say why.
+    assert "with other noise: report.md says why" in finished.stdout
+    assert "split over 2 processes, each with its own noise" in (out / "report.md").read_text()
 
 
 def test_import_and_help_load_no_compiler_or_plotting_stack():

@@ -7,8 +7,11 @@ library's models: a tiny MLP VAE, a linear-Gaussian model whose log p(x) and exa
 posterior are known in closed form, and a test double that serves a fixed table of
 log-weights (to check the chunked combination exactly).
 """
+import importlib.metadata
 import json
 import math
+import platform
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +21,7 @@ from torch import nn
 
 import fastvae
 from fastvae import eval as fe
+from fastvae.eval.report import FIELDS
 from fastvae.models.base import VAE, VAEOutput
 
 
@@ -441,37 +445,91 @@ def test_sample_grid_is_written_with_the_expected_size_and_seeded(tmp_path):
     assert first[2:6, 2:6].std() > 0
 
 
-def test_reconstructions_sit_under_their_originals(tmp_path):
+def find_grid(pixels, grid):
+    """(top, left) of the uint8 grid [h, w] inside the picture [H, W] (exact pixels)."""
+    windows = np.lib.stride_tricks.sliding_window_view(pixels, grid.shape)
+    found = np.argwhere((windows == grid).all(axis=(2, 3)))
+    assert len(found) >= 1, "the grid's exact pixels are not in the picture"
+    return tuple(found[0])
+
+
+@pytest.fixture
+def label_figures(monkeypatch):
+    """The matplotlib figures that draw the pictures' labels, as they are drawn."""
+    from fastvae.eval import pictures
+
+    figures = []
+    draw = pictures._label_figure
+
+    def recorded(*args):
+        figures.append(draw(*args))
+        return figures[-1]
+
+    monkeypatch.setattr(pictures, "_label_figure", recorded)
+    return figures
+
+
+def texts(figure):
+    return [text.get_text() for text in figure.texts]
+
+
+def test_reconstructions_sit_under_their_data_in_labelled_rows(tmp_path, label_figures):
     model, x = tiny_model(), uniform_data(n=5)
     pixels = read_png(fe.save_reconstructions(model, x, tmp_path / "rec.png", ncol=4))
-    assert pixels.shape == (4 * 6 + 2, 4 * 6 + 2)  # 2 rows of originals, 2 of reconstructions
     with torch.no_grad():
         reconstructions = model.reconstruct(x)
+    # Rows: data 0-3, their reconstructions, data 4 (and blanks), its reconstruction.
+    blank = torch.ones(3, 16)
+    tiles = torch.cat([x[:4], reconstructions[:4], x[4:], blank, reconstructions[4:], blank]).view(-1, 1, 4, 4)
+    grid = fe.to_uint8(fe.image_grid(tiles, ncol=4)[0]).numpy()
+    top, left = find_grid(pixels, grid)
+    assert top > 0 and left > 0  # room for the labels
 
     def tile(row, column):
-        return pixels[2 + 6 * row:6 + 6 * row, 2 + 6 * column:6 + 6 * column]
+        return pixels[top + 2 + 6 * row:top + 6 + 6 * row, left + 2 + 6 * column:left + 6 + 6 * column]
 
     assert np.array_equal(tile(0, 0), fe.to_uint8(x[0].view(4, 4)).numpy())
-    assert np.array_equal(tile(1, 0), fe.to_uint8(x[4].view(4, 4)).numpy())
-    assert (tile(1, 1) == 255).all()  # blank cell completing the originals
-    assert np.array_equal(tile(2, 0), fe.to_uint8(reconstructions[0].view(4, 4)).numpy())
+    assert np.array_equal(tile(1, 0), fe.to_uint8(reconstructions[0].view(4, 4)).numpy())
+    assert np.array_equal(tile(2, 0), fe.to_uint8(x[4].view(4, 4)).numpy())
     assert np.array_equal(tile(3, 0), fe.to_uint8(reconstructions[4].view(4, 4)).numpy())
+    assert (tile(2, 1) == 255).all()  # blank cell completing the last data row
+    # Each row is labelled, data above reconstruction, and the labels are drawn.
+    labels = texts(label_figures[-1])
+    assert labels[1:] == ["data", "reconstruction", "data", "reconstruction"]
+    assert "reconstruction" in labels[0]
+    assert (pixels[top:top + grid.shape[0], :left] < 128).any()  # dark text left of the grid
 
 
-def test_latent_traversals_vary_the_chosen_dimension(tmp_path):
+def test_latent_traversals_are_labelled_with_the_dimension_and_the_values(tmp_path, label_figures):
     model, x = tiny_model(), uniform_data(n=10)
     scores = torch.tensor([0.1, 5.0, 0.0, 2.0])
     pixels = read_png(fe.save_latent_traversals(model, x, tmp_path / "t.png", scores=scores, num_dims=2,
-                                                num_steps=5))
-    assert pixels.shape == (2 * 6 + 2, 5 * 6 + 2)
+                                                num_steps=5, span=2.0))
     with torch.no_grad():
-        z = model.posterior_mean(x[:1]).repeat(2, 1)
-        z[0, 1], z[1, 3] = -3.0, 3.0  # row 0 traverses dim 1 (first step), row 1 dim 3 (last)
+        z = model.posterior_mean(x[:1]).repeat(10, 1)
+        values = torch.linspace(-2.0, 2.0, 5)
+        z[:5, 1], z[5:, 3] = values, values  # row 0 traverses dim 1, row 1 dim 3
         decoded = model.decode(z)
-    assert np.array_equal(pixels[2:6, 2:6], fe.to_uint8(decoded[0].view(4, 4)).numpy())
-    assert np.array_equal(pixels[8:12, 26:30], fe.to_uint8(decoded[1].view(4, 4)).numpy())
+    grid = fe.to_uint8(fe.image_grid(decoded.view(10, 1, 4, 4), ncol=5)[0]).numpy()
+    top, left = find_grid(pixels, grid)
+    assert top > 0 and left > 0
+    assert np.array_equal(pixels[top + 2:top + 6, left + 2:left + 6], fe.to_uint8(decoded[0].view(4, 4)).numpy())
+    labels = texts(label_figures[-1])
+    title = " ".join(labels[0].split())  # wrapped to the picture's width
+    assert "z[d] from −2 to +2 in 5 steps" in title
+    # Rows name their dimension; columns carry z_d's values, at least the two ends.
+    assert labels[1:3] == ["z[1]", "z[3]"]
+    assert labels[3] == "−2" and labels[-1] == "+2"
+    assert set(labels[3:]) <= {"−2", "−1", "0", "+1", "+2"}
     with pytest.raises(ValueError, match="dims"):
         fe.save_latent_traversals(model, x, tmp_path / "bad.png", dims=[7])
+
+
+def test_traversal_column_labels_all_show_when_they_fit(tmp_path, label_figures):
+    model = tiny_model(data_dim=64 * 64)
+    x = uniform_data(n=4, dim=64 * 64)
+    fe.save_latent_traversals(model, x, tmp_path / "t.png", dims=[0], num_steps=9, span=3.0)
+    assert texts(label_figures[-1])[2:] == ["−3", "−2.25", "−1.5", "−0.75", "0", "+0.75", "+1.5", "+2.25", "+3"]
 
 
 def write_metrics(path):
@@ -499,6 +557,49 @@ def test_training_curves_read_and_plotted(tmp_path):
     (tmp_path / "empty.jsonl").write_text(json.dumps({"step": 1, "lr": 0.1}) + "\n")
     with pytest.raises(ValueError, match="plot_training_curves"):
         fe.plot_training_curves(tmp_path / "empty.jsonl", tmp_path / "none.png")
+
+
+@pytest.fixture
+def saved_figures(monkeypatch):
+    """{file name: matplotlib figure} of the charts written."""
+    from fastvae.eval import pictures
+
+    figures = {}
+    save = pictures._save_figure
+
+    def recorded(figure, path):
+        figures[Path(path).name] = figure
+        return save(figure, path)
+
+    monkeypatch.setattr(pictures, "_save_figure", recorded)
+    return figures
+
+
+def test_training_curves_fit_the_steps_after_an_initial_spike(tmp_path, saved_figures):
+    # ELBO from −5000 at step 10 to about −100: the first steps would flatten the rest.
+    lines = [{"step": step, "elbo": -5000.0 if step == 10 else -100.0 - 1000.0 / step, "kl": 3.0 + step / 100}
+             for step in range(10, 1010, 10)]
+    lines.append({"step": 1000, "eval/elbo": -104.0})
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    fe.plot_training_curves(metrics, tmp_path / "curves.png")
+    figure = saved_figures["curves.png"]
+    elbo, kl = figure.axes
+    assert (elbo.get_title(), elbo.get_xlabel()) == ("ELBO (nats) *", "step")  # * : fitted, see the note
+    assert kl.get_title() == "KL(q(z|x) ‖ p(z)) (nats)"
+    low, high = elbo.get_ylim()
+    # The range fits the values after the first 10% of the steps, and the last ones.
+    assert -115.0 < low < -109.0 and -101.0 < high < -95.0
+    assert {line.get_label() for line in elbo.get_lines()} == {"train", "eval"}
+    assert [text.get_text() for text in figure.texts] == [
+        "* the y-axis fits the values after the first 10% of steps: earlier ones run off the chart"]
+    # A curve without a spike keeps every value in view, and a chart of such says nothing.
+    assert kl.get_ylim()[0] <= 3.1 and kl.get_ylim()[1] >= 13.0
+    steady = tmp_path / "steady.jsonl"
+    steady.write_text("".join(json.dumps({"step": step, "elbo": -200.0 + step}) + "\n" for step in range(1, 101)))
+    fe.plot_training_curves(steady, tmp_path / "steady.png")
+    assert not saved_figures["steady.png"].texts
+    assert saved_figures["steady.png"].axes[0].get_ylim()[0] <= -199.0
 
 
 def test_kl_per_dim_chart(tmp_path):
@@ -578,32 +679,123 @@ def test_evaluate_runs_everything(tmp_path):
     assert results["num_points"] == 30 and results["iwae_num_points"] == 12 and results["iwae_num_samples"] == 20
     assert results["iwae"] >= results["iwae_mean_log_weight"]
     assert results["iwae_nll"] == -results["iwae"]
-    assert results["bits_per_dim"] == pytest.approx(results["iwae_nll"] / (math.log(2) * 16))
+    assert results["iwae_bits_per_dim"] == pytest.approx(results["iwae_nll"] / (math.log(2) * 16))
+    assert results["elbo_bits_per_dim"] == pytest.approx(-results["elbo"] / (math.log(2) * 16))
     assert results["active_units"] == 2 and results["latent_dim"] == 4
     assert len(results["kl_per_dim"]) == 4 and len(results["posterior_mean_variance"]) == 4
     assert 0 < results["mutual_information"] <= math.log(30)
-    # The gap pairs each IWAE point with the same point's ELBO.
+    # The IWAE's numbers and the gap are over its 12 points, the gap from the same log-weights.
     iwae = fe.iwae_estimate(model, x, num_samples=20, batch_size=8, num_points=12)
+    assert results["iwae"] == iwae.mean and results["iwae_mean_log_weight"] == iwae.elbo_mean
+    assert results["iwae_mean_log_weight_stderr"] == iwae.elbo_stderr
+    assert results["elbo_gap"] == pytest.approx((iwae.log_likelihood - iwae.mean_log_weight).mean().item())
+    assert results["elbo_gap"] >= 0
+    # The ELBO and its terms are over all 30 points, from the model's forward pass.
     elbo = fe.elbo_estimate(model, x, batch_size=8)
-    assert results["elbo_gap"] == pytest.approx((iwae.log_likelihood - elbo.elbo[:12]).mean().item())
     assert results["elbo"] == pytest.approx(elbo.mean)
-    assert results == fe.evaluate(model, x, num_samples=20, batch_size=8, iwae_num_points=12)
+    assert results["reconstruction_nll"] == pytest.approx(elbo.nll.mean().item())
+    assert results["elbo"] == pytest.approx(-(results["reconstruction_nll"] + results["kl"]))
+    again = fe.evaluate(model, x, num_samples=20, batch_size=8, iwae_num_points=12)
+    assert {k: v for k, v in results.items() if k != "eval_seconds"} == {
+        k: v for k, v in again.items() if k != "eval_seconds"}
+
+
+def shown(report: str, measure: str) -> tuple[float, str]:
+    """(the number, the data points) report.md's results table shows for a measure."""
+    for line in report.splitlines():
+        if line.startswith(f"| {measure}"):
+            cells = [cell.strip() for cell in line.strip().strip("|").split(" | ")]
+            return float(cells[1].split()[0]), cells[2]
+    raise AssertionError(f"report.md shows no {measure!r}")
+
+
+def test_the_iwae_estimate_is_shown_beside_the_elbo_of_its_own_points(tmp_path):
+    # The IWAE's points (the first 8) lie far from the data the rest sit on: their
+    # log p(x) is far below the ELBO of all 48, which a report must not set beside it.
+    model = LinearGaussianVAE(posterior_scale=0.5)
+    noise = torch.randn(48, 6, generator=torch.Generator().manual_seed(2))
+    x = model.bias + noise * torch.cat([torch.full((8, 1), 4.0), torch.full((40, 1), 0.1)])
+    results = fe.evaluate(model, x, num_samples=16, batch_size=8, iwae_num_points=8)
+    assert results["iwae"] < results["elbo"]  # different points: no comparison
+    assert results["iwae_mean_log_weight"] <= results["iwae"]
+    assert results["elbo_gap"] == pytest.approx(results["iwae"] - results["iwae_mean_log_weight"])
+    text = fe.write_report(tmp_path / "report.md", results, pictures={}).read_text()
+    iwae, iwae_points = shown(text, "IWAE estimate log p̂(x)")
+    elbo, elbo_points = shown(text, "ELBO of the same points")
+    gap, gap_points = shown(text, "ELBO gap")
+    assert iwae_points == elbo_points == gap_points == "first 8 of 48 points"
+    assert iwae >= elbo and gap == pytest.approx(iwae - elbo, abs=0.011)
+    all_elbo, all_points = shown(text, "ELBO (one sample")
+    assert all_points == "all 48 points" and all_elbo == pytest.approx(results["elbo"], abs=0.006)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_displayed_iwae_estimate_is_never_below_its_elbo(tmp_path, seed):
+    # Nearly equal log-weights about a rounding boundary of the display: the tightest case.
+    table = -100.005 + 1e-4 * torch.randn(6, 4, generator=torch.Generator().manual_seed(seed)).double()
+    iwae = fe.iwae_estimate(TableVAE(table), index_data(4), num_samples=6)
+    gap = fe.elbo_gap(iwae.log_likelihood, iwae.mean_log_weight).mean().item()
+    results = {"num_points": 4, "iwae_num_points": 4, "iwae_num_samples": 6, "iwae": iwae.mean,
+               "iwae_mean_log_weight": iwae.elbo_mean, "elbo_gap": gap}
+    text = fe.write_report(tmp_path / "report.md", results, pictures={}).read_text()
+    assert shown(text, "IWAE estimate log p̂(x)")[0] >= shown(text, "ELBO of the same points")[0]
+    assert shown(text, "ELBO gap")[0] >= 0
+
+
+def test_provenance_names_the_backend_device_versions_and_parameters():
+    model = tiny_model()
+    info = fe.provenance(model)
+    assert info["backend"] in fastvae.backends.available("cpu")  # resolved, never 'auto'
+    assert info["backend"] == fastvae.backends.resolve("sample_gaussian", torch.device("cpu"), torch.float32)
+    with fastvae.use_backend("torch"):
+        assert fe.provenance(model)["backend"] == "torch"
+    assert info["device"] == "cpu" and info["device_name"]
+    assert info["num_parameters"] == (16 * 8 + 8) + (4 * 16 + 16)
+    assert (info["fastvae_version"], info["torch_version"]) == (fastvae.__version__, torch.__version__)
+    assert info["python_version"] == platform.python_version()
+    try:
+        triton_version = importlib.metadata.version("triton")
+    except importlib.metadata.PackageNotFoundError:
+        triton_version = None
+    assert info["triton_version"] == triton_version
+    results = fe.evaluate(model, uniform_data(n=8), num_samples=2, seed=5)
+    assert {k: results[k] for k in info} == info
+    assert results["eval_seed"] == 5 and results["eval_seconds"] >= 0
+
+
+def test_every_results_key_is_documented_and_the_report_explains_it(tmp_path):
+    results = fe.evaluate(copying_model(), uniform_data(n=10), num_samples=4)
+    undocumented = set(results) - set(FIELDS)
+    assert not undocumented, f"add these results keys to fastvae.eval.report.FIELDS: {sorted(undocumented)}"
+    text = fe.write_report(tmp_path / "report.md", results, pictures={}).read_text()
+    fields = text.split("## Fields of results.json")[1]
+    for key in results:
+        assert f"| `{key}` | {FIELDS[key].replace('|', chr(92) + '|')} |" in fields, key
+    # A key of the caller's own that FIELDS lacks is listed as such, not hidden.
+    text = fe.write_report(tmp_path / "other.md", dict(results, mine=1), pictures={}).read_text()
+    assert "| `mine` | (not documented) |" in text
 
 
 def test_write_report_contents(tmp_path):
     model, x = copying_model(copies=2), uniform_data(n=30)
     results = fe.evaluate(model, x, num_samples=20, batch_size=8)
     pictures = fe.save_pictures(model, x, tmp_path, kl_per_dim=torch.tensor(results["kl_per_dim"]))
-    path = fe.write_report(tmp_path / "report.md", results, config={"model": "tiny", "beta": 1.0})
+    path = fe.write_report(tmp_path / "report.md", results, config={"model": "tiny", "beta": 1.0},
+                           notes=["A note of the caller's."])
     text = path.read_text()
     assert f"{results['elbo']:.2f}" in text and f"{results['iwae']:.2f}" in text
-    assert "K = 20 importance samples, 30 data points" in text
+    assert "| IWAE estimate log p̂(x), K = 20 |" in text and "| all 30 points |" in text
     assert f"{results['elbo_gap']:.2f}" in text
-    assert "2 of 4" in text
+    assert "2 of 4" in text and "A note of the caller's." in text
+    run = text.split("## Run")[1].split("##")[0]
+    assert f"| fastvae backend | {results['backend']} |" in run
+    assert f"| model parameters | {results['num_parameters']:,} |" in run
+    assert f"torch {torch.__version__}" in run and "evaluation time" in run
     kl_rows = [line for line in text.splitlines() if line.startswith("| ") and line.endswith(("yes |", "no |"))]
     assert len(kl_rows) == 4
     for name in pictures:
         assert f"![{name}]({name}.png)" in text
+    assert "**reconstructions.png**: reconstructions: rows of data points" in text
     assert '"beta": 1.0' in text
     no_mi = dict(results, mutual_information=None)
     assert "n/a" in fe.write_report(tmp_path / "other.md", no_mi, pictures={}).read_text()

@@ -14,7 +14,7 @@ from ..eval import evaluate, save_samples, write_report
 from ..train import latest_checkpoint, load_checkpoint
 from .build import DEFAULT_EVAL_BATCH, load_split
 from .options import PROGRAM, ConfigError, builtin_defaults, fill_data_defaults, overlay, read_toml
-from .train import CONFIG_FILE, REPORT_FILE, RESULTS_FILE, summary_lines
+from .train import CONFIG_FILE, REPORT_FILE, RESULTS_FILE, evaluation_seed, summary_lines
 
 # The papers' setting (Burda et al. 2016 and after): 5000 importance samples per point.
 PAPER_IWAE_SAMPLES = 5000
@@ -79,10 +79,15 @@ def eval_checkpoint(path, split: str = "test", num_samples: int = PAPER_IWAE_SAM
             raise ConfigError(f"{PROGRAM} {where}: the {settings['data']} {split} images have shape "
                               f"{tuple(data.data_shape)}, the model expects {tuple(model.data_shape)}; choose the "
                               f"data set with --data")
+        # The seed goes through a run's own derivation: with the run's seed, batch size and
+        # points, the ELBO repeats the run's report.
         results = evaluate(model, data, num_samples=num_samples, batch_size=batch_size, sample_chunk=sample_chunk,
-                           mi_num_points=min(len(data), 1000), seed=seed)
+                           mi_num_points=min(len(data), 1000), seed=evaluation_seed(seed))
+    trainer_state = checkpoint.state.get("trainer") or {}
     results.update(step=checkpoint.step, evaluated=which, split=split, data=settings["data"],
-                   checkpoint=str(checkpoint_path))
+                   checkpoint=str(checkpoint_path), seed=seed)
+    if trainer_state.get("elapsed") is not None:
+        results["train_seconds"] = round(float(trainer_state["elapsed"]), 1)
     if out is None:
         name = f"eval-{split}-k{num_samples}"
         out = (run / name) if run is not None else checkpoint_path.with_name(f"{checkpoint_path.stem}-{name}")

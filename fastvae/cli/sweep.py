@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from ..eval import RatePoint, plot_rate_distortion, sweep_betas
+from ..eval.report import point_set
 from ..train import distributed
 from .options import INVOCATION_KEYS, PROGRAM, ConfigError, write_toml
 from .train import RUNS_DIR, default_run_name, train_run
@@ -20,6 +21,9 @@ SWEEP_FILE = "sweep.toml"
 TABLE_FILE = "rate_distortion.md"
 POINTS_FILE = "rate_distortion.json"
 PLOT_FILE = "rate_distortion.png"
+# Each point's IWAE estimate in rate_distortion.json, with the ELBO of the same points
+# and how many they are (rate, distortion and elbo cover num_points).
+SAME_POINTS_KEYS = ("iwae", "iwae_mean_log_weight", "iwae_num_samples", "iwae_num_points")
 
 
 def check_betas(betas) -> list:
@@ -38,16 +42,21 @@ def beta_folder(out: Path, beta: float) -> Path:
 
 
 def table(points: Sequence[RatePoint], runs: Mapping[float, dict], out: Path) -> str:
+    first = runs[points[0].beta]
+    every = point_set(first["num_points"], first["num_points"], first.get("split"))
+    iwae_points = point_set(first["iwae_num_points"], first["num_points"], first.get("split"))
     lines = ["# Rate–distortion sweep", "",
-             f"Rate R = mean KL(q(z|x) ‖ p(z)), distortion D = mean −log p(x|z), both in nats on the "
-             f"evaluation split; −(D + R) is the ELBO.  ![rate–distortion]({PLOT_FILE})", "",
-             "| β | rate (nats) | distortion (nats) | ELBO | IWAE log p̂(x) | active units | run |",
-             "|---:|---:|---:|---:|---:|---:|---|"]
+             f"Rate R = mean KL(q(z|x) ‖ p(z)), distortion D = mean −log p(x|z), both in nats over {every}; "
+             f"−(D + R) is their ELBO.  The IWAE estimate log p̂(x) is over the {iwae_points}, beside the ELBO of "
+             f"those same points (the mean of the same log-weights).  ![rate–distortion]({PLOT_FILE})", "",
+             "| β | rate (nats) | distortion (nats) | ELBO | IWAE log p̂(x) | ELBO, IWAE's points | active units | run |",
+             "|---:|---:|---:|---:|---:|---:|---:|---|"]
     for point in points:
         results = runs[point.beta]
         folder = beta_folder(out, point.beta).name
         lines.append(f"| {point.beta:g} | {point.rate:.3f} | {point.distortion:.3f} | {point.elbo:.3f} | "
                      f"{results['iwae']:.3f} (K={results['iwae_num_samples']}) | "
+                     f"{results['iwae_mean_log_weight']:.3f} | "
                      f"{results['active_units']} of {results['latent_dim']} | [{folder}]({folder}/report.md) |")
     return "\n".join(lines) + "\n"
 
@@ -75,15 +84,15 @@ def sweep_run(settings: dict, betas) -> list:
         results = train_run(run_settings)
         gathered = distributed.all_gather_objects(results, context)[0]
         runs[beta] = gathered
-        return RatePoint(beta, gathered["kl"], gathered["nll"], gathered["num_points"])
+        return RatePoint(beta, gathered["kl"], gathered["reconstruction_nll"], gathered["num_points"])
 
     points = sweep_betas(train_one, betas)
     if not context.is_main:
         return []
     plot_rate_distortion(points, out / PLOT_FILE)
     (out / TABLE_FILE).write_text(table(points, runs, out), encoding="utf-8")
-    (out / POINTS_FILE).write_text(json.dumps([dict(p.as_dict(), iwae=runs[p.beta]["iwae"]) for p in points],
-                                              indent=1) + "\n")
+    (out / POINTS_FILE).write_text(json.dumps(
+        [dict(p.as_dict(), **{key: runs[p.beta][key] for key in SAME_POINTS_KEYS}) for p in points], indent=1) + "\n")
     print((out / TABLE_FILE).read_text(encoding="utf-8"))
     print(f"sweep folder: {out}")
     return points

@@ -6,10 +6,13 @@ The folder holds, when the run is done::
     metrics.jsonl      training and evaluation metrics, one JSON object per line
     tensorboard/       the same as TensorBoard events (when tensorboard is installed)
     checkpoints/       step_XXXXXXXX.pt, written atomically; `--resume` continues from the last
-    results.json       the final evaluation (fastvae.eval.evaluate)
+    results.json       the final evaluation (fastvae.eval.evaluate), with the run's step, seed,
+                       training time, backend, device and versions; report.md explains each key
     samples.png, reconstructions.png, traversals.png, kl_per_dim.png, training_curves.png
-    report.md          the final ELBO, the IWAE estimate (K and the number of points), the
-                       ELBO gap, active units, KL per dimension, the pictures, the config
+    report.md          the IWAE estimate beside the ELBO of the same points and their gap, the
+                       ELBO over all evaluated points, active units, KL per dimension (each
+                       number with the data points it covers), where and how the run ran, the
+                       pictures, the config, and the meaning of every results.json key
 """
 from __future__ import annotations
 
@@ -18,7 +21,6 @@ import json
 import math
 import shutil
 import sys
-import time
 from pathlib import Path
 from typing import Mapping, Optional
 
@@ -26,8 +28,10 @@ import torch
 
 from .. import backends
 from ..eval import evaluate, iwae_estimate, save_pictures, write_report
+from ..eval.report import point_set
 from ..train import Trainer, distributed
 from ..train.checkpoint import list_checkpoints
+from ..train.data import EVAL_STREAM, derived_seed
 from ..train.metrics import METRICS_FILE, TENSORBOARD_DIR, MetricsLogger
 from .build import DEFAULT_EVAL_BATCH, load_split, model_settings, new_model, pick_device, train_config
 from .interrupt import Interrupted, SignalHandling
@@ -123,12 +127,19 @@ def _evaluated_module(trainer: Trainer):
     return (trainer.ema.module, "ema") if trainer.ema is not None else (trainer.model, "weights")
 
 
+def evaluation_seed(seed: int) -> int:
+    """The seed of a run's evaluations: the trainer's own evaluation seed (rank 0's), so
+    the final report's ELBO is the training line's test ELBO of the same weights, not
+    another one-sample estimate with other noise."""
+    return derived_seed(seed, EVAL_STREAM, 0)
+
+
 def _iwae_event(trainer: Trainer, eval_data, settings: Mapping, split: str) -> dict:
     module, _ = _evaluated_module(trainer)
     points = settings["iwae_points"] or None
     estimate = iwae_estimate(module, eval_data, settings["iwae_samples"],
                              settings.get("eval_batch_size") or DEFAULT_EVAL_BATCH, num_points=points,
-                             seed=settings["seed"])
+                             seed=evaluation_seed(settings["seed"]))
     return {"step": trainer.step, f"{split}/iwae": estimate.mean, f"{split}/iwae_nll": estimate.nll,
             f"{split}/iwae_num_samples": estimate.num_samples, f"{split}/iwae_num_points": estimate.num_points}
 
@@ -139,16 +150,48 @@ def full_config(settings: Mapping, model, config) -> dict:
             "model": model.config, "train": config.to_dict()}
 
 
+def _logged_elbo_key(which: str) -> str:
+    """The metrics.jsonl key of the trainer's test ELBO of the weights evaluated."""
+    return "eval_ema/elbo" if which == "ema" else "eval/elbo"
+
+
+def training_log_note(trainer: Trainer, results: Mapping, which: str) -> Optional[str]:
+    """One sentence for report.md: the trainer's final test ELBO is this report's ELBO
+    of all points, or why the two differ."""
+    key = _logged_elbo_key(which)
+    logged = results.get("training_log_elbo")
+    if logged is None:
+        return None
+    where = f"metrics.jsonl `{key}` at step {trainer.step}"
+    also = ""
+    if which == "ema" and isinstance(trainer.last_metrics.get("eval/elbo"), float):
+        also = (f" (the training line prints the trained weights' test ELBO, {trainer.last_metrics['eval/elbo']:.3f}; "
+                f"this report judges the weight average)")
+    if math.isclose(logged, results["elbo"], rel_tol=1e-9, abs_tol=1e-9):
+        return (f"The ELBO of all points is the trainer's final test ELBO ({where}): the same points, batches and "
+                f"noise seed{also}.")
+    reasons = []
+    if trainer.config.autocast:
+        reasons.append("the trainer's ran under bf16 autocast, this one in float32")
+    if trainer.context.world_size > 1:
+        reasons.append(f"the trainer's was split over {trainer.context.world_size} processes, each with its own noise")
+    why = "; ".join(reasons) or "both are one-sample estimates, drawn with different noise"
+    return f"The trainer's final test ELBO ({where}) was {logged:.3f}, not {results['elbo']:.3f}: {why}{also}."
+
+
 def finish_run(trainer: Trainer, eval_data, settings: Mapping, folder: Path, config) -> dict:
     """The final evaluation (rank 0): results.json, the pictures and report.md."""
     module, which = _evaluated_module(trainer)
     points = settings["iwae_points"] or None
-    batch = settings.get("eval_batch_size") or DEFAULT_EVAL_BATCH
-    started = time.perf_counter()
+    # The trainer's evaluation batches and seed: the ELBO of all points repeats its
+    # final test ELBO (a forward pass draws its noise for its whole batch).
+    batch = config.eval_batch_size or config.batch_size
     results = evaluate(module, eval_data, num_samples=settings["iwae_samples"], batch_size=batch,
-                       iwae_num_points=points, mi_num_points=MI_POINTS, seed=settings["seed"])
+                       iwae_num_points=points, mi_num_points=MI_POINTS, seed=evaluation_seed(settings["seed"]))
+    logged = trainer.last_metrics.get(_logged_elbo_key(which))
     results.update(step=trainer.step, evaluated=which, split=settings["eval_split"], data=settings["data"],
-                   train_seconds=round(trainer.elapsed, 1), eval_seconds=round(time.perf_counter() - started, 1))
+                   seed=settings["seed"], train_seconds=round(trainer.elapsed, 1),
+                   training_log_elbo=logged if isinstance(logged, float) else None)
     (folder / RESULTS_FILE).write_text(json.dumps(results, indent=1, allow_nan=True) + "\n")
     split = settings["eval_split"]
     logger = MetricsLogger(folder, tensorboard=False)
@@ -161,19 +204,30 @@ def finish_run(trainer: Trainer, eval_data, settings: Mapping, folder: Path, con
                       metrics_path=folder / METRICS_FILE, seed=settings["seed"])
     title = f"fastvae report: {settings['name']} ({settings['data']}, {settings['model']}, step {trainer.step}" + (
         ", weight average)" if which == "ema" else ")")
-    write_report(folder / REPORT_FILE, results, config=full_config(settings, module, config), title=title)
+    note = training_log_note(trainer, results, which)
+    write_report(folder / REPORT_FILE, results, config=full_config(settings, module, config), title=title,
+                 notes=[note] if note else ())
     return results
 
 
 def summary_lines(results: Mapping, folder: Path) -> list:
-    gap = results["elbo_gap"]
+    """The command's closing lines: the IWAE estimate beside the ELBO of the same points
+    and their gap, then the ELBO over all evaluated points, each saying which points."""
+    total, split = results["num_points"], results.get("split")
+    bits = results.get("iwae_bits_per_dim")
+    logged = results.get("training_log_elbo")
+    about = ["one sample per point"]
+    if results.get("evaluated") == "ema":
+        about.append("of the weight average" + ("; the training line's test ELBO is the trained weights'"
+                                                 if logged is not None else ""))
+    if logged is not None and not math.isclose(logged, results["elbo"], rel_tol=1e-9, abs_tol=1e-9):
+        about.append(f"the trainer's was {logged:.3f}, with other noise: report.md says why")
     return [
-        f"ELBO {results['elbo']:.3f} nats ({results['num_points']} {results['split']} points); "
-        f"IWAE log p(x) >= {results['iwae']:.3f} nats (K={results['iwae_num_samples']}, "
-        f"{results['iwae_num_points']} points); ELBO gap {gap:.3f} nats",
-        f"active units {results['active_units']} of {results['latent_dim']}; KL {results['kl']:.3f} nats; "
-        f"bits/dim {results['bits_per_dim']:.4f}" if results.get("bits_per_dim") is not None else
-        f"active units {results['active_units']} of {results['latent_dim']}; KL {results['kl']:.3f} nats",
+        f"{point_set(results['iwae_num_points'], total, split)}: IWAE log p(x) >= {results['iwae']:.3f} nats "
+        f"(K={results['iwae_num_samples']}), ELBO {results['iwae_mean_log_weight']:.3f} nats (same log-weights), "
+        f"ELBO gap {results['elbo_gap']:.3f} nats" + (f"; IWAE {bits:.4f} bits/dim" if bits is not None else ""),
+        f"{point_set(total, total, split)}: ELBO {results['elbo']:.3f} nats ({'; '.join(about)}); "
+        f"KL {results['kl']:.3f} nats; active units {results['active_units']} of {results['latent_dim']}",
         f"run folder: {folder} (report.md, results.json, metrics.jsonl, checkpoints/, PNGs)",
     ]
 

@@ -8,7 +8,9 @@
 - :mod:`~fastvae.eval.pictures`: sample grids, reconstructions, latent traversals, KL per
   dimension, training curves, as PNG (:func:`write_png` needs no imaging library).
 - :func:`sweep_betas`, :func:`plot_rate_distortion`: the rate–distortion trade-off.
-- :func:`evaluate` and :func:`write_report`: everything at once, and report.md.
+- :func:`evaluate` and :func:`write_report`: everything at once, and report.md;
+  :func:`provenance`: backend, device, versions and parameter count; the meaning of
+  every key of :func:`evaluate`'s results is :data:`fastvae.eval.report.FIELDS`.
 """
 from .latent import ActiveUnits, active_units, kl_per_dimension, mutual_information
 from .likelihood import (
@@ -34,7 +36,7 @@ from .pictures import (
 )
 from .png import encode_png, to_uint8, write_png
 from .rate_distortion import RatePoint, plot_rate_distortion, rate_distortion_point, sweep_betas
-from .report import evaluate, write_report
+from .report import evaluate, provenance, write_report
 
 __all__ = [
     "IWAEEstimate", "ELBOEstimate", "iwae_estimate", "iwae_log_likelihood", "elbo_estimate", "elbo_gap",
@@ -42,5 +44,5 @@ __all__ = [
     "as_images", "image_grid", "save_image_grid", "save_samples", "save_reconstructions",
     "save_latent_traversals", "plot_kl_per_dim", "read_training_curves", "plot_training_curves",
     "save_pictures", "encode_png", "write_png", "to_uint8", "RatePoint", "rate_distortion_point",
-    "sweep_betas", "plot_rate_distortion", "evaluate", "write_report",
+    "sweep_betas", "plot_rate_distortion", "evaluate", "provenance", "write_report",
 ]

@@ -291,12 +291,12 @@ def elbo_gap(log_likelihood: Tensor, elbo: Tensor) -> Tensor:
     model trains on falls short of the likelihood (the KL from q(z|x) to the true
     posterior, as far as the K-sample estimate resolves it).
 
-    The standard gap takes ``elbo`` as the model's own ELBO (:func:`elbo_estimate`, one
-    sample of q per point, the quantity training reports), which is what
-    :func:`fastvae.eval.evaluate` reports; its per-point values are noisy and may be
-    negative, its mean is not (in expectation).  Passing
-    :attr:`IWAEEstimate.mean_log_weight` instead gives the gap to the K-sample ELBO from
-    the same log-weights, which is never negative.
+    :func:`fastvae.eval.evaluate` passes :attr:`IWAEEstimate.mean_log_weight`, the ELBO
+    of the same points from the same K log-weights: the gap is then never negative, and
+    its ELBO has a K-sample estimate's noise.  The model's own one-sample ELBO
+    (:func:`elbo_estimate`, the quantity training reports) estimates the same ELBO with
+    more noise; with it, per-point gaps may be negative (their mean is not, in
+    expectation).
 
     Args:
         log_likelihood: [N] log p̂(x) (e.g. :func:`iwae_log_likelihood`).

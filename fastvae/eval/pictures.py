@@ -1,9 +1,11 @@
 """Pictures of a model as PNG files: sample grids, reconstructions, latent traversals,
 the KL per dimension, and training curves from a metrics.jsonl.
 
-Image grids are written by :mod:`fastvae.eval.png`; charts by matplotlib's Agg canvas
-(imported when a chart is drawn, and without pyplot, so a caller's matplotlib backend is
-left alone)."""
+Image grids are written by :mod:`fastvae.eval.png`, their pixels exactly the decoder's
+(no resampling).  The labels of the reconstructions and traversals (which row is data,
+which dimension a row moves and through which values) are drawn by matplotlib's Agg
+canvas beside the grid, as are the charts; matplotlib is imported only when a picture
+with text is drawn, and without pyplot, so a caller's matplotlib backend is left alone."""
 from __future__ import annotations
 
 import json
@@ -12,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Union
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -23,6 +26,14 @@ PathLike = Union[str, os.PathLike]
 # Charts are drawn at a fixed size and resolution so their pixel size is known.
 CHART_SIZE = (6.4, 4.0)
 CHART_DPI = 100
+# Labels beside image grids: font sizes in points, the margin around them in pixels; a
+# title wraps to the grid's width, but not narrower than a short sentence.
+LABEL_FONT_SIZE = 8
+TITLE_FONT_SIZE = 9
+LABEL_MARGIN = 6
+_TITLE_LINESPACING = 1.2
+_MIN_TITLE_WIDTH = 240
+_GRID_PADDING = 2  # image_grid's default padding, which the label positions assume
 
 
 def as_images(x: Tensor, image_shape: Optional[Sequence[int]] = None) -> Tensor:
@@ -163,9 +174,10 @@ def save_reconstructions(
     ncol: int = 8,
     image_shape: Optional[Sequence[int]] = None,
 ) -> Path:
-    r"""Write originals and their reconstructions (the decoder's mean at E_q[z|x]) as one
-    PNG: the originals in the top rows, the reconstructions in as many rows below, each
-    under its original.
+    r"""Write data points and their reconstructions (the decoder's mean at E_q[z|x]) as one
+    labelled PNG: rows of ``ncol`` data points, labelled "data", each followed by the row
+    of their reconstructions, labelled "reconstruction", so each reconstruction sits
+    right under its data point.  The grid's pixels are the images' exactly.
 
     Args:
         model: a :class:`fastvae.models.VAE`.
@@ -184,13 +196,21 @@ def save_reconstructions(
     with evaluating(model, seed=0) as device:
         x = next(iterate_batches(function, x, x.shape[0], device, data_shape=getattr(model, "data_shape", None)))
         reconstructions = model.reconstruct(x)
-    originals, reconstructions = as_images(x, image_shape), as_images(reconstructions, image_shape)
-    # Blank cells complete the originals' last row, so each reconstruction sits under its original.
+    originals = as_images(x, image_shape).float().cpu()
+    reconstructions = as_images(reconstructions, image_shape).float().cpu()
+    # Row pairs: ncol data points, then their reconstructions; blank cells complete a
+    # short last pair, so each reconstruction sits under its data point.
     rows = -(-x.shape[0] // ncol)
     blank = torch.ones((rows * ncol - x.shape[0],) + tuple(originals.shape[1:]))
-    tiles = torch.cat([originals.float().cpu(), blank, reconstructions.float().cpu(), blank])
+    originals = torch.cat([originals, blank]).view((rows, ncol) + tuple(originals.shape[1:]))
+    reconstructions = torch.cat([reconstructions, blank]).view((rows, ncol) + tuple(reconstructions.shape[1:]))
+    tiles = torch.stack([originals, reconstructions], dim=1).flatten(0, 2)
     grid = image_grid(tiles, ncol=ncol)
-    return write_png(path, to_uint8(grid.permute(1, 2, 0)))
+    height = tiles.shape[2]
+    labels = [(_GRID_PADDING + row * (height + _GRID_PADDING), height, "data" if row % 2 == 0 else "reconstruction")
+              for row in range(2 * rows)]
+    title = "data / reconstruction (the decoder's mean at E_q[z|x])"
+    return write_png(path, _labelled_grid(grid, title=title, row_labels=labels))
 
 
 def save_latent_traversals(
@@ -207,7 +227,9 @@ def save_latent_traversals(
     r"""Write latent traversals as PNG: one row per latent dimension d, in which z starts
     at the posterior mean E_q[z|x] of the first data point of ``x`` and z_d takes
     ``num_steps`` evenly spaced values in [−span, span] (the prior's scale), decoded with
-    ``model.decode``.
+    ``model.decode``.  Each row is labelled with its dimension (``z[d]``), the columns
+    with the values of z_d, and a title states the range; the grid's pixels are the
+    decoded images' exactly.
 
     Args:
         model: a :class:`fastvae.models.VAE`.
@@ -258,8 +280,115 @@ def save_latent_traversals(
         for row, d in enumerate(dims):
             latents[row * num_steps:(row + 1) * num_steps, d] = values
         decoded = model.decode(latents)
-    grid = image_grid(as_images(decoded, image_shape).float().cpu(), ncol=num_steps)
-    return write_png(path, to_uint8(grid.permute(1, 2, 0)))
+    images = as_images(decoded, image_shape).float().cpu()
+    grid = image_grid(images, ncol=num_steps)
+    height, width = images.shape[2:]
+    rows = [(_GRID_PADDING + row * (height + _GRID_PADDING), height, f"z[{d}]") for row, d in enumerate(dims)]
+    columns = [(_GRID_PADDING + column * (width + _GRID_PADDING), width, _signed(value))
+               for column, value in enumerate(values.tolist())]
+    title = (f"latent traversals: z[d] from {_signed(-span)} to {_signed(span)} in {num_steps} steps; the other "
+             f"dimensions at E_q[z|x] of data point 0")
+    return write_png(path, _labelled_grid(grid, title=title, row_labels=rows, column_labels=columns))
+
+
+def _signed(value: float) -> str:
+    """A traversal value as a column label: '−1.5', '0', '+1.5'."""
+    return "0" if value == 0 else f"{value:+.3g}".replace("-", "\u2212")
+
+
+def _label_figure(width: int, height: int):
+    """An empty white figure of ``width`` × ``height`` pixels on an Agg canvas."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width / CHART_DPI, height / CHART_DPI), dpi=CHART_DPI, facecolor="white")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _text_size(figure, text: str, size: float) -> tuple[int, int]:
+    """(width, height) in pixels of ``text`` at ``size`` points on ``figure``'s canvas."""
+    from matplotlib.font_manager import FontProperties
+
+    width, height, _ = figure.canvas.get_renderer().get_text_width_height_descent(
+        text, FontProperties(size=size), ismath=False)
+    return math.ceil(width), math.ceil(height)
+
+
+def _wrap(figure, text: str, width: int) -> list:
+    """``text`` broken at spaces into lines at most ``width`` pixels wide (a single word
+    wider than that keeps its own line)."""
+    lines: list = []
+    for word in text.split(" "):
+        if lines and _text_size(figure, f"{lines[-1]} {word}", TITLE_FONT_SIZE)[0] <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return lines
+
+
+def _labelled_grid(
+    grid: Tensor,
+    title: Optional[str] = None,
+    row_labels: Sequence[tuple] = (),
+    column_labels: Sequence[tuple] = (),
+) -> Tensor:
+    r"""The image grid [C, H, W] (floats in [0, 1]) with text around it, as uint8
+    [H', W', C] pixels: ``title`` above, each ``(top, height, text)`` of ``row_labels``
+    right-aligned left of the grid's pixel rows top..top + height, each
+    ``(left, width, text)`` of ``column_labels`` centred above the grid's columns
+    left..left + width (every k-th of them, first and last included, when they would
+    touch at k = 1).  The grid is pasted in unchanged, so its pixels are exact."""
+    channels, grid_height, grid_width = grid.shape
+    margin = LABEL_MARGIN
+    figure = _label_figure(1, 1)
+    label_width = max((_text_size(figure, text, LABEL_FONT_SIZE)[0] for _, _, text in row_labels), default=0)
+    label_height = _text_size(figure, "0123456789dz", LABEL_FONT_SIZE)[1]
+    left = margin + (label_width + margin if row_labels else 0)
+    width = left + grid_width + margin
+    title_lines = _wrap(figure, title, max(width - 2 * margin, _MIN_TITLE_WIDTH)) if title else []
+    width = max([width] + [_text_size(figure, line, TITLE_FONT_SIZE)[0] + 2 * margin for line in title_lines])
+    # Each line after the first adds matplotlib's line pitch: linespacing × the font size.
+    pitch = _TITLE_LINESPACING * TITLE_FONT_SIZE * CHART_DPI / 72
+    line_height = _text_size(figure, "Ag", TITLE_FONT_SIZE)[1]
+    title_height = math.ceil(line_height + pitch * (len(title_lines) - 1)) if title_lines else 0
+    top = margin + (title_height + margin if title else 0) + (label_height + margin // 2 if column_labels else 0)
+    height = top + grid_height + margin
+    title = "\n".join(title_lines)
+
+    figure = _label_figure(width, height)
+    # Text is placed in pixels from the top-left corner: matplotlib's figure pixels count
+    # from the bottom.
+    if title:
+        figure.text(margin / width, 1 - margin / height, title, fontsize=TITLE_FONT_SIZE, ha="left", va="top",
+                    linespacing=_TITLE_LINESPACING)
+    for row_top, row_height, text in row_labels:
+        figure.text((left - margin) / width, 1 - (top + row_top + row_height / 2) / height, text,
+                    fontsize=LABEL_FONT_SIZE, ha="right", va="center")
+    # (centre, half width, text) of each column label: every one where they fit, else
+    # every k-th for the smallest k at which they do, the first and the last always
+    # (they give the range).
+    spans = [(left + column_left + column_width / 2, _text_size(figure, text, LABEL_FONT_SIZE)[0] / 2, text)
+             for column_left, column_width, text in column_labels]
+    shown = spans[:1]
+    for stride in range(1, max(len(spans), 1)):
+        chosen = sorted(set(range(0, len(spans), stride)) | {len(spans) - 1})
+        shown = [spans[i] for i in chosen]
+        if all(b[0] - b[1] >= a[0] + a[1] + 4 for a, b in zip(shown, shown[1:])):
+            break
+    for centre, _, text in shown:
+        figure.text(centre / width, 1 - (top - margin // 2) / height, text, fontsize=LABEL_FONT_SIZE, ha="center",
+                    va="bottom")
+    figure.canvas.draw()
+    rendered = torch.from_numpy(np.asarray(figure.canvas.buffer_rgba())[..., :3].copy())
+    # The canvas's size is the figure's rounded; paste into exactly height × width.
+    pixels = torch.full((height, width, 3), 255, dtype=torch.uint8)
+    rows, cols = min(height, rendered.shape[0]), min(width, rendered.shape[1])
+    pixels[:rows, :cols] = rendered[:rows, :cols]
+    if channels == 1:
+        pixels = pixels[..., :1]  # black text on white: the three channels are equal
+    pixels[top:top + grid_height, left:left + grid_width] = to_uint8(grid.permute(1, 2, 0))
+    return pixels
 
 
 def _new_figure():
@@ -368,10 +497,80 @@ def read_training_curves(metrics_path: PathLike) -> Dict[str, Dict[str, list]]:
     return curves
 
 
+# Panel titles of the curves' metrics.
+_CURVE_TITLES = {
+    "loss": "loss (the objective trained)",
+    "elbo": "ELBO (nats)",
+    "nll": "reconstruction −log p(x|z) (nats)",
+    "kl": "KL(q(z|x) ‖ p(z)) (nats)",
+    "iwae_nll": "IWAE NLL −log p̂(x) (nats)",
+}
+# A panel's y-axis fits the values after this fraction of its steps: the first steps of a
+# run (an ELBO of −3000 falling to −150) would otherwise flatten the rest into a line.
+CURVE_SKIP_FRACTION = 0.1
+
+
+def _curve_limits(lines: Sequence[Sequence[tuple]]) -> Optional[tuple]:
+    """(low, high) y-limits for a panel's lines of (step, value) points: the range of
+    the values after the first :data:`CURVE_SKIP_FRACTION` of the steps (and of every
+    line's last value), with a margin; None where the first steps would not squeeze the
+    rest into under half of the axis."""
+    steps = [step for points in lines for step, _ in points]
+    first, last = min(steps), max(steps)
+    cutoff = first + CURVE_SKIP_FRACTION * (last - first)
+    kept = [value for points in lines for step, value in points if step > cutoff]
+    kept += [points[-1][1] for points in lines]
+    everything = [value for points in lines for _, value in points]
+    low, high = min(kept), max(kept)
+    # Clip only where the first steps would squeeze the rest into under half the axis.
+    if max(everything) - min(everything) <= 2.0 * (high - low):
+        return None
+    pad = 0.08 * (high - low) if high > low else max(abs(high) * 0.01, 1e-3)
+    return low - pad, high + pad
+
+
+def _training_curves_figure(curves: Dict[str, Dict[str, list]]):
+    metrics = [m for m in _CURVE_METRICS if m in curves]
+    # A panel needs a line: a metric logged once (an end-of-run estimate) is left out
+    # unless nothing else was logged.
+    lines = [m for m in metrics if sum(len(points) for points in curves[m].values()) > 1]
+    metrics = lines or metrics
+    figure = _new_figure()
+    columns = min(2, len(metrics))
+    rows = -(-len(metrics) // columns)
+    clipped = False
+    for index, metric in enumerate(metrics):
+        axes = figure.add_subplot(rows, columns, index + 1)
+        for split, points in sorted(curves[metric].items()):
+            steps, values = zip(*points)
+            axes.plot(steps, values, label=split, marker="o" if len(points) < 20 else None, markersize=3)
+        axes.set_xlabel("step", fontsize=8)
+        limits = _curve_limits(list(curves[metric].values()))
+        if limits is not None:
+            axes.set_ylim(limits[0], limits[1])
+            clipped = True
+        axes.set_title(_CURVE_TITLES[metric] + (" *" if limits is not None else ""), fontsize=9)
+        axes.tick_params(labelsize=7)
+        axes.legend(fontsize=7)
+    if clipped:
+        figure.text(0.5, 0.01, f"* the y-axis fits the values after the first {CURVE_SKIP_FRACTION:.0%} of steps: "
+                    f"earlier ones run off the chart", ha="center", va="bottom", fontsize=7, color="dimgray")
+        figure.tight_layout(rect=(0, 0.04, 1, 1))
+    else:
+        figure.tight_layout()
+    return figure
+
+
 def plot_training_curves(metrics_path: PathLike, path: PathLike) -> Path:
     r"""Write the training curves of a metrics.jsonl as PNG (640×400 pixels): one panel
     per metric among loss, elbo, nll, kl and iwae_nll that was logged more than once,
-    one line per split (train, eval, test, ...) over the steps.  See :func:`read_training_curves` for the accepted records.
+    one line per split (train, eval, test, ...) over the steps.  See
+    :func:`read_training_curves` for the accepted records.
+
+    Where a run's first steps, far worse than the rest, would squeeze the curves into
+    under half of a panel's height, that panel's y-axis fits the values after the first
+    10% of its steps (:data:`CURVE_SKIP_FRACTION`) and every line's last value; its
+    title is marked * and a note under the panels says what that means.
 
     Example::
 
@@ -382,25 +581,7 @@ def plot_training_curves(metrics_path: PathLike, path: PathLike) -> Path:
         raise ValueError(
             f"fastvae.eval.plot_training_curves: {metrics_path} has no values of {', '.join(_CURVE_METRICS)}"
         )
-    metrics = [m for m in _CURVE_METRICS if m in curves]
-    # A panel needs a line: a metric logged once (an end-of-run estimate) is left out
-    # unless nothing else was logged.
-    lines = [m for m in metrics if sum(len(points) for points in curves[m].values()) > 1]
-    metrics = lines or metrics
-    figure = _new_figure()
-    columns = min(2, len(metrics))
-    rows = -(-len(metrics) // columns)
-    for index, metric in enumerate(metrics):
-        axes = figure.add_subplot(rows, columns, index + 1)
-        for split, points in sorted(curves[metric].items()):
-            steps, values = zip(*points)
-            axes.plot(steps, values, label=split, marker="o" if len(points) < 20 else None, markersize=3)
-        axes.set_title(metric + (" (nats)" if metric != "loss" else ""), fontsize=9)
-        axes.set_xlabel("step", fontsize=8)
-        axes.tick_params(labelsize=7)
-        axes.legend(fontsize=7)
-    figure.tight_layout()
-    return _save_figure(figure, path)
+    return _save_figure(_training_curves_figure(curves), path)
 
 
 def save_pictures(
