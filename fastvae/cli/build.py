@@ -45,7 +45,7 @@ def load_split(settings: Mapping, split: str, device: Optional[str] = None):
         kwargs["image_size"] = settings["image_size"]
     root = settings.get("data_root")
     if name == "image_folder" and not root:
-        raise ConfigError(f"--data image_folder needs --data-root FOLDER, the folder of the images (FASTVAE_DATA "
+        raise ConfigError("--data image_folder needs --data-root FOLDER, the folder of the images (FASTVAE_DATA "
                           "names the folder of the other data sets' files, not an image folder)")
     try:
         dataset = fastvae_data.load_dataset(name, root=root, split=split, **kwargs)
