@@ -92,6 +92,16 @@ def iwae_logged(folder: Path, step: int, split: str) -> bool:
                for _, event in _events(folder))
 
 
+def logged_value(folder: Path, step: int, key: str):
+    """The last value metrics.jsonl holds for ``key`` at ``step``, or None (a run resumed
+    only to evaluate logged its final metrics in the process that trained it)."""
+    found = None
+    for _, event in _events(folder):
+        if event is not None and event.get("step") == step and key in event:
+            found = event[key]
+    return found
+
+
 def forget_final_evaluation(folder: Path, step: int, split: str, context) -> None:
     """Drop what an interrupted final evaluation at ``step`` logged (its IWAE line), so
     that the evaluation, run again, logs it once.  Rank 0 writes."""

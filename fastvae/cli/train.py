@@ -37,7 +37,8 @@ from .build import DEFAULT_EVAL_BATCH, load_split, model_settings, new_model, pi
 from .interrupt import Interrupted, SignalHandling
 from .options import (INVOCATION_KEYS, PROGRAM, ConfigError, builtin_defaults, fill_data_defaults, overlay,
                       read_toml, write_toml)
-from .resume import agreed_signal, finished_results, forget_final_evaluation, iwae_logged, load_latest_checkpoint
+from .resume import (agreed_signal, finished_results, forget_final_evaluation, iwae_logged, load_latest_checkpoint,
+                     logged_value)
 
 CONFIG_FILE = "config.toml"
 RESULTS_FILE = "results.json"
@@ -188,7 +189,8 @@ def finish_run(trainer: Trainer, eval_data, settings: Mapping, folder: Path, con
     batch = config.eval_batch_size or config.batch_size
     results = evaluate(module, eval_data, num_samples=settings["iwae_samples"], batch_size=batch,
                        iwae_num_points=points, mi_num_points=MI_POINTS, seed=evaluation_seed(settings["seed"]))
-    logged = trainer.last_metrics.get(_logged_elbo_key(which))
+    key = _logged_elbo_key(which)
+    logged = trainer.last_metrics.get(key, logged_value(folder, trainer.step, key))
     results.update(step=trainer.step, evaluated=which, split=settings["eval_split"], data=settings["data"],
                    seed=settings["seed"], train_seconds=round(trainer.elapsed, 1),
                    training_log_elbo=logged if isinstance(logged, float) else None)
