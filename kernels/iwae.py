@@ -350,11 +350,12 @@ def sample_gaussian_k_fwd(mu, logvar, prior_mu, prior_logvar, seed_offset, num_s
         HAS_PRIOR_MU=prior_mu is not None, HAS_PRIOR_LOGVAR=prior_logvar is not None,
         BLOCK_R=block_rows, BLOCK_N=block_n,
     )
-    # Partial sums per column block, added in a fixed order: bitwise repeatable.
+    # Partial sums per column block, added in float64 in a fixed order (one float32 rounding
+    # at the end, however many partials): bitwise repeatable.
     if grid[1] == 1:
         log_q, log_p = log_q[:, 0], log_p[:, 0]
     else:
-        log_q, log_p = log_q.sum(dim=1), log_p.sum(dim=1)
+        log_q, log_p = log_q.sum(dim=1, dtype=torch.float64).float(), log_p.sum(dim=1, dtype=torch.float64).float()
     return z, log_q.reshape(num_samples, batch), log_p.reshape(num_samples, batch)
 
 

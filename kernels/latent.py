@@ -214,8 +214,9 @@ def gaussian_latent_fwd(mu, logvar, prior_mu, prior_logvar, seed_offset, sample:
         BLOCK_B=block_b, BLOCK_N=block_n,
     )
     if kl_mode == "row":
-        # Partial sums per column block, added in a fixed order: bitwise repeatable.
-        kl = kl[:, 0].contiguous() if grid[1] == 1 else kl.sum(dim=1)
+        # Partial sums per column block, added in float64 in a fixed order (one float32
+        # rounding at the end, however many partials): bitwise repeatable.
+        kl = kl[:, 0].contiguous() if grid[1] == 1 else kl.sum(dim=1, dtype=torch.float64).float()
     return z, kl
 
 

@@ -276,8 +276,9 @@ def _nll_buffer(tensor, per_element: bool, grid):
 def _finish_rows(nll, per_element: bool, grid):
     if per_element:
         return nll
-    # Partial sums per column block, added in a fixed order: bitwise repeatable.
-    return nll[:, 0].contiguous() if grid[1] == 1 else nll.sum(dim=1)
+    # Partial sums per column block, added in float64 in a fixed order (one float32 rounding
+    # at the end, however many partials): bitwise repeatable.
+    return nll[:, 0].contiguous() if grid[1] == 1 else nll.sum(dim=1, dtype=torch.float64).float()
 
 
 def _or(tensor, fallback):

@@ -489,8 +489,9 @@ def discretized_logistic_fwd(mean, log_scale, x, num_bins: int, per_element: boo
     )
     if per_element:
         return nll
-    # Partial sums per column block, added in a fixed order: bitwise repeatable.
-    return nll[:, 0].contiguous() if num_col_blocks == 1 else nll.sum(dim=1)
+    # Partial sums per column block, added in float64 in a fixed order (one float32 rounding
+    # at the end, however many partials): bitwise repeatable.
+    return nll[:, 0].contiguous() if num_col_blocks == 1 else nll.sum(dim=1, dtype=torch.float64).float()
 
 
 def discretized_logistic_bwd(grad_nll, mean, log_scale, x, num_bins: int):
@@ -564,8 +565,9 @@ def logistic_mixture_fwd(params, x, num_mixtures: int, num_bins: int, per_pixel:
     )
     if per_pixel:
         return nll
-    # Partial sums per pixel block, added in a fixed order: bitwise repeatable.
-    return nll[:, 0].contiguous() if num_s_blocks == 1 else nll.sum(dim=1)
+    # Partial sums per pixel block, added in float64 in a fixed order (one float32 rounding
+    # at the end, however many partials): bitwise repeatable.
+    return nll[:, 0].contiguous() if num_s_blocks == 1 else nll.sum(dim=1, dtype=torch.float64).float()
 
 
 def logistic_mixture_bwd(grad_nll, params, x, num_mixtures: int, num_bins: int, grad_params):

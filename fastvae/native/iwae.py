@@ -41,11 +41,12 @@ def sample_gaussian_k_fwd(native, mu, logvar, prior_mu, prior_logvar, seed_offse
         num_samples, batch, features, row_partials, prior_mu_layout, prior_logvar_layout, sizes,
         dtype_code(z_dtype, "sample_gaussian_k"), dtype_code(prior_dtype, "sample_gaussian_k"),
     )
-    # Partial sums per column chunk, added in a fixed order: bitwise repeatable.
+    # Partial sums per column chunk, added in float64 in a fixed order (one float32 rounding
+    # at the end, however many partials): bitwise repeatable.
     if row_partials == 1:
         log_q, log_p = log_q[:, 0], log_p[:, 0]
     else:
-        log_q, log_p = log_q.sum(dim=1), log_p.sum(dim=1)
+        log_q, log_p = log_q.sum(dim=1, dtype=torch.float64).float(), log_p.sum(dim=1, dtype=torch.float64).float()
     return z, log_q.reshape(num_samples, batch), log_p.reshape(num_samples, batch)
 
 

@@ -33,8 +33,9 @@ def gaussian_latent_fwd(native, mu, logvar, prior_mu, prior_logvar, seed_offset,
             dtype_code(z_dtype, "sample_gaussian"), dtype_code(prior_dtype, "sample_gaussian"), KL_MODE_CODES[kl_mode],
         )
     if kl_mode == "row":
-        # Partial sums per column chunk, added in a fixed order: bitwise repeatable.
-        kl = kl[:, 0].contiguous() if kl.shape[1] == 1 else kl.sum(dim=1)
+        # Partial sums per column chunk, added in float64 in a fixed order (one float32
+        # rounding at the end, however many partials): bitwise repeatable.
+        kl = kl[:, 0].contiguous() if kl.shape[1] == 1 else kl.sum(dim=1, dtype=torch.float64).float()
     return z, kl
 
 

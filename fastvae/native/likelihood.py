@@ -57,8 +57,9 @@ def _nll_buffer(params, per_element: bool, row_partials: int):
 def _finish_rows(nll, per_element: bool):
     if per_element:
         return nll
-    # Partial sums per column chunk, added in a fixed order: bitwise repeatable.
-    return nll[:, 0].contiguous() if nll.shape[1] == 1 else nll.sum(dim=1)
+    # Partial sums per column chunk, added in float64 in a fixed order (one float32 rounding
+    # at the end, however many partials): bitwise repeatable.
+    return nll[:, 0].contiguous() if nll.shape[1] == 1 else nll.sum(dim=1, dtype=torch.float64).float()
 
 
 def _grad_nll(grad_nll):

@@ -43,8 +43,9 @@ def _partials(native, name: str, length: int) -> int:
 
 
 def _sum_partials(partials: torch.Tensor) -> torch.Tensor:
-    # Partial sums per block, added in a fixed order: bitwise repeatable.
-    return partials[:, 0].contiguous() if partials.shape[1] == 1 else partials.sum(dim=1)
+    # Partial sums per block, added in float64 in a fixed order (one float32 rounding at the
+    # end, however many partials): bitwise repeatable.
+    return partials[:, 0].contiguous() if partials.shape[1] == 1 else partials.sum(dim=1, dtype=torch.float64).float()
 
 
 # --------------------------------------------------------------------------------------
