@@ -26,6 +26,8 @@ import torch
 import triton
 import triton.language as tl
 
+from fastvae.row_sums import sum_partials_into
+
 from .latent import load_prior, prior_layout
 
 # log(2π), as fastvae.reference.LOG_2PI.
@@ -351,13 +353,8 @@ def sample_gaussian_k_fwd(mu, logvar, prior_mu, prior_logvar, seed_offset, num_s
         HAS_PRIOR_MU=prior_mu is not None, HAS_PRIOR_LOGVAR=prior_logvar is not None,
         BLOCK_R=block_rows, BLOCK_N=block_n,
     )
-    # Partial sums per column block, added in a fixed order: bitwise repeatable.
-    if grid[1] == 1:
-        log_q_rows, log_p_rows = log_q_partials[:, 0], log_p_partials[:, 0]
-    else:
-        log_q_rows, log_p_rows = log_q_partials.sum(dim=1), log_p_partials.sum(dim=1)
-    log_q.copy_(log_q_rows.reshape(num_samples, batch))
-    log_p.copy_(log_p_rows.reshape(num_samples, batch))
+    sum_partials_into(log_q, log_q_partials)
+    sum_partials_into(log_p, log_p_partials)
 
 
 def sample_gaussian_k_bwd(grad_z, grad_log_q, grad_log_p, mu, logvar, prior_mu, prior_logvar, seed_offset,

@@ -13,6 +13,7 @@ import triton
 import triton.language as tl
 
 from fastvae.layout import prior_layout  # noqa: F401  (re-exported for the other families)
+from fastvae.row_sums import sum_partials_into
 
 # Elements per tile.  Large tiles keep the per-program overhead (and the interpreter's
 # per-program Python cost) small; tuning per GPU belongs to bench/.
@@ -213,8 +214,7 @@ def gaussian_latent_fwd(mu, logvar, prior_mu, prior_logvar, seed_offset, kl_mode
         BLOCK_B=block_b, BLOCK_N=block_n,
     )
     if kl_mode == "row":
-        # Partial sums per column block, added in a fixed order: bitwise repeatable.
-        kl.copy_(kl_partials[:, 0] if grid[1] == 1 else kl_partials.sum(dim=1))
+        sum_partials_into(kl, kl_partials)
 
 
 def backward_reads_sample(z_dtype: torch.dtype) -> bool:

@@ -23,6 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
+from fastvae.row_sums import sum_partials_into
+
 from .latent import load_prior, prior_layout
 from .math import expm1, log1p, sigmoid, softplus
 
@@ -275,11 +277,9 @@ def _nll_partials(nll, per_element: bool, grid):
     return torch.empty((nll.shape[0], grid[1]), dtype=torch.float32, device=nll.device)
 
 
-def _finish_rows(nll, partials, per_element: bool, grid):
-    if per_element:
-        return
-    # Partial sums per column block, added in a fixed order: bitwise repeatable.
-    nll.copy_(partials[:, 0] if grid[1] == 1 else partials.sum(dim=1))
+def _finish_rows(nll, partials, per_element: bool):
+    if not per_element:
+        sum_partials_into(nll, partials)
 
 
 def _or(tensor, fallback):
@@ -303,7 +303,7 @@ def bernoulli_nll_fwd(logits, x, continuous: bool, per_element: bool, nll):
         logits, x, partials, batch, features, grid[1],
         CONTINUOUS=continuous, PER_ELEMENT=per_element, BLOCK_B=block_b, BLOCK_N=block_n,
     )
-    _finish_rows(nll, partials, per_element, grid)
+    _finish_rows(nll, partials, per_element)
 
 
 def bernoulli_nll_bwd(grad_nll, logits, x, continuous: bool, grad_logits, grad_x):
@@ -337,7 +337,7 @@ def gaussian_nll_fwd(mean, x, logvar, logvar_value: float, per_element: bool, nl
         0.0 if logvar is not None else float(logvar_value), *strides, size1, size2, grid[1],
         LOGVAR_TENSOR=logvar is not None, PER_ELEMENT=per_element, BLOCK_B=block_b, BLOCK_N=block_n,
     )
-    _finish_rows(nll, partials, per_element, grid)
+    _finish_rows(nll, partials, per_element)
 
 
 def gaussian_nll_bwd(grad_nll, mean, x, logvar, logvar_value: float, grad_mean, grad_x, grad_logvar):

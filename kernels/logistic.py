@@ -48,6 +48,7 @@ import triton
 import triton.language as tl
 
 from fastvae.layout import mixture_layout, row_stride, spatial_stride  # noqa: F401  (re-exported)
+from fastvae.row_sums import sum_partials_into
 
 from .math import log1p, tanh
 
@@ -503,8 +504,7 @@ def discretized_logistic_fwd(mean, log_scale, x, num_bins: int, per_element: boo
         X_IS_LEVEL=x.dtype == torch.uint8, PER_ELEMENT=per_element, BLOCK_B=block_b, BLOCK_N=block_n,
     )
     if not per_element:
-        # Partial sums per column block, added in a fixed order: bitwise repeatable.
-        nll.copy_(partials[:, 0] if num_col_blocks == 1 else partials.sum(dim=1))
+        sum_partials_into(nll, partials)
 
 
 def discretized_logistic_bwd(grad_nll, mean, log_scale, x, num_bins: int, grad_mean, grad_log_scale):
@@ -575,8 +575,7 @@ def logistic_mixture_fwd(params, x, num_mixtures: int, num_bins: int, per_pixel:
         C=channels, X_IS_LEVEL=x.dtype == torch.uint8, PER_PIXEL=per_pixel, BLOCK_K=block_k, BLOCK_S=block_s,
     )
     if not per_pixel:
-        # Partial sums per pixel block, added in a fixed order: bitwise repeatable.
-        nll.copy_(partials[:, 0] if num_s_blocks == 1 else partials.sum(dim=1))
+        sum_partials_into(nll, partials)
 
 
 def logistic_mixture_bwd(grad_nll, params, x, num_mixtures: int, num_bins: int, grad_params):

@@ -88,3 +88,25 @@ def assert_close(actual, expected, dtype, scale=1.0, msg=""):
     torch.testing.assert_close(
         actual.double(), expected.double(), rtol=rtol, atol=atol * scale, equal_nan=True, msg=msg or None
     )
+
+
+# Row lengths of the row-sum accuracy tests: 2^16, where a float32 running sum is already
+# tens of ulps off, and 2^20 (slow: there the torch backend's Philox and Triton's
+# interpreter take seconds to minutes).
+ROW_SUM_FEATURES = [2**16, pytest.param(2**20, marks=pytest.mark.slow)]
+
+
+def assert_as_accurate_as_torch(result, exact, torch_result, torch_exact=None, msg=""):
+    """Elementwise, ``result`` (row sums, or their batch sum or mean) is no farther from
+    ``exact``, the float64 sum of its float32 terms, than the torch backend's result (the
+    same terms in torch's pairwise float32 sum) is from ``torch_exact`` (its own terms'
+    float64 sum; ``exact`` when the terms are the same): or within 2·eps·|exact| (2 to 4
+    float32 ulps of it), which leaves room for ties and the last rounding."""
+    exact = exact.double()
+    torch_exact = exact if torch_exact is None else torch_exact.double()
+    error = (result.double() - exact).abs()
+    torch_error = (torch_result.double() - torch_exact).abs()
+    bound = torch.maximum(torch_error, 2 * torch.finfo(torch.float32).eps * exact.abs())
+    assert bool((error <= bound).all()), (
+        f"{msg}: error {error.tolist()} above {bound.tolist()} (the torch backend's: {torch_error.tolist()})"
+    )

@@ -10,7 +10,7 @@ from scipy import stats
 import fastvae
 from fastvae import reference
 from fastvae.random import draw_seed, philox_uniform
-from tests.conftest import DEVICE, KERNEL_BACKENDS, assert_close
+from tests.conftest import DEVICE, KERNEL_BACKENDS, assert_as_accurate_as_torch, assert_close
 
 OP = "fastvae.sample_categorical"
 
@@ -135,6 +135,19 @@ def test_matches_reference_wide_rows(kernel_backend, hard):
     logits = _leaf((3, 4500))
     prior = _leaf((3, 4500), seed=1)
     _compare(kernel_backend, torch.float32, logits, tau=0.8, hard=hard, prior=prior, reduction="batch")
+
+
+@pytest.mark.parametrize("with_prior", [False, True], ids=["uniform", "prior"])
+def test_kl_of_the_widest_rows_does_not_drift(kernel_backend, with_prior):
+    """At the 65536 categories the kernel backends take, a row's softmax totals and KL
+    summed in float32 one element at a time drift: every backend's KL is as close to the
+    float64 sum of the terms as the torch backend's pairwise float32 sum."""
+    logits = _leaf((2, 65536), scale=3.0, requires_grad=False)
+    prior = _leaf((2, 65536), seed=1, requires_grad=False) if with_prior else None
+    exact = reference.categorical_kl_terms(logits.double(), prior.double() if with_prior else None)
+    _, kl = _op(kernel_backend, logits, 1.0, prior=prior, reduction="batch")
+    kl_torch = reference.categorical_kl_terms(logits, prior)  # the torch backend's KL, without its slow noise
+    assert_as_accurate_as_torch(kl, exact, kl_torch, msg="KL")
 
 
 @pytest.mark.parametrize("reduction", ["batch", "none", "sum", "mean"])

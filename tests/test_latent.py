@@ -7,7 +7,7 @@ import torch
 import fastvae
 from fastvae import random as fv_random
 from fastvae import reference
-from tests.conftest import DEVICE, assert_close
+from tests.conftest import DEVICE, ROW_SUM_FEATURES, assert_as_accurate_as_torch, assert_close
 
 SHAPES = [(0, 5), (1, 1), (3, 7), (257, 129), (4, 3, 5, 6)]
 REDUCTIONS = ["batch", "none", "sum", "mean"]
@@ -206,6 +206,47 @@ def test_backward_is_bitwise_repeatable(kernel_backend):
         results.append(torch.autograd.grad((z.square().sum() + kl.sum()), [mu, logvar, prior_mu]) + (kl,))
     for a, b in zip(*results):
         assert torch.equal(a, b)
+
+
+def audit_latent(rows, features, seed=0):
+    """mu ~ 0.5·N(0, 1), logvar ~ U(−2, 0) (float32, no gradient): a trained encoder's
+    range, where each element adds about half a nat to a row's KL."""
+    generator = torch.Generator().manual_seed(seed)
+    mu = 0.5 * torch.randn(rows, features, generator=generator)
+    logvar = -2.0 * torch.rand(rows, features, generator=generator)
+    return mu.to(DEVICE), logvar.to(DEVICE)
+
+
+@pytest.mark.parametrize("features", ROW_SUM_FEATURES)
+@pytest.mark.parametrize("reduction", ["batch", "sum", "mean"])
+def test_kl_row_sums_do_not_drift_with_size(kernel_backend, reduction, features):
+    """A row's KL summed in float32 one element at a time drifts as D grows (tens of nats
+    at D = 2^20): every backend's is as close to the float64 sum of the terms as the torch
+    backend's pairwise float32 sum."""
+    if kernel_backend == "triton" and features > 2**16 and reduction != "batch":
+        pytest.skip("the interpreter takes 10 to 20 s a call at 2^20; 'sum' and 'mean' add up the 'batch' rows "
+                    "in torch")
+    mu, logvar = audit_latent(2, features)
+    exact = reference.reduce(reference.gaussian_kl_terms(mu.double(), logvar.double()), reduction)
+    kl = fastvae.gaussian_kl(mu, logvar, reduction=reduction)
+    with fastvae.use_backend("torch"):
+        kl_torch = fastvae.gaussian_kl(mu, logvar, reduction=reduction)
+    assert_as_accurate_as_torch(kl, exact, kl_torch, msg=f"KL '{reduction}'")
+
+
+@pytest.mark.parametrize("features", ROW_SUM_FEATURES)
+def test_sample_gaussian_kl_row_sums_do_not_drift_with_size(kernel_backend, features):
+    """The same for the KL that comes with a sample, against a full-size prior."""
+    if kernel_backend == "triton" and features > 2**16:
+        pytest.skip("the interpreter draws 2^20 normals for about a minute; the KL's row sum is gaussian_kl's, "
+                    "checked at 2^20 above")
+    mu, logvar = audit_latent(2, features)
+    prior_mu, prior_logvar = audit_latent(2, features, seed=1)
+    exact = reference.gaussian_kl_terms(mu.double(), logvar.double(), prior_mu.double(), prior_logvar.double()).sum(1)
+    _, kl = fastvae.sample_gaussian(mu, logvar, prior_mu, prior_logvar)
+    with fastvae.use_backend("torch"):  # the reference's KL does not depend on the sample
+        kl_torch = fastvae.gaussian_kl(mu, logvar, prior_mu, prior_logvar)
+    assert_as_accurate_as_torch(kl, exact, kl_torch, msg="KL")
 
 
 def latent_launchers(backend):

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 import fastvae
 from fastvae import reference
-from tests.conftest import DEVICE, assert_close
+from tests.conftest import DEVICE, ROW_SUM_FEATURES, assert_as_accurate_as_torch, assert_close
 
 SHAPES = [(0, 5), (1, 1), (3, 7), (257, 129), (4, 3, 5, 7)]
 REDUCTIONS = ["batch", "none", "sum", "mean"]
@@ -230,6 +230,25 @@ def test_float64_runs_on_reference():
     assert fastvae.bernoulli_nll(logits, x).dtype == torch.float64
     assert fastvae.continuous_bernoulli_nll(logits, x).dtype == torch.float64
     assert fastvae.gaussian_nll(logits, x, torch.zeros(1, 6, dtype=torch.float64)).dtype == torch.float64
+
+
+@pytest.mark.parametrize("features", ROW_SUM_FEATURES)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_batch_nll_does_not_drift_with_size(kernel_backend, family, features):
+    """A sample's nll summed in float32 one element at a time drifts as D grows: every
+    backend's is as close to the float64 sum of the terms as the torch backend's pairwise
+    float32 sum (the Gaussian's with a full-size logvar ~ U(−2, 0))."""
+    params, x = make_inputs(family, (2, features), torch.float32, requires_grad=False)
+    args = (params, x)
+    if family == "gaussian":
+        args += ((-2.0 * torch.rand((2, features), generator=torch.Generator().manual_seed(1))).to(DEVICE),)
+    terms = {"bernoulli": reference.bernoulli_nll_terms, "continuous_bernoulli": reference.continuous_bernoulli_nll_terms,
+             "gaussian": reference.gaussian_nll_terms}[family]
+    exact = terms(*(t.double() for t in args)).sum(1)
+    nll = OPS[family](*args)
+    with fastvae.use_backend("torch"):
+        nll_torch = OPS[family](*args)
+    assert_as_accurate_as_torch(nll, exact, nll_torch, msg=f"{family} nll")
 
 
 # --------------------------------------------------------------------------------------

@@ -16,7 +16,8 @@ from scipy import stats
 
 import fastvae
 from fastvae import reference
-from tests.conftest import DEVICE, KERNEL_BACKENDS, TOLERANCES, assert_close
+from tests.conftest import (DEVICE, KERNEL_BACKENDS, ROW_SUM_FEATURES, TOLERANCES, assert_as_accurate_as_torch,
+                            assert_close)
 
 BACKENDS = ["torch"] + KERNEL_BACKENDS
 
@@ -315,6 +316,21 @@ def test_low_mass_bins_match_float64(kernel_backend):
     assert (nll > -math.log(1e-5)).float().mean() > 0.8
 
 
+@pytest.mark.parametrize("pixels", ROW_SUM_FEATURES)
+def test_mixture_batch_nll_does_not_drift_with_size(kernel_backend, pixels):
+    """The same for the mixture's nll, summed over a sample's pixels."""
+    if kernel_backend == "triton" and pixels > 2**16:
+        pytest.skip("the interpreter takes a minute at 2^20 pixels; Triton's row sums (in-tile sums, partials "
+                    "added in float64) are checked at 2^20 by the single logistic")
+    params = make_params(2, 1, 2, (pixels,), requires_grad=False)
+    x = as_data(make_levels((2, 1, pixels)))
+    exact = reference.discretized_logistic_mixture_nll_terms(params.double(), x.double(), 2).sum(1)
+    nll = fastvae.discretized_logistic_mixture_nll(params, x, 2)
+    with fastvae.use_backend("torch"):
+        nll_torch = fastvae.discretized_logistic_mixture_nll(params, x, 2)
+    assert_as_accurate_as_torch(nll, exact, nll_torch, msg="nll")
+
+
 def test_mixture_empty(kernel_backend):
     for batch, spatial in [(0, (4, 4)), (2, (0, 3))]:
         params = make_params(batch, 3, 2, spatial)
@@ -361,6 +377,20 @@ def test_logistic_reductions_and_bins(kernel_backend, reduction, num_bins):
                                                 num_bins, reduction)
     torch.testing.assert_close(nll_uint8, nll, rtol=0, atol=0)
     torch.testing.assert_close(nll_bf16, nll, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("features", ROW_SUM_FEATURES)
+def test_logistic_batch_nll_does_not_drift_with_size(kernel_backend, features):
+    """A sample's nll summed in float32 one element at a time drifts as D grows: every
+    backend's is as close to the float64 sum of the terms as the torch backend's pairwise
+    float32 sum."""
+    mean, log_scale = (t.detach() for t in make_logistic((2, features)))
+    x = as_data(make_levels((2, features)))
+    exact = reference.discretized_logistic_nll_terms(mean.double(), log_scale.double(), x.double()).sum(1)
+    nll = fastvae.discretized_logistic_nll(mean, log_scale, x)
+    with fastvae.use_backend("torch"):
+        nll_torch = fastvae.discretized_logistic_nll(mean, log_scale, x)
+    assert_as_accurate_as_torch(nll, exact, nll_torch, msg="nll")
 
 
 def test_logistic_extremes_and_clamp_gradient(kernel_backend):

@@ -150,3 +150,52 @@ def test_native_launchers_take_the_triton_launchers_arguments(family):
     for name in native.LAUNCHERS:
         native_parameters = list(inspect.signature(getattr(native, name)).parameters)[1:]
         assert native_parameters == list(inspect.signature(getattr(triton_launchers, name)).parameters), name
+
+
+def cpu_row_sums():
+    """Every row-reduced output of the cpu backend, on shapes whose rows span several
+    tasks or tiles (likelihood chunks of 8192 columns, logistic blocks of 4096, mixture
+    blocks of 64 pixels, 256-column tiles) and whose rows outnumber the threads."""
+    generator = torch.Generator().manual_seed(0)
+
+    def randn(*shape, scale=1.0):
+        return scale * torch.randn(shape, generator=generator)
+
+    mu, logvar = randn(5, 3001, scale=0.5), -2.0 * torch.rand(5, 3001, generator=generator)
+    logits, x = randn(3, 2 * 8192 + 5, scale=3.0), torch.rand(3, 2 * 8192 + 5, generator=generator)
+    levels = torch.randint(0, 256, (3, 2 * 4096 + 7), generator=generator)
+    pixel_levels = torch.randint(0, 256, (3, 1, 2 * 64 + 5), generator=generator)
+    outputs = {}
+    with fastvae.use_backend("cpu"):
+        torch.manual_seed(1)
+        outputs["gaussian_kl"] = fastvae.gaussian_kl(mu, logvar)
+        outputs["sample_gaussian"] = fastvae.sample_gaussian(mu, logvar, mu.flip(0), logvar.flip(0))
+        outputs["sample_gaussian_k"] = fastvae.sample_gaussian_k(mu, logvar, 3)
+        outputs["bernoulli_nll"] = fastvae.bernoulli_nll(logits, x)
+        outputs["continuous_bernoulli_nll"] = fastvae.continuous_bernoulli_nll(logits, x)
+        outputs["gaussian_nll"] = fastvae.gaussian_nll(x, logits.sigmoid(), -2.0 * x)
+        outputs["discretized_logistic_nll"] = fastvae.discretized_logistic_nll(
+            2.0 * x[:, : levels.shape[1]] - 1.0, -3.0 * x[:, : levels.shape[1]], levels.to(torch.uint8))
+        outputs["discretized_logistic_mixture_nll"] = fastvae.discretized_logistic_mixture_nll(
+            randn(3, 6, pixel_levels.shape[-1]), pixel_levels.to(torch.uint8), 2)
+        outputs["sample_categorical"] = fastvae.sample_categorical(randn(7, 1000, scale=3.0), 0.7,
+                                                                   prior_logits=randn(1000))
+    return outputs
+
+
+def test_cpu_row_sums_do_not_depend_on_the_thread_count():
+    """Each row's sum runs in an order fixed by the shape (csrc/cpu/row_sum.h's lanes, the
+    partials added in a fixed order), so one thread and two give the same bits."""
+    cpu_extension()
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one_thread = cpu_row_sums()
+        torch.set_num_threads(2)
+        two_threads = cpu_row_sums()
+    finally:
+        torch.set_num_threads(threads)
+    for name, outputs in one_thread.items():
+        outputs, others = (outputs, two_threads[name]) if isinstance(outputs, tuple) else ((outputs,), (two_threads[name],))
+        for single, double in zip(outputs, others):
+            assert torch.equal(single, double), name

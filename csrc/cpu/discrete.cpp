@@ -2,7 +2,8 @@
 // KL, forward and backward, with the math of fastvae/discrete.h.  OpenMP splits the rows;
 // each thread keeps its row's logits and perturbed logits in a scratch buffer, so the
 // Gumbel noise is drawn once per element per call.  Row maxima, sums and the argmax run in
-// column order: results do not depend on the number of threads.
+// column order, the sums in float64 (rounded to float32 once at the end: their error does
+// not grow with the row's length): results do not depend on the number of threads.
 //
 // The per-element transcendentals run in SIMD loops over the row, compiled for AVX2 and
 // for the baseline x86-64 (picked at run time) from the same source without floating-point
@@ -140,14 +141,18 @@ void categorical_forward_rows(const CategoricalForwardArgs& args) {
       }
       math.shifted_exp(noisy_row, noisy.max, categories, scratch.exp_noisy.data());
       math.shifted_exp(logit_row, posterior.max, categories, scratch.exp_logits.data());
+      double noisy_total = 0.0, posterior_total = 0.0, prior_total = 0.0;
       for (int64_t col = 0; col < categories; ++col) {
-        noisy.total += scratch.exp_noisy[col];
-        posterior.total += scratch.exp_logits[col];
-        if (prior_row) prior_softmax.total += expf(to_float(prior_row[col * stride_c]) - prior_softmax.max);
+        noisy_total += scratch.exp_noisy[col];
+        posterior_total += scratch.exp_logits[col];
+        if (prior_row) prior_total += expf(to_float(prior_row[col * stride_c]) - prior_softmax.max);
       }
+      noisy.total = static_cast<float>(noisy_total);
+      posterior.total = static_cast<float>(posterior_total);
+      prior_softmax.total = static_cast<float>(prior_total);
       const float log_total = logf(posterior.total);
       const float prior_log_total = prior_row ? logf(prior_softmax.total) : 0.0f;
-      float kl = 0.0f;
+      double kl = 0.0;
       ArgMax best = argmax_none();
       for (int64_t col = 0; col < categories; ++col) {
         const float y = scratch.exp_noisy[col] / noisy.total;
@@ -163,7 +168,7 @@ void categorical_forward_rows(const CategoricalForwardArgs& args) {
                                       : args.log_uniform;
         kl += p * (log_softmax_value(x, posterior.max, log_total) - log_q);
       }
-      args.kl[row] = kl;
+      args.kl[row] = static_cast<float>(kl);
       if (args.hard) {
         // y is NaN across a row with a NaN (its total is), and so is one_hot − y + y.
         const bool row_is_nan = is_nan(noisy.total);
@@ -211,32 +216,38 @@ void categorical_backward_rows(const CategoricalBackwardArgs& args) {
       }
       if (grad_z) math.shifted_exp(noisy_row, noisy.max, categories, scratch.exp_noisy.data());
       if (args.grad_kl) math.shifted_exp(logit_row, posterior.max, categories, scratch.exp_logits.data());
+      double noisy_total = 0.0, posterior_total = 0.0, prior_total = 0.0;
       for (int64_t col = 0; col < categories; ++col) {
-        if (grad_z) noisy.total += scratch.exp_noisy[col];
+        if (grad_z) noisy_total += scratch.exp_noisy[col];
         if (args.grad_kl) {
-          posterior.total += scratch.exp_logits[col];
-          if (prior_row) prior_softmax.total += expf(to_float(prior_row[col * stride_c]) - prior_softmax.max);
+          posterior_total += scratch.exp_logits[col];
+          if (prior_row) prior_total += expf(to_float(prior_row[col * stride_c]) - prior_softmax.max);
         }
       }
+      noisy.total = static_cast<float>(noisy_total);
+      posterior.total = static_cast<float>(posterior_total);
+      prior_softmax.total = static_cast<float>(prior_total);
       const float log_total = logf(posterior.total);
       const float prior_log_total = prior_row ? logf(prior_softmax.total) : 0.0f;
       const float upstream_kl = args.grad_kl ? args.grad_kl[row] : 0.0f;
       // Σ grad_z·y (the softmax VJP's row term) and the row's KL (its gradient's).
-      float dot = 0.0f, kl = 0.0f;
+      double dot_sum = 0.0, kl_sum = 0.0;
       for (int64_t col = 0; col < categories; ++col) {
         if (grad_z) {
           const float y = scratch.exp_noisy[col] / noisy.total;
           noisy_row[col] = y;
-          dot += to_float(grad_z[start + col]) * y;
+          dot_sum += to_float(grad_z[start + col]) * y;
         }
         if (args.grad_kl) {
           const float x = logit_row[col];
           const float log_q = prior_row ? log_softmax_value(to_float(prior_row[col * stride_c]), prior_softmax.max,
                                                             prior_log_total)
                                         : args.log_uniform;
-          kl += (scratch.exp_logits[col] / posterior.total) * (log_softmax_value(x, posterior.max, log_total) - log_q);
+          const float p = scratch.exp_logits[col] / posterior.total;
+          kl_sum += p * (log_softmax_value(x, posterior.max, log_total) - log_q);
         }
       }
+      const float dot = static_cast<float>(dot_sum), kl = static_cast<float>(kl_sum);
       for (int64_t col = 0; col < categories; ++col) {
         float grad = 0.0f;
         if (grad_z) grad += gumbel_softmax_grad(noisy_row[col], to_float(grad_z[start + col]), dot, args.tau);

@@ -1,7 +1,8 @@
 // IWAE family on the CPU: the per-element math of fastvae/iwae.h in loops, parallel with
-// OpenMP.  Every sum runs in one fixed order (a row's log densities in column order, a
-// gradient over samples in k order, a logsumexp in k order), so results do not depend on
-// the number of threads.  The K samples run in tiles of columns as the latent family's
+// OpenMP.  Every sum runs in one fixed order (a row's log densities in float64 lanes,
+// csrc/cpu/row_sum.h, so their error does not grow with the row's length; a gradient over
+// samples in k order, a logsumexp in k order), so results do not depend on the number of
+// threads.  The K samples run in tiles of columns as the latent family's
 // (csrc/cpu/latent.cpp): Philox words for the tile, then one SIMD loop of the math.
 //
 // GCC if-converts the selects of the branch-free math only when evaluating both sides may
@@ -17,6 +18,7 @@
 #include "fastvae/iwae.h"
 #include "fastvae/iwae_args.h"
 #include "philox_tile.h"
+#include "row_sum.h"
 #include "vector_math.h"
 
 namespace fastvae {
@@ -143,27 +145,25 @@ void sample_k_forward(const SampleKForwardArgs& args) {
   const int64_t features = args.features;
   const int64_t sample_rows = args.num_samples * args.batch;
   const SampleMath math = sample_math();
-  // One task per sample row k·B + b; its sums run in column order (row_partials is 1).
+  // One task per sample row k·B + b, which sums the whole row (row_partials is 1).
 #pragma omp parallel
   {
     SampleTile tile;
 #pragma omp for schedule(static)
     for (int64_t sample_row = 0; sample_row < sample_rows; ++sample_row) {
       const int64_t row = sample_row % args.batch;
-      float row_log_q = 0.0f, row_log_p = 0.0f;
+      RowSum row_log_q, row_log_p;
       for (int64_t first_col = 0; first_col < features; first_col += kColumnBlock) {
         const int width = static_cast<int>(std::min(kColumnBlock, features - first_col));
         const int64_t first = sample_row * features + first_col;
         load_latent_tile<T, P>(args, row, first_col, width, tile);
         math.sample(tile, width, seed, base + static_cast<uint64_t>(first));
-        for (int i = 0; i < width; ++i) {
-          z[first + i] = from_float<T>(tile.z[i]);
-          row_log_q += tile.log_q[i];
-          row_log_p += tile.log_p[i];
-        }
+        for (int i = 0; i < width; ++i) z[first + i] = from_float<T>(tile.z[i]);
+        row_log_q.add(tile.log_q, width);
+        row_log_p.add(tile.log_p, width);
       }
-      args.log_q[sample_row * args.row_partials] = row_log_q;
-      args.log_p[sample_row * args.row_partials] = row_log_p;
+      args.log_q[sample_row * args.row_partials] = row_log_q.total();
+      args.log_p[sample_row * args.row_partials] = row_log_p.total();
     }
   }
 }

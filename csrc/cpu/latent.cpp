@@ -6,9 +6,10 @@
 // with csrc/cpu/vector_math.h's elementary functions: Philox's ten rounds in 32-bit lanes
 // (csrc/cpu/philox_tile.h: AVX2 intrinsics where the CPU has them), Box–Muller, the KL.
 // Those loops take float32 only, so they are compiled once per target (baseline x86-64 and
-// AVX2, picked at run time) and not once per dtype.  Each row's KL is
-// summed in column order, so results do not depend on the number of threads; both targets
-// compile the same source without floating-point contraction, so they give the same bits.
+// AVX2, picked at run time) and not once per dtype.  A row's KL is added up in float64
+// lanes (csrc/cpu/row_sum.h), so its error does not grow with the row's length and the
+// result does not depend on the number of threads; both targets compile the same source
+// without floating-point contraction, so they give the same bits.
 //
 // GCC if-converts the selects of the branch-free math only when evaluating both sides may
 // not trap; nothing here reads the floating-point exception flags.  Before the includes,
@@ -20,6 +21,7 @@
 #include "fastvae/dispatch.h"
 #include "fastvae/latent_args.h"
 #include "philox_tile.h"
+#include "row_sum.h"
 #include "vector_math.h"
 
 namespace fastvae {
@@ -190,7 +192,7 @@ void latent_forward(const LatentForwardArgs& args) {
     LatentTile tile;
 #pragma omp for schedule(static)
     for (int64_t row = 0; row < args.batch; ++row) {
-      float row_kl = 0.0f;
+      RowSum row_kl;
       for (int64_t begin = 0; begin < features; begin += kTile) {
         const int width = static_cast<int>(features - begin < kTile ? features - begin : kTile);
         const int64_t first = row * features + begin;
@@ -209,10 +211,10 @@ void latent_forward(const LatentForwardArgs& args) {
         if (args.kl_mode == kKLElement) {
           for (int i = 0; i < width; ++i) args.kl[first + i] = tile.kl[i];
         } else {
-          for (int i = 0; i < width; ++i) row_kl += tile.kl[i];
+          row_kl.add(tile.kl, width);
         }
       }
-      if (args.kl_mode == kKLRow) args.kl[row] = row_kl;
+      if (args.kl_mode == kKLRow) args.kl[row] = row_kl.total();
     }
   }
 }

@@ -7,10 +7,10 @@
 // samples still uses every core.  A task runs over its columns in tiles of kTile: each tile
 // is one SIMD loop (a broadcast logvar is first gathered into a tile buffer, walking its
 // offsets with carries rather than divisions), and a tile's nll is added to the task's
-// partial in column order.  Python adds the partials in a fixed order, so results do not
-// depend on the number of threads.  The task bodies are compiled twice, for the baseline
-// x86-64 and for AVX2 (picked at run time), from the same source without floating-point
-// contraction, so both give the same bits.
+// partial in float64 lanes (csrc/cpu/row_sum.h).  Python adds the partials in a fixed
+// order, so results do not depend on the number of threads.  The task bodies are compiled
+// twice, for the baseline x86-64 and for AVX2 (picked at run time), from the same source
+// without floating-point contraction, so both give the same bits.
 
 // GCC if-converts a select between two float expressions (the branch-free forms of the
 // math) only when evaluating both sides may not trap, so under its default -ftrapping-math
@@ -27,6 +27,7 @@
 #include "fastvae/likelihood_args.h"
 #include "fastvae/likelihood_dispatch.h"
 #include "ops.h"
+#include "row_sum.h"
 #include "targets.h"
 #include "vector_math.h"
 
@@ -95,29 +96,6 @@ class BroadcastCursor {
   int64_t offset_, i1_, i2_;
 };
 
-// The sum of a task's nll in a fixed order: lane j adds the columns j, j + 8, j + 16, ...
-// of the task, and the 8 lanes are added pairwise at the end.  Bitwise repeatable (the
-// order depends only on the shape), and 8 independent chains instead of one, so the sum
-// does not bound the loop.
-class PartialSum {
- public:
-  void add(const float* tile, int width) {
-    int i = 0;
-    for (; i + kLanes <= width; i += kLanes) {
-      for (int j = 0; j < kLanes; ++j) lanes_[j] += tile[i + j];
-    }
-    for (int j = 0; i < width; ++i, ++j) lanes_[j] += tile[i];  // the task's last, partial step
-  }
-
-  float total() const {
-    return ((lanes_[0] + lanes_[1]) + (lanes_[2] + lanes_[3])) + ((lanes_[4] + lanes_[5]) + (lanes_[6] + lanes_[7]));
-  }
-
- private:
-  static constexpr int kLanes = 8;
-  float lanes_[kLanes] = {};
-};
-
 // Element i of a tensor in float32.  A half type is loaded as its 16-bit word: GCC does
 // not vectorize some loops that copy the whole one-member struct.
 template <typename T>
@@ -161,7 +139,7 @@ inline void bernoulli_forward_task(const BernoulliForwardArgs& args, const Task&
   const int64_t row_start = task.row * args.features;
   const T* logits = static_cast<const T*>(args.logits) + row_start;
   const X* x = static_cast<const X*>(args.x) + row_start;
-  PartialSum partial;
+  RowSum partial;
   float tile[kTile];
   for (int64_t start = task.begin; start < task.end; start += kTile) {
     const int width = tile_width(start, task.end);
@@ -240,7 +218,7 @@ inline void gaussian_forward_task(const GaussianNLLForwardArgs& args, const Task
   const X* x = static_cast<const X*>(args.x) + row_start;
   const L* logvar = static_cast<const L*>(args.logvar);
   BroadcastCursor cursor(args.logvar_layout, args.sizes, task.row, task.begin);
-  PartialSum partial;
+  RowSum partial;
   float tile[kTile], logvar_tile[kTile];
   for (int64_t start = task.begin; start < task.end; start += kTile) {
     const int width = tile_width(start, task.end);

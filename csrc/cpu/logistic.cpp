@@ -12,10 +12,11 @@
 // a gradient, the forward runs the backward's task with an upstream gradient of 1 instead,
 // writing the nll and ∂nll/∂params together, and the backward only scales the latter.
 //
-// A task's sum runs in column (pixel) order and becomes one partial that Python adds in a
-// fixed order, so results do not depend on the number of threads.  The SIMD loops of the
-// math are compiled twice, for the baseline x86-64 and for AVX2 (picked at run time), from
-// the same source without floating-point contraction, so both give the same bits.
+// A task's sum runs in float64 lanes (csrc/cpu/row_sum.h) and becomes one partial that
+// Python adds in a fixed order, so results do not depend on the number of threads.  The
+// SIMD loops of the math are compiled twice, for the baseline x86-64 and for AVX2 (picked
+// at run time), from the same source without floating-point contraction, so both give the
+// same bits.
 //
 // The math loops take float32 arrays only: the dtype of the parameters (3) and of x (4)
 // matter only to the loads and stores around them.  Instantiating the math once per dtype
@@ -32,6 +33,7 @@
 #include "fastvae/dispatch.h"
 #include "fastvae/logistic_args.h"
 #include "ops.h"
+#include "row_sum.h"
 #include "targets.h"
 #include "vector_math.h"
 
@@ -125,8 +127,7 @@ LogisticTileMath logistic_tile_math() {
   return {logistic_tile_nll_baseline, logistic_tile_grads_baseline};
 }
 
-// Columns [begin, begin + count) of one row: the nll per element, or their sum in column
-// order.
+// Columns [begin, begin + count) of one row: the nll per element, or their sum.
 template <typename T, typename X>
 float logistic_forward_task(const LogisticForwardArgs& args, const LogisticTileMath& math, int64_t row,
                             int64_t begin, int64_t count) {
@@ -134,7 +135,7 @@ float logistic_forward_task(const LogisticForwardArgs& args, const LogisticTileM
   const T* log_scale = static_cast<const T*>(args.log_scale) + row * args.log_scale_stride_b + begin;
   const X* x = static_cast<const X*>(args.x) + row * args.x_stride_b + begin;
   const LogisticGrid grid = args.grid;
-  float partial = 0.0f;
+  RowSum partial;
   LogisticTile tile;
   float tile_nll[kLogisticTile];
   for (int64_t start = 0; start < count; start += kLogisticTile) {
@@ -142,11 +143,9 @@ float logistic_forward_task(const LogisticForwardArgs& args, const LogisticTileM
     load_logistic_tile(mean + start, log_scale + start, x + start, grid, width, tile);
     float* nll = args.per_element ? args.nll + row * args.features + begin + start : tile_nll;
     math.nll(tile, grid, width, nll);
-    if (!args.per_element) {
-      for (int i = 0; i < width; ++i) partial += nll[i];
-    }
+    if (!args.per_element) partial.add(nll, width);
   }
-  return partial;
+  return partial.total();
 }
 
 template <typename T, typename X>
@@ -449,20 +448,20 @@ struct MixtureMath {
   }
 };
 
-// The block's nll per pixel into args.nll, or their sum in pixel order returned.
+// The block's nll per pixel into args.nll, or their sum returned.
 inline float store_block_nll(const LogisticMixtureForwardArgs& args, int64_t row, int64_t begin, int count,
                              const float* nll) {
   if (args.per_pixel) {
     for (int p = 0; p < count; ++p) args.nll[row * args.pixels + begin + p] = nll[p];
     return 0.0f;
   }
-  float partial = 0.0f;
-  for (int p = 0; p < count; ++p) partial += nll[p];
-  return partial;
+  RowSum partial;
+  partial.add(nll, count);
+  return partial.total();
 }
 
-// Pixels [begin, begin + count) of one row: the nll per pixel, or their sum in pixel
-// order.  scratch: 2·K·kBlock floats.
+// Pixels [begin, begin + count) of one row: the nll per pixel, or their sum.  scratch:
+// 2·K·kBlock floats.
 template <typename T, typename X, int C>
 float mixture_forward_task(const LogisticMixtureForwardArgs& args, const MixtureMath<C>& math, float* scratch,
                            int64_t row, int64_t begin, int count) {

@@ -6,6 +6,8 @@ import math
 
 import torch
 
+from fastvae.row_sums import sum_partials_into
+
 from . import address, dtype_code, gaussian_dtypes, output_dtype_code, prior_layout_args
 
 LAUNCHERS = (
@@ -41,13 +43,8 @@ def sample_gaussian_k_fwd(native, mu, logvar, prior_mu, prior_logvar, seed_offse
         num_samples, batch, features, row_partials, prior_mu_layout, prior_logvar_layout, sizes,
         dtype_code(z.dtype, "sample_gaussian_k"), dtype_code(prior_dtype, "sample_gaussian_k"),
     )
-    # Partial sums per column chunk, added in a fixed order: bitwise repeatable.
-    if row_partials == 1:
-        log_q_rows, log_p_rows = log_q_partials[:, 0], log_p_partials[:, 0]
-    else:
-        log_q_rows, log_p_rows = log_q_partials.sum(dim=1), log_p_partials.sum(dim=1)
-    log_q.copy_(log_q_rows.reshape(num_samples, batch))
-    log_p.copy_(log_p_rows.reshape(num_samples, batch))
+    sum_partials_into(log_q, log_q_partials)
+    sum_partials_into(log_p, log_p_partials)
 
 
 def sample_gaussian_k_bwd(native, grad_z, grad_log_q, grad_log_p, mu, logvar, prior_mu, prior_logvar, seed_offset,

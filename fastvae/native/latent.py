@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from fastvae.row_sums import sum_partials_into
+
 from . import address, dtype_code, gaussian_dtypes, output_dtype_code, prior_layout_args
 
 LAUNCHERS = ("gaussian_latent_fwd", "gaussian_latent_bwd", "backward_reads_sample")
@@ -31,8 +33,7 @@ def gaussian_latent_fwd(native, mu, logvar, prior_mu, prior_logvar, seed_offset,
             dtype_code(z_dtype, "sample_gaussian"), dtype_code(prior_dtype, "sample_gaussian"), KL_MODE_CODES[kl_mode],
         )
     if kl_mode == "row":
-        # Partial sums per column chunk, added in a fixed order: bitwise repeatable.
-        kl.copy_(kl_partials[:, 0] if kl_partials.shape[1] == 1 else kl_partials.sum(dim=1))
+        sum_partials_into(kl, kl_partials)
 
 
 def backward_reads_sample(native, z_dtype: torch.dtype) -> bool:

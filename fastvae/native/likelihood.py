@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from fastvae.layout import prior_layout
+from fastvae.row_sums import sum_partials_into
 
 from . import address, dtype_code
 
@@ -51,10 +52,8 @@ def _nll_partials(nll, per_element: bool, row_partials: int):
 
 
 def _finish_rows(nll, partials, per_element: bool):
-    if per_element:
-        return
-    # Partial sums per column chunk, added in a fixed order: bitwise repeatable.
-    nll.copy_(partials[:, 0] if partials.shape[1] == 1 else partials.sum(dim=1))
+    if not per_element:
+        sum_partials_into(nll, partials)
 
 
 def _grad_nll(grad_nll):

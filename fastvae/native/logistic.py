@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from fastvae.layout import mixture_layout, row_stride, spatial_stride
+from fastvae.row_sums import sum_partials_into
 
 from . import address, dtype_code
 
@@ -42,9 +43,6 @@ def _partials(native, name: str, length: int) -> int:
     return -(-length // width)
 
 
-def _sum_partials_into(nll: torch.Tensor, partials: torch.Tensor) -> None:
-    # Partial sums per block, added in a fixed order: bitwise repeatable.
-    nll.copy_(partials[:, 0] if partials.shape[1] == 1 else partials.sum(dim=1))
 
 
 # --------------------------------------------------------------------------------------
@@ -87,7 +85,7 @@ def discretized_logistic_fwd(native, mean, log_scale, x, num_bins: int, per_elem
         *grid_constants(num_bins), dtype_code(dtype, NLL_OP), _x_code(x, NLL_OP), per_element,
     )
     if not per_element:
-        _sum_partials_into(nll, partials)
+        sum_partials_into(nll, partials)
 
 
 def discretized_logistic_bwd(native, grad_nll, mean, log_scale, x, num_bins: int, grad_mean, grad_log_scale):
@@ -167,7 +165,7 @@ def logistic_mixture_fwd(native, params, x, num_mixtures: int, num_bins: int, pe
         dtype_code(params.dtype, MIXTURE_OP), _x_code(x, MIXTURE_OP), per_pixel,
     )
     if not per_pixel:
-        _sum_partials_into(nll, partials)
+        sum_partials_into(nll, partials)
 
 
 def logistic_mixture_bwd(native, grad_nll, params, x, num_mixtures: int, num_bins: int, grad_params):
