@@ -4,13 +4,13 @@ Bernoulli and the Gaussian negative log-likelihood, forward and backward, one pa
 The data is viewed as a contiguous [B, N] matrix (N = every dimension but the batch) and
 tiled in [BLOCK_B, BLOCK_N] blocks, as in kernels/latent.py.  The forward reads the
 parameters and x once and writes either the per-element terms or, per row and column
-block, a partial sum that a torch sum adds in a fixed order (no atomics: bitwise
-repeatable).  The backward recomputes everything from the inputs and the incoming
+block, a partial sum; fastvae/row_sums.py adds them in float64 in a fixed order (no
+atomics: bitwise repeatable).  The backward recomputes everything from the inputs and the incoming
 gradient, so the forward stores nothing for it.  A broadcast Gaussian logvar (a learned
 per-channel [1, C, 1, 1], say) is read through the strides of its broadcast to [B, N]
 (:func:`fastvae.kernels.latent.prior_layout`), never expanded.
 
-Design note (issue 3, item 3): this is the standard two-pass design, the backward
+This is the standard two-pass design, the backward
 recomputing from the inputs (forward: read params and x, write [B]; backward: read
 params, x and the incoming gradient, write the input gradients).  The alternative for a
 loss that ends the graph, computing the gradient in the forward pass when the inputs

@@ -1,7 +1,8 @@
 """Triton kernels of the discretized logistic likelihood (PixelCNN++'s, as NVAE and VDVAE
 use it) and of its mixture, forward and backward, one pass each.
 
-The bin mass is DESIGN.md's exact stable form.  With half = 1/(num_bins − 1),
+The bin mass is exact everywhere, in a stable form (PixelCNN++'s midpoint-density branch for
+low-probability bins is an approximation that errs by nats at small scales).  With half = 1/(num_bins − 1),
 s = e^(−max(log_scale, −7)), a = s·(x − mean + half), b = s·(x − mean − half) and the bin's
 width in units of the scale d = a − b = 2·half·s (computed as such, not as a difference):
 
@@ -31,17 +32,18 @@ and each channel's means, log-scales and coefficients, computes the component lo
 probabilities, the log-softmax over K and the logsumexp, and writes the pixel's nll (or a
 partial row sum).  No [B, C, K, S] temporary exists anywhere.
 
-Design note (issue 3, item 3): the standard two-pass design.  The forward reads params and
-x once and writes the nll; the backward recomputes everything from params and x and writes
-grad_params once, in params' dtype (channels_last when params is); nothing is saved between
-them beyond the inputs.  The variant for a loss that ends the graph, computing the gradient already in the
-forward pass when params require grad (Liger-Kernel's cross entropy), would save the
-backward's second read of params and x and its recomputation, at the cost of holding a
-params-sized gradient from forward to backward; whether it wins awaits a GPU measurement
-(bench/).
+The standard two-pass design: the forward reads params and x once and writes the nll; the
+backward recomputes everything from params and x and writes grad_params once, in params'
+dtype (channels_last when params is); nothing is saved between them beyond the inputs.  The
+variant for a loss that ends the graph, computing the gradient already in the forward pass
+when params require grad (Liger-Kernel's cross entropy; the cpu backend's choice, see
+docs/architecture.md), would save the backward's second read of params and x and its
+recomputation, at the cost of holding a params-sized gradient from forward to backward;
+whether it wins on a GPU awaits a measurement there (bench/).
 
 Reductions: 'none' gets per-element (per-pixel) terms; the others get per-program partial
-row sums that torch adds in a fixed order (no atomics: bitwise repeatable).
+row sums, added in float64 in a fixed order (fastvae/row_sums.py; no atomics: bitwise
+repeatable).
 """
 import torch
 import triton

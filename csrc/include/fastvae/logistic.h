@@ -1,6 +1,6 @@
 // Per-element math of the discretized logistic likelihood (PixelCNN++'s, as NVAE and VDVAE
 // use it) and of its mixture, shared by the CUDA kernels and the CPU loops.  The formulas
-// are those of kernels/logistic.py (see its docstring) and DESIGN.md.  With
+// are those of kernels/logistic.py (see its docstring): the exact bin mass.  With
 // half = 1/(num_bins − 1), s = e^(−max(log_scale, −7)), a = s·(x − mean + half),
 // b = s·(x − mean − half) and the bin width in units of the scale d = 2·half·s:
 //
