@@ -78,7 +78,7 @@ FIELDS = {
     "eval_seed": "the seed of the evaluation's random draws: the same seed gives the same numbers bit for bit",
     "training_log_elbo": "the trainer's last test ELBO of the same weights (metrics.jsonl eval/elbo; eval_ema/elbo "
                          "for the weight average); equal to elbo unless report.md says why not (fastvae train)",
-    "train_seconds": "training time, wall clock, in Trainer.fit (summed over every process of a resumed run; without the "
+    "train_seconds": "training time, wall clock, in Trainer.fit (summed over a run's stops and resumes; without the "
                      "pauses of --iwae-every) (fastvae train / eval)",
     "eval_seconds": "the time evaluate() took, wall clock",
     "backend": "the fastvae backend the float32 ops ran on (resolved: 'auto' picks one)",
