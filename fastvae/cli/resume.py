@@ -20,7 +20,7 @@ from typing import Iterator, Optional
 
 from ..train import distributed
 from ..train.checkpoint import CHECKPOINT_DIR, list_checkpoints, read_checkpoint
-from ..train.metrics import METRICS_FILE
+from ..train.metrics import METRICS_FILE, metrics_lines
 from .options import PROGRAM
 
 
@@ -72,18 +72,7 @@ def finished_results(folder: Path, step: int, results_file: str, report_file: st
 
 def _events(folder: Path) -> Iterator[tuple]:
     """(line, event) of metrics.jsonl; a line cut short by a crash has event None."""
-    path = folder / METRICS_FILE
-    if not path.exists():
-        return
-    with open(path) as file:
-        for line in file:
-            if not line.strip():
-                continue
-            try:
-                event = json.loads(line)
-            except json.JSONDecodeError:
-                event = None
-            yield line, event if isinstance(event, dict) else None
+    return metrics_lines(folder / METRICS_FILE)
 
 
 def iwae_logged(folder: Path, step: int, split: str) -> bool:

@@ -27,7 +27,7 @@ from ..validation import (
     check_same_shape,
 )
 from ._common import fill_absent, kernel_module, no_double_backward, pick_backend, promoted_dtype, seed_for
-from .latent import check_latent_args
+from .latent import check_latent_args, gaussian_grad_outputs
 
 
 # --------------------------------------------------------------------------------------
@@ -68,27 +68,6 @@ def _(mu, logvar, prior_mu, prior_logvar, seed_offset, num_samples, backend):
     return _sample_gaussian_k_fwd_outputs(mu, logvar, num_samples)
 
 
-def _sample_gaussian_k_bwd_outputs(grad_log_p: Optional[Tensor], mu: Tensor, logvar: Tensor,
-                                   prior_mu: Optional[Tensor], prior_logvar: Optional[Tensor], prior_mu_grad: bool,
-                                   prior_logvar_grad: bool):
-    """The outputs of ``sample_gaussian_k_bwd``, allocated: grad_mu and grad_logvar,
-    contiguous, in mu's and logvar's dtypes; each prior's gradient per element of mu's
-    shape (summed to the prior's shape afterwards), in the prior's dtype when the prior is
-    full-size and float32 when it is broadcast, None unless asked for and log p has a
-    gradient (only log p depends on the priors)."""
-    def prior_grad(prior, wanted):
-        if not wanted or grad_log_p is None:
-            return None
-        return mu.new_empty(tuple(mu.shape), dtype=prior.dtype if prior.shape == mu.shape else torch.float32)
-
-    return (
-        torch.empty_like(mu, memory_format=torch.contiguous_format),
-        torch.empty_like(logvar, memory_format=torch.contiguous_format),
-        prior_grad(prior_mu, prior_mu_grad),
-        prior_grad(prior_logvar, prior_logvar_grad),
-    )
-
-
 @torch.library.custom_op("fastvae::sample_gaussian_k_bwd", mutates_args=())
 def _sample_gaussian_k_bwd(
     grad_z: Optional[Tensor],
@@ -106,8 +85,8 @@ def _sample_gaussian_k_bwd(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(grad_mu, grad_logvar, grad_prior_mu, grad_prior_logvar); the prior gradients per
     element of mu's shape, empty when not asked for."""
-    grad_mu, grad_logvar, grad_prior_mu, grad_prior_logvar = outputs = _sample_gaussian_k_bwd_outputs(
-        grad_log_p, mu, logvar, prior_mu, prior_logvar, prior_mu_grad, prior_logvar_grad
+    grad_mu, grad_logvar, grad_prior_mu, grad_prior_logvar = outputs = gaussian_grad_outputs(
+        grad_log_p is not None, mu, logvar, prior_mu, prior_logvar, prior_mu_grad, prior_logvar_grad
     )
     kernel_module(backend, "iwae").sample_gaussian_k_bwd(
         None if grad_z is None else grad_z.contiguous(),
@@ -123,8 +102,8 @@ def _sample_gaussian_k_bwd(
 def _(grad_z, grad_log_q, grad_log_p, mu, logvar, prior_mu, prior_logvar, seed_offset, num_samples,
       prior_mu_grad, prior_logvar_grad, backend):
     return fill_absent(
-        _sample_gaussian_k_bwd_outputs(grad_log_p, mu, logvar, prior_mu, prior_logvar, prior_mu_grad,
-                                       prior_logvar_grad),
+        gaussian_grad_outputs(grad_log_p is not None, mu, logvar, prior_mu, prior_logvar, prior_mu_grad,
+                              prior_logvar_grad),
         mu,
     )
 

@@ -70,15 +70,17 @@ def _(mu, logvar, prior_mu, prior_logvar, seed_offset, sample, kl_mode, backend)
     return fill_absent(_gaussian_latent_fwd_outputs(mu, logvar, sample, kl_mode), mu)
 
 
-def _gaussian_latent_bwd_outputs(grad_kl: Optional[Tensor], mu: Tensor, logvar: Tensor, prior_mu: Optional[Tensor],
-                                 prior_logvar: Optional[Tensor], prior_mu_grad: bool, prior_logvar_grad: bool):
-    """The outputs of ``gaussian_latent_bwd``, allocated: grad_mu and grad_logvar,
+def gaussian_grad_outputs(prior_grad_flows: bool, mu: Tensor, logvar: Tensor, prior_mu: Optional[Tensor],
+                          prior_logvar: Optional[Tensor], prior_mu_grad: bool, prior_logvar_grad: bool):
+    """The outputs of a Gaussian family's backward (``gaussian_latent_bwd``, and
+    ``sample_gaussian_k_bwd`` in ops/iwae.py), allocated: grad_mu and grad_logvar,
     contiguous, in mu's and logvar's dtypes; each prior's gradient per element of mu's
     shape (summed to the prior's shape afterwards), in the prior's dtype when the prior is
     full-size and float32 when it is broadcast (the sum is then taken in float32), None
-    unless asked for and the KL has a gradient (only the KL depends on the priors)."""
+    unless asked for and ``prior_grad_flows`` (the term that depends on the priors, the KL
+    or log p, has a gradient)."""
     def prior_grad(prior, wanted):
-        if not wanted or grad_kl is None:
+        if not wanted or not prior_grad_flows:
             return None
         return mu.new_empty(tuple(mu.shape), dtype=prior.dtype if prior.shape == mu.shape else torch.float32)
 
@@ -107,8 +109,8 @@ def _gaussian_latent_bwd(
     """(grad_mu, grad_logvar, grad_prior_mu, grad_prior_logvar); the prior gradients per
     element of mu's shape, empty when not asked for.  z: the forward's sample where the
     backend's backward reads it, else None (ε is regenerated from seed_offset)."""
-    grad_mu, grad_logvar, grad_prior_mu, grad_prior_logvar = outputs = _gaussian_latent_bwd_outputs(
-        grad_kl, mu, logvar, prior_mu, prior_logvar, prior_mu_grad, prior_logvar_grad
+    grad_mu, grad_logvar, grad_prior_mu, grad_prior_logvar = outputs = gaussian_grad_outputs(
+        grad_kl is not None, mu, logvar, prior_mu, prior_logvar, prior_mu_grad, prior_logvar_grad
     )
     kernel_module(backend, "latent").gaussian_latent_bwd(
         None if grad_z is None else grad_z.contiguous(),
@@ -122,9 +124,9 @@ def _gaussian_latent_bwd(
 
 @_gaussian_latent_bwd.register_fake
 def _(grad_z, grad_kl, mu, logvar, prior_mu, prior_logvar, seed_offset, z, prior_mu_grad, prior_logvar_grad, backend):
-    return fill_absent(
-        _gaussian_latent_bwd_outputs(grad_kl, mu, logvar, prior_mu, prior_logvar, prior_mu_grad, prior_logvar_grad), mu
-    )
+    outputs = gaussian_grad_outputs(grad_kl is not None, mu, logvar, prior_mu, prior_logvar, prior_mu_grad,
+                                    prior_logvar_grad)
+    return fill_absent(outputs, mu)
 
 
 def _setup_context(ctx, inputs, output):

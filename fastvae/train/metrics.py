@@ -5,9 +5,9 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
-__all__ = ["MetricsLogger", "read_metrics", "METRICS_FILE", "TENSORBOARD_DIR"]
+__all__ = ["MetricsLogger", "metrics_lines", "read_metrics", "METRICS_FILE", "TENSORBOARD_DIR"]
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -19,6 +19,23 @@ def _tensorboard_writer(directory: Path, purge_step: Optional[int]):
     except ImportError:  # tensorboard is optional
         return None
     return SummaryWriter(log_dir=str(directory), purge_step=purge_step)
+
+
+def metrics_lines(path) -> Iterator[tuple]:
+    """(line, event) for each non-blank line of a ``metrics.jsonl`` file (none if there is
+    no file); a line that is not a JSON object (one cut short by a crash) has event None."""
+    path = Path(path)
+    if not path.exists():
+        return
+    with open(path) as file:
+        for line in file:
+            if not line.strip():
+                continue
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                event = None
+            yield line, event if isinstance(event, dict) else None
 
 
 def read_metrics(path) -> list:
@@ -60,17 +77,9 @@ class MetricsLogger:
     def _truncate_after(self, step: int) -> None:
         if not self.path.exists():
             return
-        kept = []
-        with open(self.path) as file:
-            for line in file:
-                if not line.strip():
-                    continue
-                try:
-                    event = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut short by the crash
-                if event.get("step", 0) <= step:
-                    kept.append(line if line.endswith("\n") else line + "\n")
+        # A line cut short by the crash (event None) is dropped.
+        kept = [line if line.endswith("\n") else line + "\n" for line, event in metrics_lines(self.path)
+                if event is not None and event.get("step", 0) <= step]
         temporary = self.path.with_name(self.path.name + ".tmp")
         with open(temporary, "w") as file:
             file.writelines(kept)
