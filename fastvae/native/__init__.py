@@ -61,6 +61,21 @@ def output_dtype_code(tensor, op: str) -> int:
     return dtype_code(tensor.dtype if tensor is not None else torch.float32, op)
 
 
+def written_buffer(output, dtype: torch.dtype):
+    """Where the C++ writes ``output`` when it writes in ``dtype``: ``output`` itself (None
+    stays None), or, in a rare mixed-dtype call, a buffer of its shape in ``dtype`` that
+    :func:`cast_into_output` copies into it afterwards (one copy)."""
+    if output is None or output.dtype == dtype:
+        return output
+    return torch.empty(output.shape, dtype=dtype, device=output.device)
+
+
+def cast_into_output(output, buffer) -> None:
+    """Finish :func:`written_buffer`: cast the buffer into ``output`` if one was used."""
+    if buffer is not output:
+        output.copy_(buffer)
+
+
 def gaussian_dtypes(mu, logvar, prior_mu, prior_logvar, z_dtype):
     """The Gaussian families (latent, IWAE): the C++ takes mu and logvar in one dtype and both priors in one dtype; cast the
     rare mixed cases (each cast is one copy)."""

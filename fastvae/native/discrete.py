@@ -8,7 +8,7 @@ import torch
 
 from fastvae.layout import categorical_prior_layout
 
-from . import address, dtype_code
+from . import address, cast_into_output, dtype_code, written_buffer
 
 LAUNCHERS = ("categorical_fwd", "categorical_bwd")
 OP = "sample_categorical"
@@ -65,8 +65,8 @@ def categorical_bwd(native, grad_z, grad_kl, logits, prior_logits, seed_offset, 
     # The C++ writes the prior's gradient in float32 or in the dtype it reads the prior in;
     # a full-size prior cast to float32 above gets its gradient cast back.
     grad_prior_out = grad_prior
-    if grad_prior is not None and grad_prior.dtype not in (torch.float32, prior_dtype):
-        grad_prior_out = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
+    if grad_prior is not None and grad_prior.dtype != prior_dtype:
+        grad_prior_out = written_buffer(grad_prior, torch.float32)
     native.launch(
         "categorical_bwd", logits.device,
         address(logits), address(prior), address(seed_offset) if grad_z is not None else 0,
@@ -75,5 +75,5 @@ def categorical_bwd(native, grad_z, grad_kl, logits, prior_logits, seed_offset, 
         dtype_code(logits.dtype, OP), dtype_code(prior_dtype, OP),
         dtype_code(grad_prior_out.dtype if grad_prior_out is not None else torch.float32, OP),
     )
-    if grad_prior_out is not grad_prior:
-        grad_prior.copy_(grad_prior_out)
+    if grad_prior is not None:
+        cast_into_output(grad_prior, grad_prior_out)

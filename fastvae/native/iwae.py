@@ -8,7 +8,8 @@ import torch
 
 from fastvae.row_sums import sum_partials_into
 
-from . import address, dtype_code, gaussian_dtypes, output_dtype_code, prior_layout_args
+from . import (address, cast_into_output, dtype_code, gaussian_dtypes, output_dtype_code, prior_layout_args,
+               written_buffer)
 
 LAUNCHERS = (
     "sample_gaussian_k_fwd", "sample_gaussian_k_bwd",
@@ -62,12 +63,8 @@ def sample_gaussian_k_bwd(native, grad_z, grad_log_q, grad_log_p, mu, logvar, pr
     # Gradients of float32 outputs; cast only under an unusual caller.
     grad_log_q = grad_log_q.float() if grad_log_q is not None else None
     grad_log_p = grad_log_p.float() if grad_log_p is not None else None
-    # The C++ writes grad_mu and grad_logvar in the dtype it reads mu and logvar in: in the
-    # rare mixed case, into a buffer cast into the outputs afterwards (one copy each).
-    grad_mu_written = grad_mu if grad_mu.dtype == z_dtype else torch.empty(mu.shape, dtype=z_dtype, device=mu.device)
-    grad_logvar_written = (
-        grad_logvar if grad_logvar.dtype == z_dtype else torch.empty(mu.shape, dtype=z_dtype, device=mu.device)
-    )
+    # The C++ writes grad_mu and grad_logvar in the dtype it reads mu and logvar in.
+    grad_mu_written, grad_logvar_written = written_buffer(grad_mu, z_dtype), written_buffer(grad_logvar, z_dtype)
     prior_mu, prior_logvar, prior_mu_layout, prior_logvar_layout, sizes = prior_layout_args(
         prior_mu, prior_logvar, mu.shape
     )
@@ -84,10 +81,8 @@ def sample_gaussian_k_bwd(native, grad_z, grad_log_q, grad_log_p, mu, logvar, pr
         prior_dtype=dtype_code(prior_dtype, op), grad_prior_mu_dtype=output_dtype_code(grad_prior_mu, op),
         grad_prior_logvar_dtype=output_dtype_code(grad_prior_logvar, op),
     )
-    if grad_mu_written is not grad_mu:
-        grad_mu.copy_(grad_mu_written)
-    if grad_logvar_written is not grad_logvar:
-        grad_logvar.copy_(grad_logvar_written)
+    cast_into_output(grad_mu, grad_mu_written)
+    cast_into_output(grad_logvar, grad_logvar_written)
 
 
 def _reduced_layout(shape, dim: int) -> tuple[int, int, int]:
@@ -129,10 +124,8 @@ def _log_mean_exp_bwd(native, grad_out, x, log_p, log_q, lse_parts, dim: int, gr
         return
     inputs, dtype = _common_dtype(op, *[t for t in (x, log_p, log_q) if t is not None])
     x, log_p, log_q = inputs if log_p is not None else (inputs[0], None, None)
-    # The C++ writes every gradient in the one dtype it reads the inputs in: a gradient of
-    # another dtype (a mixed-dtype call) is written to a buffer and cast into it.
-    written = [g if g is None or g.dtype == dtype else torch.empty(x.shape, dtype=dtype, device=x.device)
-               for g in grads]
+    # The C++ writes every gradient in the one dtype it reads the inputs in.
+    written = [written_buffer(grad, dtype) for grad in grads]
     grad_out = grad_out.float()  # the gradient of a float32 output: a no-op but for an unusual caller
     native.launch(
         "log_mean_exp_bwd", x.device,
@@ -140,8 +133,8 @@ def _log_mean_exp_bwd(native, grad_out, x, log_p, log_q, lse_parts, dim: int, gr
         *(address(g) for g in written), num_samples, columns, inner, dtype_code(dtype, op),
     )
     for grad, buffer in zip(grads, written):
-        if buffer is not grad:
-            grad.copy_(buffer)
+        if grad is not None:
+            cast_into_output(grad, buffer)
 
 
 def log_mean_exp_fwd(native, x, dim: int, out, lse_parts):

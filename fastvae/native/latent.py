@@ -6,7 +6,8 @@ import torch
 
 from fastvae.row_sums import sum_partials_into
 
-from . import address, dtype_code, gaussian_dtypes, output_dtype_code, prior_layout_args
+from . import (address, cast_into_output, dtype_code, gaussian_dtypes, output_dtype_code, prior_layout_args,
+               written_buffer)
 
 LAUNCHERS = ("gaussian_latent_fwd", "gaussian_latent_bwd", "backward_reads_sample")
 KL_MODE_CODES = {"none": 0, "element": 1, "row": 2}
@@ -60,12 +61,8 @@ def gaussian_latent_bwd(native, grad_z, grad_kl, mu, logvar, prior_mu, prior_log
     mu_c, logvar_c, prior_mu, prior_logvar, prior_dtype = gaussian_dtypes(mu, logvar, prior_mu, prior_logvar, z_dtype)
     if grad_z is not None and grad_z.dtype != z_dtype:
         grad_z = grad_z.to(z_dtype)
-    # The C++ writes grad_mu and grad_logvar in the dtype it reads mu and logvar in: in the
-    # rare mixed case, into a buffer cast into the outputs afterwards (one copy each).
-    grad_mu_written = grad_mu if grad_mu.dtype == z_dtype else torch.empty(mu.shape, dtype=z_dtype, device=mu.device)
-    grad_logvar_written = (
-        grad_logvar if grad_logvar.dtype == z_dtype else torch.empty(mu.shape, dtype=z_dtype, device=mu.device)
-    )
+    # The C++ writes grad_mu and grad_logvar in the dtype it reads mu and logvar in.
+    grad_mu_written, grad_logvar_written = written_buffer(grad_mu, z_dtype), written_buffer(grad_logvar, z_dtype)
     prior_mu, prior_logvar, prior_mu_layout, prior_logvar_layout, sizes = prior_layout_args(
         prior_mu, prior_logvar, mu.shape
     )
@@ -83,7 +80,5 @@ def gaussian_latent_bwd(native, grad_z, grad_kl, mu, logvar, prior_mu, prior_log
         grad_prior_logvar_dtype=output_dtype_code(grad_prior_logvar, op),
         grad_kl_per_element=grad_kl is not None and grad_kl.shape == mu.shape,
     )
-    if grad_mu_written is not grad_mu:
-        grad_mu.copy_(grad_mu_written)
-    if grad_logvar_written is not grad_logvar:
-        grad_logvar.copy_(grad_logvar_written)
+    cast_into_output(grad_mu, grad_mu_written)
+    cast_into_output(grad_logvar, grad_logvar_written)

@@ -14,7 +14,7 @@ import torch
 from fastvae.layout import prior_layout
 from fastvae.row_sums import sum_partials_into
 
-from . import address, dtype_code
+from . import address, cast_into_output, dtype_code, written_buffer
 
 LAUNCHERS = ("bernoulli_nll_fwd", "bernoulli_nll_bwd", "gaussian_nll_fwd", "gaussian_nll_bwd")
 # csrc/include/fastvae/likelihood_args.h, kTargetUInt8: x as 0/1 bytes.
@@ -62,20 +62,6 @@ def _grad_nll(grad_nll):
     return grad_nll.contiguous()
 
 
-def _written_grad(grad, read_dtype):
-    """Where the C++ writes the gradient ``grad`` of an input it reads in ``read_dtype``
-    (the input's own dtype, or float32 when it was cast): ``grad`` itself, or in the rare
-    mixed case a buffer cast into it afterwards (:func:`_cast_into`)."""
-    if grad is None or grad.dtype == read_dtype:
-        return grad
-    return torch.empty(grad.shape, dtype=read_dtype, device=grad.device)
-
-
-def _cast_into(grad, written) -> None:
-    if written is not grad:
-        grad.copy_(written)
-
-
 def bernoulli_nll_fwd(native, logits, x, continuous: bool, per_element: bool, nll):
     """As :func:`fastvae.kernels.likelihood.bernoulli_nll_fwd`: writes the nll, float32,
     per element (logits' shape) if ``per_element``, else summed per sample, [B]."""
@@ -104,14 +90,15 @@ def bernoulli_nll_bwd(native, grad_nll, logits, x, continuous: bool, grad_logits
     if batch == 0 or features == 0 or (grad_logits is None and grad_x is None):
         return
     x_read, x_code = _companion(x, logits.dtype, op, allow_bytes=True)
-    grad_x_written = _written_grad(grad_x, x_read.dtype)
+    grad_x_written = written_buffer(grad_x, x_read.dtype)  # the C++ writes it in the dtype it reads x in
     grad_nll = _grad_nll(grad_nll)
     native.launch(
         "bernoulli_nll_bwd", logits.device,
         address(logits), address(x_read), address(grad_nll), address(grad_logits), address(grad_x_written),
         batch, features, dtype_code(logits.dtype, op), x_code, bool(continuous), grad_nll.shape == logits.shape,
     )
-    _cast_into(grad_x, grad_x_written)
+    if grad_x is not None:
+        cast_into_output(grad_x, grad_x_written)
 
 
 def _logvar_args(logvar, mean, backward: bool):
@@ -161,8 +148,8 @@ def gaussian_nll_bwd(native, grad_nll, mean, x, logvar, logvar_value: float, gra
         return
     x_read, x_code = _companion(x, mean.dtype, op)
     logvar_arg, layout, sizes, logvar_code = _logvar_args(logvar, mean, backward=True)
-    grad_x_written = _written_grad(grad_x, x_read.dtype)
-    grad_logvar_written = _written_grad(grad_logvar, logvar_arg.dtype if logvar_arg is not None else torch.float32)
+    grad_x_written = written_buffer(grad_x, x_read.dtype)
+    grad_logvar_written = written_buffer(grad_logvar, logvar_arg.dtype if logvar_arg is not None else torch.float32)
     grad_nll = _grad_nll(grad_nll)
     native.launch(
         "gaussian_nll_bwd", mean.device,
@@ -171,5 +158,6 @@ def gaussian_nll_bwd(native, grad_nll, mean, x, logvar, logvar_value: float, gra
         0.0 if logvar is not None else float(logvar_value),
         dtype_code(mean.dtype, op), x_code, logvar_code, grad_nll.shape == mean.shape,
     )
-    _cast_into(grad_x, grad_x_written)
-    _cast_into(grad_logvar, grad_logvar_written)
+    for grad, written in ((grad_x, grad_x_written), (grad_logvar, grad_logvar_written)):
+        if grad is not None:
+            cast_into_output(grad, written)

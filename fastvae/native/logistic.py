@@ -15,7 +15,7 @@ import torch
 from fastvae.layout import mixture_layout, row_stride, spatial_stride
 from fastvae.row_sums import sum_partials_into
 
-from . import address, dtype_code
+from . import address, cast_into_output, dtype_code, written_buffer
 
 LAUNCHERS = (
     "discretized_logistic_fwd", "discretized_logistic_bwd",
@@ -41,8 +41,6 @@ def _x_code(x: torch.Tensor, op: str) -> int:
 def _partials(native, name: str, length: int) -> int:
     width = native.constant(name)
     return -(-length // width)
-
-
 
 
 # --------------------------------------------------------------------------------------
@@ -97,10 +95,8 @@ def discretized_logistic_bwd(native, grad_nll, mean, log_scale, x, num_bins: int
     if batch == 0 or features == 0:
         return
     mean, log_scale, x, strides, dtype = _logistic_inputs(mean, log_scale, x)
-    # The C++ writes both gradients in the one dtype it reads mean and log_scale in: in the
-    # rare mixed case, into a buffer cast into the output afterwards (one copy).
-    written = [g if g.dtype == dtype else torch.empty(mean.shape, dtype=dtype, device=mean.device)
-               for g in (grad_mean, grad_log_scale)]
+    # The C++ writes both gradients in the one dtype it reads mean and log_scale in.
+    written = [written_buffer(grad, dtype) for grad in (grad_mean, grad_log_scale)]
     grad_nll = grad_nll.to(torch.float32).contiguous()
     native.launch(
         "discretized_logistic_bwd", mean.device,
@@ -109,8 +105,7 @@ def discretized_logistic_bwd(native, grad_nll, mean, log_scale, x, num_bins: int
         dtype_code(dtype, NLL_OP), _x_code(x, NLL_OP), grad_nll.dim() > 1,
     )
     for grad, buffer in zip((grad_mean, grad_log_scale), written):
-        if buffer is not grad:
-            grad.copy_(buffer)
+        cast_into_output(grad, buffer)
 
 
 # --------------------------------------------------------------------------------------
