@@ -132,7 +132,7 @@ def check_generator(op: str, generator, device: torch.device) -> None:
 def check_not_nan(op: str, name: str, tensor: torch.Tensor) -> None:
     """Value check (syncs): only when value checks are active.  For values whose
     infinities are meaningful (the logits of a certain outcome): only NaN is refused."""
-    if value_checks_active() and tensor.numel() and bool(torch.isnan(tensor).any()):
+    if value_checks_active() and tensor.numel() and bool(torch.isnan(tensor.detach()).any()):
         raise ValueError(f"fastvae.{op}: {name} contains NaN")
 
 
