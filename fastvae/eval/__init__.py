@@ -9,7 +9,7 @@
   dimension, training curves, as PNG (:func:`write_png` needs no imaging library).
 - :func:`sweep_betas`, :func:`plot_rate_distortion`: the rate–distortion trade-off.
 - :func:`evaluate` and :func:`write_report`: everything at once, and report.md;
-  :func:`provenance`: backend, device, versions and parameter count; the meaning of
+  :func:`provenance`: backend, device (:func:`device_name`), versions and parameter count; the meaning of
   every key of :func:`evaluate`'s results is :data:`fastvae.eval.report.FIELDS`.
 """
 from .latent import ActiveUnits, active_units, kl_per_dimension, mutual_information
@@ -36,7 +36,7 @@ from .pictures import (
 )
 from .png import encode_png, to_uint8, write_png
 from .rate_distortion import RatePoint, plot_rate_distortion, rate_distortion_point, sweep_betas
-from .report import evaluate, provenance, write_report
+from .report import device_name, evaluate, provenance, write_report
 
 __all__ = [
     "IWAEEstimate", "ELBOEstimate", "iwae_estimate", "iwae_log_likelihood", "elbo_estimate", "elbo_gap",
@@ -44,5 +44,5 @@ __all__ = [
     "as_images", "image_grid", "save_image_grid", "save_samples", "save_reconstructions",
     "save_latent_traversals", "plot_kl_per_dim", "read_training_curves", "plot_training_curves",
     "save_pictures", "encode_png", "write_png", "to_uint8", "RatePoint", "rate_distortion_point",
-    "sweep_betas", "plot_rate_distortion", "evaluate", "provenance", "write_report",
+    "sweep_betas", "plot_rate_distortion", "evaluate", "provenance", "device_name", "write_report",
 ]

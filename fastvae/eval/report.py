@@ -92,7 +92,15 @@ FIELDS = {
 }
 
 
-def _device_name(device: torch.device) -> str:
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's marketing name (from /proc/cpuinfo where there is one),
+    for reports and benchmark records.
+
+    Example::
+
+        >>> fastvae.eval.device_name(torch.device("cpu"))
+        'AMD EPYC'
+    """
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     try:
@@ -137,7 +145,7 @@ def provenance(model) -> dict:
     return {
         "backend": backends.resolve("provenance", device, dtype),
         "device": str(device),
-        "device_name": _device_name(device),
+        "device_name": device_name(device),
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "fastvae_version": fastvae_version,
         "torch_version": torch.__version__,
