@@ -47,7 +47,7 @@ import sys
 import tempfile
 import time
 import xml.etree.ElementTree as ElementTree
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -68,11 +68,11 @@ REPORT_RESERVE_S = 10  # the summary, the plot and copying the folder
 # caches (no Triton, inductor or compiler cache survives between leases):
 # - environment: a Python start importing torch and asking the device (about 5 s).
 # - build: the CPU module's 6 files and the CUDA module's 5 .cu files plus its bindings
-#   compile side by side, one compiler per core.  On the 2-core development VM one CPU
-#   file takes 1-2 minutes (bench/README.md has the measured serial and parallel builds)
-#   and the .cu files about 40 s each for one architecture; on 16 faster cores the build
-#   is the slowest file, about a minute.  120 s.
-# - tests, fast: about 85 gpu-marked tests; each Triton specialization compiles once
+#   compile side by side, one compiler per core.  On the 2-core development VM the CPU
+#   files took 8 to 114 s each (serially; bench/README.md) and the .cu files are about
+#   40 s each for one architecture; on 16 cores the build is its slowest file, a minute
+#   or two.  120 s.
+# - tests, fast: 87 gpu-marked tests; each Triton specialization compiles once
 #   (about 1 s each, a few dozen), the reference at the benchmark sizes runs in
 #   milliseconds, the widest categorical rows (65536 columns) compile longest.  120 s.
 # - tests past 2**31 elements: 11 tests, each a few 4 GiB tensors and one kernel call
@@ -119,7 +119,10 @@ class BenchPiece:
 # kernel providers, ~90 s.  The extra pieces: the smaller latent sizes (4 cases, ~45 s),
 # bfloat16 likelihoods (~55 s), the fwd and bwd modes alone (timing only, compiles
 # cached: ~30 s each), the MLP VAE (~70 s), bf16 autocast of the conv VAE (~80 s), the
-# conv VAE's kernel providers under torch.compile (~70 s).
+# conv VAE's kernel providers under torch.compile (~70 s).  In --providers, KERNELS stands
+# for the device's kernel backends (triton, and cuda if it was built) and
+# COMPILED_KERNELS for each of them under torch.compile; without --providers a benchmark
+# runs every provider for the device.
 BENCH_PIECES = [
     BenchPiece("latent: bars", "latent",
                ["--sizes", "262144x512", "--dtypes", "float32,bfloat16", "--modes", "fwd+bwd"], 60, True, True),
@@ -149,7 +152,8 @@ BENCH_PIECES = [
                ["--sizes", "conv_mixture:128:32", "--dtypes", "float32", "--providers", "COMPILED_KERNELS"],
                70, False),
 ]
-SCRIPTS = {"latent": "bench/bench_latent.py", "likelihood": "bench/bench_likelihood.py", "train": "bench/bench_train.py"}
+SCRIPTS = {"latent": "bench/bench_latent.py", "likelihood": "bench/bench_likelihood.py",
+           "train": "bench/bench_train.py"}
 
 # Pytest's selection of the two test groups (tests whose name says past 2**31 elements
 # allocate tens of GiB; they run last).
@@ -259,7 +263,9 @@ else:
     from fastvae.eval import device_name
     info.update(device=device_name(torch.device("cpu")), capability=None, memory_gib=None, device_count=0)
 nvcc = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if shutil.which("/usr/local/cuda/bin/nvcc") else None)
-info["nvcc"] = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout.strip().splitlines()[-1] if nvcc else None
+info["nvcc"] = None
+if nvcc:
+    info["nvcc"] = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout.strip().splitlines()[-1]
 info["cpu_count"] = __import__("os").cpu_count()
 print("PROBE " + json.dumps(info))
 """
@@ -576,8 +582,8 @@ def summary_markdown(summary: dict) -> str:
         "",
         f"- date (UTC): {summary['started_utc']}; commit: {summary.get('git_commit') or 'none'}; "
         f"wall time {summary['wall_s']:.0f} s of a {summary['budget_s']:.0f} s budget",
-        f"- torch {env.get('torch')}, Triton {env.get('triton')}, Python {env.get('python')}, CUDA {env.get('torch_cuda')},"
-        f" nvcc: {env.get('nvcc') or 'none'}; compute capability {env.get('capability')}",
+        f"- torch {env.get('torch')}, Triton {env.get('triton')}, Python {env.get('python')}, "
+        f"CUDA {env.get('torch_cuda')}, nvcc: {env.get('nvcc') or 'none'}; compute capability {env.get('capability')}",
         f"- backends after the build: {summary.get('backends')}",
         "",
         "## Performance bars",

@@ -103,9 +103,10 @@ def test_a_group_stopped_at_its_limit_names_the_test_it_stopped_in(session):
         "tests/test_discrete.py::test_gpu_bitwise_repeatable": "timeout",
     }
     counts = session.count_outcomes(outcomes, selected)
-    assert (counts["passed"], counts["skipped"], counts["failed"], counts["timeout"], counts["not run"]) == (1, 1, 1, 1, 6)
+    assert [counts[name] for name in ("passed", "skipped", "failed", "timeout", "not run")] == [1, 1, 1, 1, 6]
     # A process that died on its own (not stopped) leaves its test as an error.
-    assert session.parse_test_log(log, stopped=False)[0]["tests/test_discrete.py::test_gpu_bitwise_repeatable"] == "error"
+    died = session.parse_test_log(log, stopped=False)[0]
+    assert died["tests/test_discrete.py::test_gpu_bitwise_repeatable"] == "error"
     # Without deselection pytest says only "collected N items".
     assert session.parse_test_log("collected 7 items\n", stopped=False) == ({}, 7)
 
@@ -117,7 +118,8 @@ def test_a_step_past_its_limit_is_stopped_with_its_children(tmp_path, session):
     result = session.run_logged(["bash", "-c", "sleep 60 & sleep 60"], log, 1.0, dict(os.environ), "sleep")
     assert time.monotonic() - start < 20
     assert result.status == "timeout" and "stopped after" in log.read_text()
-    assert session.run_logged(["bash", "-c", "exit 3"], tmp_path / "exit.log", 10, dict(os.environ), "x").status == "failed"
+    failed = session.run_logged(["bash", "-c", "exit 3"], tmp_path / "exit.log", 10, dict(os.environ), "exit")
+    assert failed.status == "failed" and failed.returncode == 3
     skipped = session.run_logged(["true"], tmp_path / "late.log", 0.2, dict(os.environ), "late")
     assert skipped.status == "skipped" and skipped.note == "no time left"
 
@@ -171,8 +173,10 @@ def test_bars_of_gpu_results_and_the_bandwidth_plot(tmp_path, session):
     mixture = dict(op="discretized_logistic_mixture_nll", shape="64x3x32x32", num_mixtures=10, elements=196608,
                    x_dtype="float32")
     likelihood = {"metadata": {"device": device}, "records": [
-        gpu_record(provider="triton", speedup_vs_eager=9.0, speedup_vs_compile=2.5, peak_extra_vs_eager=0.05, **mixture),
-        gpu_record(provider="cuda", speedup_vs_eager=9.0, speedup_vs_compile=2.5, peak_extra_vs_eager=0.5, **mixture),
+        gpu_record(provider="triton", speedup_vs_eager=9.0, speedup_vs_compile=2.5, peak_extra_vs_eager=0.05,
+                   **mixture),
+        gpu_record(provider="cuda", speedup_vs_eager=9.0, speedup_vs_compile=2.5, peak_extra_vs_eager=0.5,
+                   **mixture),
     ]}
     train = {"metadata": {"device": device}, "records": [
         gpu_record(model="conv_mixture", batch=128, input="3x32x32", provider="triton", speedup_vs_eager=1.7),
