@@ -3,6 +3,8 @@ with nvcc for sm_90, and the C++ noise stream equals the reference's and Triton'
 import importlib.util
 import os
 import shutil
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -92,6 +94,51 @@ def test_cuda_build_setting_is_checked(monkeypatch):
 def test_hidden_devices_count_as_none(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert load_setup_script().cuda_device_visible() is False
+
+
+def test_pybind11_headers_fall_back_to_torchs_copy(monkeypatch):
+    """A machine with torch and no pybind11 package (a bare GPU machine building in place)
+    still builds both modules, from the pybind11 headers torch ships."""
+    script = load_setup_script()
+    monkeypatch.setitem(sys.modules, "pybind11", None)  # import pybind11 raises ImportError
+    include = Path(script.pybind11_include())
+    assert (include / "pybind11" / "pybind11.h").is_file()
+    assert include == Path(torch.__file__).parent / "include"
+
+
+def test_an_extensions_sources_compile_in_parallel(tmp_path):
+    """setuptools compiles one extension's sources one after another; setup.py's compile
+    runs them side by side: four sources whose "compiler" each sleeps 1 s take about 1 s
+    with four jobs, and every object is returned in the sources' order."""
+    script = load_setup_script()
+    from setuptools._distutils.unixccompiler import UnixCCompiler
+
+    compiler = UnixCCompiler()
+    ran = []
+
+    def fake_compile(obj, src, ext, cc_args, extra_postargs, pp_opts):
+        time.sleep(1.0)
+        ran.append(src)
+
+    compiler._compile = fake_compile
+    sources = [str(tmp_path / f"file{i}.cpp") for i in range(4)]
+    start = time.monotonic()
+    objects = script.parallel_compile(compiler, jobs=4)(sources, output_dir=str(tmp_path / "build"))
+    assert time.monotonic() - start < 3.0
+    assert sorted(ran) == sorted(sources)
+    assert [Path(o).stem for o in objects] == [Path(s).stem for s in sources]
+
+
+@pytest.mark.parametrize("setting, jobs", [(None, os.cpu_count() or 1), ("3", 3), ("", os.cpu_count() or 1)])
+def test_build_jobs_setting(monkeypatch, setting, jobs):
+    if setting is None:
+        monkeypatch.delenv("FASTVAE_BUILD_JOBS", raising=False)
+    else:
+        monkeypatch.setenv("FASTVAE_BUILD_JOBS", setting)
+    assert load_setup_script().build_jobs() == jobs
+    monkeypatch.setenv("FASTVAE_BUILD_JOBS", "0")
+    with pytest.raises(ValueError, match="FASTVAE_BUILD_JOBS"):
+        load_setup_script().build_jobs()
 
 
 def test_every_cuda_source_is_listed():
