@@ -455,3 +455,17 @@ def test_eager_calls_skip_the_dispatcher_with_the_same_results(kernel_backend, m
     with Recorder():
         fastvae.sample_gaussian(mu, logvar)
     assert any("fastvae.gaussian_latent_fwd" in name for name in seen)
+
+
+def test_cpu_reparameterize_backward_hands_the_incoming_gradient_on():
+    """Without a KL term ∂mu is ∂z exactly: the cpu backend's eager backward returns ∂z
+    itself (no copy, as autograd's own add does) and writes only ∂logvar = ∂z·(z − mu)/2."""
+    if "cpu" not in fastvae.backends.available("cpu"):
+        pytest.skip("the CPU C++ backend is not built here")
+    with fastvae.use_backend("cpu"):
+        mu, logvar = make_latent((8, 33), torch.float32)
+        z = fastvae.reparameterize(mu, logvar)
+        grad_z = torch.randn_like(z)
+        grad_mu, grad_logvar = torch.autograd.grad(z, [mu, logvar], grad_z)
+    assert grad_mu.data_ptr() == grad_z.data_ptr() and torch.equal(grad_mu, grad_z)
+    assert torch.equal(grad_logvar, grad_z * 0.5 * (z.detach() - mu.detach()))

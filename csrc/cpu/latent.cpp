@@ -360,7 +360,9 @@ void latent_backward(const LatentBackwardArgs& args) {
         const int64_t first = row * features + begin;
         tile.mu = floats_in(mu + first, width, tile.mu_buffer);
         tile.logvar = floats_in(logvar + first, width, tile.logvar_buffer);
-        tile.grad_mu = floats_out(grad_mu + first, tile.grad_mu_buffer);
+        // No grad_mu: the caller takes ∂z as ∂mu itself (reparameterize, whose ∂mu is ∂z);
+        // the loops still write the tile's buffer, which is dropped.
+        tile.grad_mu = grad_mu ? floats_out(grad_mu + first, tile.grad_mu_buffer) : tile.grad_mu_buffer;
         tile.grad_logvar = floats_out(grad_logvar + first, tile.grad_logvar_buffer);
         if (zeros) {
           for (int i = 0; i < width; ++i) tile.grad_mu[i] = tile.grad_logvar[i] = 0.0f;
@@ -394,7 +396,7 @@ void latent_backward(const LatentBackwardArgs& args) {
             }
           }
         }
-        floats_out_done(tile.grad_mu, width, grad_mu + first);
+        if (grad_mu) floats_out_done(tile.grad_mu, width, grad_mu + first);
         floats_out_done(tile.grad_logvar, width, grad_logvar + first);
       }
     }

@@ -101,12 +101,19 @@ def gaussian_grad_outputs(prior_grad_flows: bool, mu: Tensor, logvar: Tensor, pr
 
 
 def _latent_bwd_impl(grad_z, grad_kl, mu, logvar, prior_mu, prior_logvar, seed_offset, z, prior_mu_grad: bool,
-                     prior_logvar_grad: bool, backend: str):
+                     prior_logvar_grad: bool, backend: str, grad_mu_is_grad_z: bool = False):
     """What ``gaussian_latent_bwd`` runs: its outputs allocated, the backend's launcher
-    writing them; None for a prior's gradient not computed."""
+    writing them; None for a prior's gradient not computed.  ``grad_mu_is_grad_z`` (the
+    direct path's backward of ``reparameterize`` on the cpu backend, where ∂mu is ∂z
+    exactly): grad_z itself is returned as grad_mu, as autograd's own add passes a
+    gradient on, and the C++ writes only grad_logvar (a custom op's outputs may not alias
+    its inputs, so the custom op never does this)."""
     grad_mu, grad_logvar, grad_prior_mu, grad_prior_logvar = outputs = gaussian_grad_outputs(
         grad_kl is not None, mu, logvar, prior_mu, prior_logvar, prior_mu_grad, prior_logvar_grad
     )
+    if grad_mu_is_grad_z:
+        grad_mu = None
+        outputs = (grad_z, grad_logvar, grad_prior_mu, grad_prior_logvar)
     kernel_module(backend, "latent").gaussian_latent_bwd(
         None if grad_z is None else grad_z.contiguous(),
         None if grad_kl is None else grad_kl.contiguous(),
@@ -169,10 +176,16 @@ def _backward(ctx, grad_z, grad_kl):
     # Under create_graph the custom op runs, so that its registered autograd refuses a
     # double backward; otherwise a backward of the direct path (below) stays direct.
     direct = getattr(ctx, "direct", False) and not torch.is_grad_enabled() and direct_call_ok()
-    grad_mu, grad_logvar, grad_prior_mu, grad_prior_logvar = (_latent_bwd_impl if direct else _gaussian_latent_bwd)(
-        grad_z, grad_kl, mu, logvar, prior_mu, prior_logvar, seed_offset, z if grad_z is not None else None,
-        prior_mu_grad, prior_logvar_grad, ctx.backend,
-    )
+    bwd_args = (grad_z, grad_kl, mu, logvar, prior_mu, prior_logvar, seed_offset, z if grad_z is not None else None,
+                prior_mu_grad, prior_logvar_grad, ctx.backend)
+    if direct:
+        # Without a KL, ∂mu is ∂z: the cpu backend hands ∂z on rather than copying it.
+        grad_mu_is_grad_z = (ctx.backend == "cpu" and grad_kl is None and grad_z is not None
+                             and grad_z.dtype == mu.dtype)
+        outputs = _latent_bwd_impl(*bwd_args, grad_mu_is_grad_z=grad_mu_is_grad_z)
+    else:
+        outputs = _gaussian_latent_bwd(*bwd_args)
+    grad_mu, grad_logvar, grad_prior_mu, grad_prior_logvar = outputs
     # A broadcast prior's gradient is the sum over its broadcast dimensions (a torch
     # reduction: fixed order, so bitwise repeatable).
     if prior_mu_grad:
