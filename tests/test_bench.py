@@ -22,7 +22,7 @@ from fastvae import backends
 BENCH_DIR = Path(__file__).resolve().parent.parent / "bench"
 TINY_BATCH, TINY_DIM = 64, 16
 MODES = ("fwd", "bwd", "fwd+bwd")
-OPS = ("sample_gaussian", "gaussian_kl")
+OPS = ("sample_gaussian", "gaussian_kl", "reparameterize")
 
 
 def load_bench_script(name: str):
@@ -99,6 +99,7 @@ def test_bench_latent_tiny_cpu(bench_latent, tmp_path, capsys):
     # [B] float32 KL and its gradient, 8 bytes per row).
     assert by_key["sample_gaussian", "fwd+bwd", "eager"]["min_bytes"] == 32 * elements + 8 * TINY_BATCH
     assert by_key["gaussian_kl", "fwd+bwd", "eager"]["min_bytes"] == 24 * elements + 8 * TINY_BATCH
+    assert by_key["reparameterize", "fwd+bwd", "eager"]["min_bytes"] == 28 * elements
 
     printed = capsys.readouterr().out
     assert "| op | B×D | dtype | mode | provider | median ms |" in printed
@@ -151,6 +152,38 @@ def test_gaussian_kl_min_bytes(bench_latent):
     assert bench_latent.gaussian_kl_min_bytes(batch, dim, torch.float32, "fwd") == 8 * batch * dim + 4 * batch
     assert bench_latent.gaussian_kl_min_bytes(batch, dim, torch.float32, "bwd") == 16 * batch * dim + 4 * batch
     assert bench_latent.gaussian_kl_min_bytes(batch, dim, torch.bfloat16, "fwd+bwd") == 12 * batch * dim + 8 * batch
+
+
+def test_reparameterize_min_bytes(bench_latent):
+    batch, dim = 4096, 64
+    assert bench_latent.reparameterize_min_bytes(batch, dim, torch.float32, "fwd") == 12 * batch * dim
+    assert bench_latent.reparameterize_min_bytes(batch, dim, torch.float32, "bwd") == 16 * batch * dim
+    assert bench_latent.reparameterize_min_bytes(batch, dim, torch.bfloat16, "fwd+bwd") == 14 * batch * dim
+
+
+def test_bench_latent_philox_floor_and_cpu_bars(bench_latent, tmp_path):
+    """With the cpu backend the run times the extension's bare Philox + Box–Muller loop,
+    gives each sampling op's cpu records their time over it, and checks every op at the
+    tiny size against eager (no op slower than eager)."""
+    if "cpu" not in backends.available("cpu") or bench_latent.philox_normal_floor() is None:
+        pytest.skip("the CPU C++ backend is not built here")
+    out = tmp_path / "floor.json"
+    assert bench_latent.main(smoke_argv(out, ["eager", "cpu"], **{"--modes": "fwd+bwd"})) == 0
+    records = json.loads(out.read_text())["records"]
+    (floor,) = [r for r in records if r["op"] == "philox_floor"]
+    assert is_positive_finite(floor["median_ms"]) and is_positive_finite(floor["normals_per_s"])
+    for record in records:
+        sampling_cpu = record["op"] in ("sample_gaussian", "reparameterize") and record["provider"] == "cpu"
+        if sampling_cpu:
+            assert record["x_philox_floor"] == pytest.approx(record["median_ms"] / floor["median_ms"])
+        else:
+            assert record["x_philox_floor"] is None
+    largest, rows = bench_latent.bar_rows(records, "cpu")
+    assert largest == (TINY_BATCH, TINY_DIM)
+    assert {r["op"] for r in rows} == set(OPS)
+    assert all(r["criteria"] == bench_latent.common.describe_criteria(bench_latent.CPU_TINY_BAR) for r in rows)
+    report = out.with_suffix(".md").read_text()
+    assert "## Philox floor (cpu)" in report and "| philox_floor |" not in report.split("## Philox floor")[0]
 
 
 def test_bench_latent_help_and_bad_arguments(bench_latent, capsys):

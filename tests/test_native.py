@@ -174,6 +174,30 @@ def test_cpu_normals_equal_triton_interpreter():
     torch.testing.assert_close(from_triton.flatten(), from_cpp, rtol=0, atol=5e-6)
 
 
+@pytest.mark.parametrize("count", [1, 1000, 70001])
+def test_cpu_philox_floor_draws_the_kernels_normals(count):
+    """The benchmark's floor (fastvae_philox_normal_floor, bench/bench_latent.py) runs the
+    sampling loops' own Philox + Box–Muller code: its normals are, bit for bit, the z of
+    the cpu backend's reparameterize at mu = logvar = 0 (z = 0 + e^0·ε = ε), from one
+    thread or from several (70001 is past the size that runs on one thread)."""
+    import ctypes
+
+    extension = cpu_extension()
+    try:
+        floor = ctypes.CDLL(extension.__file__).fastvae_philox_normal_floor
+    except AttributeError:
+        pytest.fail("fastvae._C has no fastvae_philox_normal_floor")
+    floor.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_uint64, ctypes.c_uint64]
+    torch.manual_seed(7)
+    with fastvae.use_backend("cpu"):
+        z = fastvae.reparameterize(torch.zeros(1, count), torch.zeros(1, count))
+    torch.manual_seed(7)
+    seed, base = fv_random.draw_seed(torch.device("cpu")).tolist()
+    normals = torch.full((count,), float("nan"))
+    floor(normals.data_ptr(), count, seed, base)
+    assert torch.equal(normals, z.flatten())
+
+
 def test_cuda_extension_imports_without_a_gpu():
     """fastvae._C_cuda links the CUDA runtime statically: importing it needs no GPU."""
     if not list((ROOT / "fastvae").glob("_C_cuda*.so")):

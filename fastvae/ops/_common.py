@@ -3,6 +3,7 @@ the placeholders of outputs an op does not compute, seed drawing, the double-bac
 guard, and torch.compile's constant-result mark."""
 from __future__ import annotations
 
+import functools
 import importlib
 from typing import Callable, Optional, TypeVar
 
@@ -31,6 +32,22 @@ def _resolve(op: str, choice: str, device_type: str, dtype: torch.dtype) -> str:
     return backends.resolve(op, torch.device(device_type), dtype)
 
 
+def direct_call_ok(*tensors: Optional[torch.Tensor]) -> bool:
+    """Whether an op may call its custom op's implementation and autograd directly, as a
+    ``torch.autograd.Function``, rather than through torch.library's dispatch: in eager
+    mode on plain tensors, where the two are the same computation.  Not while
+    torch.compile traces (it must see the custom op), nor under a dispatch or function
+    mode (FakeTensorMode, a recorder of the ops that run, ...), a functorch transform or
+    a tensor subclass."""
+    return (
+        not torch.compiler.is_compiling()
+        and torch._C._len_torch_dispatch_stack() == 0
+        and not torch._C._is_torch_function_mode_enabled()
+        and not torch._C._are_functorch_transforms_active()
+        and all(t is None or type(t) is torch.Tensor for t in tensors)
+    )
+
+
 def pick_backend(op: str, device: torch.device, dtype: torch.dtype) -> str:
     """The backend that runs ``op`` on inputs of ``device`` and (promoted) ``dtype``
     (see :mod:`fastvae.backends`)."""
@@ -47,8 +64,10 @@ def promoted_dtype(*tensors: Optional[torch.Tensor]) -> torch.dtype:
     return dtype
 
 
+@functools.lru_cache(maxsize=None)
 def kernel_module(backend: str, family: str):
-    """The module that launches ``family``'s kernels for ``backend``."""
+    """The module that launches ``family``'s kernels for ``backend`` (looked up once per
+    pair: it is on every call's path)."""
     if backend == "triton":
         return importlib.import_module(f"fastvae.kernels.{family}")
     if backend in ("cpu", "cuda"):
