@@ -164,7 +164,8 @@ def cpu_row_sums():
     mu, logvar = randn(5, 3001, scale=0.5), -2.0 * torch.rand(5, 3001, generator=generator)
     logits, x = randn(3, 2 * 8192 + 5, scale=3.0), torch.rand(3, 2 * 8192 + 5, generator=generator)
     levels = torch.randint(0, 256, (3, 2 * 4096 + 7), generator=generator)
-    pixel_levels = torch.randint(0, 256, (3, 1, 2 * 64 + 5), generator=generator)
+    # Enough pixel-components (3·517·2) for the mixture's loops to run in parallel.
+    pixel_levels = torch.randint(0, 256, (3, 1, 8 * 64 + 5), generator=generator)
     outputs = {}
     with fastvae.use_backend("cpu"):
         torch.manual_seed(1)
