@@ -235,7 +235,8 @@ def cpu_row_sums():
     mu, logvar = randn(5, 3001, scale=0.5), -2.0 * torch.rand(5, 3001, generator=generator)
     logits, x = randn(3, 2 * 8192 + 5, scale=3.0), torch.rand(3, 2 * 8192 + 5, generator=generator)
     levels = torch.randint(0, 256, (3, 2 * 4096 + 7), generator=generator)
-    pixel_levels = torch.randint(0, 256, (3, 1, 2 * 64 + 5), generator=generator)
+    # Enough pixel-components (3·517·2) for the mixture's loops to run in parallel.
+    pixel_levels = torch.randint(0, 256, (3, 1, 8 * 64 + 5), generator=generator)
     outputs = {}
     with fastvae.use_backend("cpu"):
         torch.manual_seed(1)
@@ -245,6 +246,7 @@ def cpu_row_sums():
         outputs["bernoulli_nll"] = fastvae.bernoulli_nll(logits, x)
         outputs["continuous_bernoulli_nll"] = fastvae.continuous_bernoulli_nll(logits, x)
         outputs["gaussian_nll"] = fastvae.gaussian_nll(x, logits.sigmoid(), -2.0 * x)
+        outputs["gaussian_nll_number_logvar"] = fastvae.gaussian_nll(x, logits.sigmoid(), -2.0)
         outputs["discretized_logistic_nll"] = fastvae.discretized_logistic_nll(
             2.0 * x[:, : levels.shape[1]] - 1.0, -3.0 * x[:, : levels.shape[1]], levels.to(torch.uint8))
         outputs["discretized_logistic_mixture_nll"] = fastvae.discretized_logistic_mixture_nll(
@@ -270,3 +272,36 @@ def test_cpu_row_sums_do_not_depend_on_the_thread_count():
         outputs, others = (outputs, two_threads[name]) if isinstance(outputs, tuple) else ((outputs,), (two_threads[name],))
         for single, double in zip(outputs, others):
             assert torch.equal(single, double), name
+
+
+def test_cpu_gaussian_nll_number_logvar_equals_its_tensor():
+    """A number logvar takes its own loops (e^(−logvar) once per task); they compute
+    gaussian_nll's formulas in the same order as the loops of a tensor logvar, so the nll
+    and both gradients are the same bits as with that number as a full-size tensor."""
+    cpu_extension()
+    generator = torch.Generator().manual_seed(3)
+    mean = torch.randn(5, 2 * 8192 + 300, generator=generator).requires_grad_()
+    x = (mean.detach() + 0.7 * torch.randn(mean.shape, generator=generator)).requires_grad_()
+    grad_nll = torch.randn(5, generator=generator)
+    with fastvae.use_backend("cpu"):
+        for reduction in ("batch", "none"):
+            number = fastvae.gaussian_nll(mean, x, -1.3, reduction=reduction)
+            tensor = fastvae.gaussian_nll(mean, x, torch.full(mean.shape, -1.3), reduction=reduction)
+            assert torch.equal(number, tensor), reduction
+            upstream = grad_nll if reduction == "batch" else grad_nll[:, None] * x.detach()
+            for a, b in zip(torch.autograd.grad(number, [mean, x], upstream),
+                            torch.autograd.grad(tensor, [mean, x], upstream)):
+                assert torch.equal(a, b), reduction
+
+
+def test_cpu_softplus_within_two_ulp():
+    """bernoulli_nll at x = 0 is softplus(l): on the cpu backend within 2 ulp of the float64
+    value over [−30, 30] (csrc/cpu/vector_math.h's log1p on [0, 1]; the general log1p
+    it replaced left 2.6 ulp near l = −9.7), and exact at the extremes."""
+    cpu_extension()
+    logits = torch.cat([torch.linspace(-30.0, 30.0, 200_001), torch.tensor([-100.0, 0.0, 1e-30, 100.0])])
+    with fastvae.use_backend("cpu"):
+        nll = fastvae.bernoulli_nll(logits[None], torch.zeros(1, logits.numel()), reduction="none")[0]
+    exact = torch.nn.functional.softplus(logits.double())
+    ulp = (exact.float().nextafter(torch.tensor(float("inf"))) - exact.float()).double()
+    assert ((nll.double() - exact).abs() / ulp).max() <= 2.0
