@@ -1,6 +1,7 @@
 """Plumbing shared by the op families: backend lookup, the kernel module of a backend,
 the placeholders of outputs an op does not compute, seed drawing, the double-backward
-guard, and torch.compile's constant-result mark."""
+guard, torch.compile's constant-result mark, and the direct call of a custom op in eager
+mode."""
 from __future__ import annotations
 
 import functools
@@ -46,6 +47,52 @@ def direct_call_ok(*tensors: Optional[torch.Tensor]) -> bool:
         and not torch._C._are_functorch_transforms_active()
         and all(t is None or type(t) is torch.Tensor for t in tensors)
     )
+
+
+class _DirectCall(torch.autograd.Function):
+    """A custom op's implementation and registered autograd (its ``setup_context`` and
+    ``backward``), called as a ``torch.autograd.Function``: what torch.library's autograd
+    kernel does, without its dispatch.  The custom op comes last among the arguments, so
+    ``ctx.needs_input_grad`` has the op's own indices in its setup_context and backward."""
+
+    @staticmethod
+    def forward(ctx, *args_and_op):
+        *args, op = args_and_op
+        output = op._init_fn(*args)
+        if op._setup_context_fn is not None:
+            op._setup_context_fn(ctx=ctx, inputs=tuple(args), output=output)
+        ctx.direct = True
+        ctx.op = op
+        return output
+
+    @staticmethod
+    def backward(ctx, *grads):
+        needs_input_grad = ctx.needs_input_grad
+        ctx.needs_input_grad = needs_input_grad[:-1]
+        try:
+            result = ctx.op._backward_fn(ctx, *grads)
+        finally:
+            ctx.needs_input_grad = needs_input_grad
+        return (*result, None) if isinstance(result, tuple) else (result, None)
+
+
+def fused_call(op, *args):
+    """Call the custom op ``op`` (a ``torch.library.custom_op``) on ``args``: directly
+    where that is the same computation (:func:`direct_call_ok`: eager, plain tensors),
+    else through torch.library's dispatch.
+
+    An eager call on a small tensor is otherwise mostly that dispatch, twice (forward
+    and backward: bench/README.md has the measurements).  Directly, ``op``'s function
+    runs as it is, under :class:`_DirectCall` when autograd records, whose context has
+    ``direct`` set: a backward may then reuse what only it holds (the mixture's gradient
+    buffer).  A backward calls its backward op through here too; under
+    ``create_graph`` that op's registered autograd refuses a double backward as before."""
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    if not direct_call_ok(*tensors):
+        return op(*args)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return _DirectCall.apply(*args, op)
+    return op._init_fn(*args)
 
 
 def pick_backend(op: str, device: torch.device, dtype: torch.dtype) -> str:

@@ -25,8 +25,8 @@ from ..validation import (
     check_same_device,
     check_same_shape,
 )
-from ._common import (direct_call_ok, fill_absent, kernel_module, no_double_backward, pick_backend, promoted_dtype,
-                      seed_for)
+from ._common import (direct_call_ok, fill_absent, fused_call, kernel_module, no_double_backward, pick_backend,
+                      promoted_dtype, seed_for)
 
 KL_MODES = ("none", "element", "row")
 
@@ -184,7 +184,7 @@ def _backward(ctx, grad_z, grad_kl):
                              and grad_z.dtype == mu.dtype)
         outputs = _latent_bwd_impl(*bwd_args, grad_mu_is_grad_z=grad_mu_is_grad_z)
     else:
-        outputs = _gaussian_latent_bwd(*bwd_args)
+        outputs = fused_call(_gaussian_latent_bwd, *bwd_args)
     grad_mu, grad_logvar, grad_prior_mu, grad_prior_logvar = outputs
     # A broadcast prior's gradient is the sum over its broadcast dimensions (a torch
     # reduction: fixed order, so bitwise repeatable).
@@ -205,33 +205,6 @@ _gaussian_latent_fwd.register_autograd(_backward, setup_context=_setup_context)
 _gaussian_latent_bwd.register_autograd(
     no_double_backward("sample_gaussian / gaussian_kl / reparameterize"), setup_context=lambda ctx, inputs, output: None
 )
-
-
-class _DirectLatent(torch.autograd.Function):
-    """``gaussian_latent_fwd`` and its registered autograd without torch.library's
-    dispatch: the same functions (``_latent_fwd_impl``, ``_setup_context``,
-    ``_backward``) called directly.  An eager call on a small latent is otherwise mostly
-    the custom op's Python dispatch (bench/README.md has the measurements); torch.compile,
-    dispatch modes and tensor subclasses still get the custom op (:func:`_fused_fwd`)."""
-
-    @staticmethod
-    def forward(ctx, mu, logvar, prior_mu, prior_logvar, seed_offset, sample, kl_mode, backend):
-        output = _latent_fwd_impl(mu, logvar, prior_mu, prior_logvar, seed_offset, sample, kl_mode, backend)
-        _setup_context(ctx, (mu, logvar, prior_mu, prior_logvar, seed_offset, sample, kl_mode, backend), output)
-        ctx.direct = True
-        return output
-
-    @staticmethod
-    def backward(ctx, grad_z, grad_kl):
-        return _backward(ctx, grad_z, grad_kl)
-
-
-def _fused_fwd(mu, logvar, prior_mu, prior_logvar, seed_offset, sample: bool, kl_mode: str, backend: str):
-    """The fused forward: the custom op, or the same called directly where that is the
-    same computation (:func:`direct_call_ok`)."""
-    if direct_call_ok(mu, logvar, prior_mu, prior_logvar):
-        return _DirectLatent.apply(mu, logvar, prior_mu, prior_logvar, seed_offset, sample, kl_mode, backend)
-    return _gaussian_latent_fwd(mu, logvar, prior_mu, prior_logvar, seed_offset, sample, kl_mode, backend)
 
 
 # --------------------------------------------------------------------------------------
@@ -295,7 +268,7 @@ def reparameterize(mu: Tensor, logvar: Tensor, generator: Optional[torch.Generat
     backend = pick_backend(op, mu.device, promoted_dtype(mu, logvar))
     if backend == "torch":
         return reference.reparameterize(mu, logvar, seed_offset)
-    z, _ = _fused_fwd(mu, logvar, None, None, seed_offset, True, "none", backend)
+    z, _ = fused_call(_gaussian_latent_fwd, mu, logvar, None, None, seed_offset, True, "none", backend)
     return z
 
 
@@ -336,7 +309,7 @@ def gaussian_kl(
     if backend == "torch":
         return reference.gaussian_kl(mu, logvar, prior_mu, prior_logvar, free_bits, reduction)
     kl_mode = _kl_mode(free_bits, reduction)
-    _, kl = _fused_fwd(mu, logvar, prior_mu, prior_logvar, None, False, kl_mode, backend)
+    _, kl = fused_call(_gaussian_latent_fwd, mu, logvar, prior_mu, prior_logvar, None, False, kl_mode, backend)
     return _finish_kl(kl, kl_mode, free_bits, reduction)
 
 
@@ -384,5 +357,5 @@ def sample_gaussian(
     if backend == "torch":
         return reference.sample_gaussian(mu, logvar, seed_offset, prior_mu, prior_logvar, free_bits, reduction)
     kl_mode = _kl_mode(free_bits, reduction)
-    z, kl = _fused_fwd(mu, logvar, prior_mu, prior_logvar, seed_offset, True, kl_mode, backend)
+    z, kl = fused_call(_gaussian_latent_fwd, mu, logvar, prior_mu, prior_logvar, seed_offset, True, kl_mode, backend)
     return z, _finish_kl(kl, kl_mode, free_bits, reduction)
