@@ -298,6 +298,9 @@ STEP_RANGE = "fastvae_bench.step"
 OP_RANGE_PREFIX = "fastvae_bench.op."
 BACKWARD_EVENT_PREFIX = "autograd::engine::evaluate_function: "
 CUSTOM_OP_PREFIX = "fastvae::"
+# An eager call runs its custom op directly, as this autograd.Function (its forward and
+# backward events; fastvae/ops/_common.py, fused_call): the same kernels, undispatched.
+DIRECT_CALL_EVENTS = ("_DirectCall", "_DirectCallBackward")
 # Steps profiled for the op share by default, after the timed ones (so warm: compiled,
 # allocator grown).
 OP_SHARE_STEPS = 3
@@ -351,13 +354,14 @@ def op_share_of_events(events, ranges: bool) -> dict:
     backward, the autograd nodes those ranges created (``backward_nodes``), found by the
     sequence number an op that creates a node records and its node's backward event
     repeats.  Otherwise the ``fastvae::`` custom op events alone (forward and backward
-    kernels; what a compiled graph calls).  ``custom_op_ms`` is the latter in both
+    kernels; what a compiled graph calls; an eager call's are its direct call's events).  ``custom_op_ms`` is the latter in both
     cases.  Overlapping intervals (nested events) count once."""
     def interval(event):
         return event.start_ns(), event.start_ns() + event.duration_ns()
 
     steps = [interval(e) for e in events if e.name() == STEP_RANGE]
-    custom_ops = [interval(e) for e in events if e.name().startswith(CUSTOM_OP_PREFIX)]
+    custom_ops = [interval(e) for e in events
+                  if e.name().startswith(CUSTOM_OP_PREFIX) or e.name() in DIRECT_CALL_EVENTS]
     attributed, nodes = custom_ops, []
     if ranges:
         forward_ranges = [e for e in events if e.name().startswith(OP_RANGE_PREFIX)]
