@@ -153,6 +153,9 @@ def _backward(ctx, grad_z, grad_kl):
         grad_z, grad_kl, mu, logvar, prior_mu, prior_logvar, seed_offset, z if grad_z is not None else None,
         prior_mu_grad, prior_logvar_grad, ctx.backend,
     )
+    # Only the KL depends on the prior; without its gradient the prior gets none.
+    prior_mu_grad = prior_mu_grad and grad_kl is not None
+    prior_logvar_grad = prior_logvar_grad and grad_kl is not None
     # A broadcast prior's gradient is the sum over its broadcast dimensions (a torch
     # reduction: fixed order, so bitwise repeatable).
     if prior_mu_grad:
