@@ -158,7 +158,9 @@ def collect(args) -> dict:
     import torch
     import triton
 
-    cases = specializations.op_matrix() + specializations.benchmark_cases(train=not args.no_train)
+    cases = specializations.benchmark_cases(train=not args.no_train)
+    if not args.bench_only:
+        cases = specializations.op_matrix() + cases
     started = time.time()
     recorder = specializations.capture_cases(cases)
     capture_s = time.time() - started
@@ -180,6 +182,7 @@ def collect(args) -> dict:
             "python": platform.python_version(), "nvcc": _nvcc_version(nvcc),
             "cases": len(cases), "capture_s": round(capture_s, 1), "compile_s": round(compile_s, 1),
             "workers": args.workers or len(os.sched_getaffinity(0)), "min_warps_per_sm": MIN_WARPS_PER_SM,
+            "bench_only": args.bench_only,
         },
         "capture_errors": recorder.errors,
         "triton": records,
@@ -301,7 +304,9 @@ def markdown_report(payload: dict) -> str:
         "",
         "## Summary",
         "",
-        f"{len(records)} unique Triton specializations.",
+        f"{len(records)} unique Triton specializations"
+        + (" (`--bench-only`: those the benchmarks launch at their default sizes; without it, the op matrix's "
+           "too)." if meta.get("bench_only") else ", of the op matrix and the benchmarks' default sizes."),
         "",
         "| arch | compile failures | spilling | spilling at benchmark sizes | register-capped (< "
         f"{MIN_WARPS_PER_SM} warps/SM) | register-capped at benchmark sizes |",
@@ -419,6 +424,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=None, help="compile processes (default: the usable CPUs)")
     parser.add_argument("--cache-dir", default=None,
                         help="Triton cache folder to compile into (default: a fresh temporary one)")
+    parser.add_argument("--bench-only", action="store_true",
+                        help="only the specializations the benchmarks launch at their default sizes, not the op "
+                             "matrix's (minutes rather than a quarter of an hour of compiling on two cores)")
     parser.add_argument("--no-train", action="store_true",
                         help="leave out bench_train.py's training steps (minutes of model math on a CPU)")
     parser.add_argument("--cuda-archs", default="90,80",
