@@ -19,6 +19,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -176,7 +177,7 @@ def collect(args) -> dict:
     cuda = cuda_kernel_resources(args.cuda_archs.split(","), nvcc) if args.cuda_archs else []
     return {
         "metadata": {
-            "command": " ".join([COMMAND] + _shown_arguments(args.argv)),
+            "command": " ".join([COMMAND] + [shlex.quote(a) for a in _shown_arguments(args.argv)]),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "commit": git_commit(), "triton": triton.__version__, "torch": torch.__version__,
             "python": platform.python_version(), "nvcc": _nvcc_version(nvcc),
@@ -393,8 +394,13 @@ def markdown_report(payload: dict) -> str:
         lines += ["Not collected (nvcc absent or `--cuda-archs ''`).", ""]
     else:
         command = meta.get("cuda_command", meta["command"])
-        lines += [f"From `nvcc -Xptxas -v` with setup.py's flags (`-O3 -std=c++17`), per kernel (`{command}`).  "
-                  "Resident warps per SM are not given: they depend on the block size each launcher picks.", "",
+        compiled = [row for row in payload["cuda"] if "error" not in row]
+        spilling = [row for row in compiled if row.get("spill_store_bytes") or row.get("spill_load_bytes")]
+        lines += [f"From `nvcc -Xptxas -v` with setup.py's flags (`-O3 -std=c++17`), per kernel (`{command}`): "
+                  f"{len(compiled)} kernels compiled, {len(payload['cuda']) - len(compiled)} files failed, "
+                  f"{len(spilling)} kernels spill.  Resident warps per SM are not given: they depend on the block "
+                  "size each launcher picks.  Names are shortened (`fastvae::cuda::(anonymous namespace)::` and "
+                  "`fastvae::` dropped).", "",
                   "| file | kernel | arch | regs | spill st/ld | stack | smem |", "|---|---|---|---|---|---|---|"]
         for row in payload["cuda"]:
             if "error" in row:
@@ -402,7 +408,8 @@ def markdown_report(payload: dict) -> str:
                 continue
             stores, loads = row.get("spill_store_bytes", 0), row.get("spill_load_bytes", 0)
             spill = f"**{stores}/{loads}**" if stores or loads else "0/0"
-            lines.append(f"| {row['file']} | `{row['kernel']}` | {row['arch']} | {row.get('registers', '?')} | "
+            name = row["kernel"].replace("fastvae::cuda::(anonymous namespace)::", "").replace("fastvae::", "")
+            lines.append(f"| {row['file']} | `{name}` | {row['arch']} | {row.get('registers', '?')} | "
                          f"{spill} | {row.get('stack_bytes', '?')} | {row.get('shared_bytes', '?')} |")
         lines.append("")
     return "\n".join(lines)
@@ -444,7 +451,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         payload = json.loads(args.out.read_text())
         nvcc = shutil.which("nvcc") or "/usr/local/cuda/bin/nvcc"
         payload["cuda"] = cuda_kernel_resources(args.cuda_archs.split(","), nvcc) if args.cuda_archs else []
-        payload["metadata"]["cuda_command"] = " ".join([COMMAND] + _shown_arguments(args.argv))
+        payload["metadata"]["cuda_command"] = " ".join([COMMAND] + [shlex.quote(a)
+                                                                   for a in _shown_arguments(args.argv)])
         payload["metadata"]["nvcc"] = _nvcc_version(nvcc)
         args.out.write_text(json.dumps(payload, indent=1, default=str) + "\n")
     else:
