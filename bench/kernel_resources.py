@@ -433,7 +433,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                         help="Triton cache folder to compile into (default: a fresh temporary one)")
     parser.add_argument("--bench-only", action="store_true",
                         help="only the specializations the benchmarks launch at their default sizes, not the op "
-                             "matrix's (minutes rather than a quarter of an hour of compiling on two cores)")
+                             "matrix's (a few minutes rather than 10-12 of compiling on two cores)")
     parser.add_argument("--no-train", action="store_true",
                         help="leave out bench_train.py's training steps (minutes of model math on a CPU)")
     parser.add_argument("--cuda-archs", default="90,80",
