@@ -4,7 +4,7 @@
   the subpackage ``fastvae.kernels`` through ``package_dir``; an editable install
   (``pip install -e .``) maps it the same way.
 * ``fastvae._C``: the CPU backend (csrc/cpu, OpenMP), built whenever a C++ compiler and
-  pybind11 are there.
+  pybind11's headers are there (the pybind11 package's, or the copy torch ships).
 * ``fastvae._C_cuda``: the CUDA backend (csrc/cuda), built when nvcc is found and a CUDA
   device is visible (it is of no use elsewhere, and compiling it for two architectures is
   most of an install's time on a machine without one).  ``FASTVAE_CUDA=1`` builds it
@@ -17,10 +17,13 @@ Both are optional: when a build fails, pip still installs the pure-Python packag
 torch and triton backends work.  ``FASTVAE_REQUIRE_CPP=1`` (CI) makes the build strict: nvcc
 warnings are errors and a failed build fails the install.
 
-The two modules build side by side, and the .cu files of ``_C_cuda`` compile in parallel
-(one nvcc per core): a serial build took about six minutes on two cores.
+The two modules build side by side, and each one's sources compile in parallel (one
+compiler per core: the .cpp files through ``parallel_compile``, the .cu files through one
+nvcc each): a serial build of the .cu files took about six minutes on two cores.
+``FASTVAE_BUILD_JOBS`` caps the compilers running at once (default: the cores).
 """
 import glob
+import importlib.util
 import os
 from concurrent.futures import ThreadPoolExecutor
 import shutil
@@ -36,11 +39,21 @@ CXX_FLAGS = ["-std=c++17", "-O3", "-fvisibility=hidden"]
 
 
 def pybind11_include():
+    """pybind11's headers: the pybind11 package's, else the copy torch ships in its include
+    folder (a machine with torch and no pybind11, such as a bare GPU machine building in
+    place, still builds both modules; the modules use no torch)."""
     try:
         import pybind11
     except ImportError:
-        return None
-    return pybind11.get_include()
+        pass
+    else:
+        return pybind11.get_include()
+    spec = importlib.util.find_spec("torch")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        include = os.path.join(folder, "include")
+        if os.path.exists(os.path.join(include, "pybind11", "pybind11.h")):
+            return include
+    return None
 
 
 def cuda_device_visible():
@@ -80,6 +93,39 @@ def strict_build():
     return os.environ.get("FASTVAE_REQUIRE_CPP", "0") == "1"
 
 
+def build_jobs():
+    """How many compilers run at once: FASTVAE_BUILD_JOBS, else one per core."""
+    setting = os.environ.get("FASTVAE_BUILD_JOBS", "").strip()
+    if not setting:
+        return os.cpu_count() or 1
+    if not setting.isdigit() or int(setting) < 1:
+        raise ValueError(f"FASTVAE_BUILD_JOBS={setting!r}: use a positive number of compilers")
+    return int(setting)
+
+
+def parallel_compile(compiler, jobs):
+    """``compiler.compile`` with its objects compiled ``jobs`` at a time.  setuptools
+    compiles an extension's sources one after another (its ``--parallel`` runs whole
+    extensions side by side); the CPU module's files take up to two minutes each on a
+    2-core machine, so in series they were most of an install's time.  The same steps as distutils' own ``compile``,
+    the loop over objects in a thread pool (the compiler is a subprocess)."""
+    def compile(sources, output_dir=None, macros=None, include_dirs=None, debug=False, extra_preargs=None,
+                extra_postargs=None, depends=None):
+        macros, objects, extra_postargs, pp_opts, build = compiler._setup_compile(
+            output_dir, macros, include_dirs, sources, depends, extra_postargs)
+        cc_args = compiler._get_cc_args(pp_opts, debug, extra_preargs)
+
+        def compile_one(obj):
+            source, extension = build[obj]
+            compiler._compile(obj, source, extension, cc_args, extra_postargs, pp_opts)
+
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            list(pool.map(compile_one, [obj for obj in objects if obj in build]))
+        return objects
+
+    return compile
+
+
 def cuda_arch_flags():
     archs = [a.strip() for a in os.environ.get("FASTVAE_CUDA_ARCH", "80;90").replace(",", ";").split(";") if a.strip()]
     flags = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
@@ -94,7 +140,11 @@ class BuildExtensions(build_ext):
     def finalize_options(self):
         super().finalize_options()
         if not self.parallel:
-            self.parallel = os.cpu_count() or 1
+            self.parallel = build_jobs()
+
+    def build_extensions(self):
+        self.compiler.compile = parallel_compile(self.compiler, build_jobs())
+        super().build_extensions()
 
     def build_extension(self, ext):
         try:
@@ -125,7 +175,7 @@ class BuildExtensions(build_ext):
             return target
 
         sources = [s for s in ext.sources if s.endswith(".cu")]
-        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        with ThreadPoolExecutor(max_workers=build_jobs()) as pool:
             objects = list(pool.map(compile_one, sources))
         ext.sources = [s for s in ext.sources if not s.endswith(".cu")]
         ext.extra_objects = list(ext.extra_objects or []) + objects
@@ -137,7 +187,7 @@ def extensions():
     depends = sorted(glob.glob("csrc/**/*", recursive=True))
     include = pybind11_include()
     if include is None:
-        print("fastvae: pybind11 not found; building no C++ backend", file=sys.stderr)
+        print("fastvae: pybind11 not found (nor torch's copy); building no C++ backend", file=sys.stderr)
         return []
     cpu = Extension(
         "fastvae._C",

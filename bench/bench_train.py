@@ -25,18 +25,21 @@ records (``fastvae_ops``).  Every provider's loss and gradients from the same in
 weights and seed are compared with eager's (``rel_err_vs_eager``).
 
 Reported per case: median step time, steps and samples per second, peak memory of a
-step (CUDA: ``max_memory_allocated``, total and beyond what existed before the step),
-speedups over eager and compile, and the performance bar: on a GPU, a training step of the
-conv mixture VAE ≥ 1.5× the same model with eager reference ops.
+step beyond what existed before it (CUDA: ``max_memory_allocated``, which gives the total
+too; the CPU: the profiler's allocation events, ``common.cpu_allocations``), on the CPU
+the share of the step spent in fastvae's ops (:func:`op_share_of_step`), speedups over
+eager and compile, and the performance bar: on a GPU, a training step of the conv
+mixture VAE ≥ 1.5× the same model with eager reference ops.
 
 Usage (from the repository root)::
 
     python bench/bench_train.py                                  # GPU: default sizes, float32 and bf16 autocast
     python bench/bench_train.py --device cpu --tiny --reps 3      # CPU smoke run (what CI runs)
+    python bench/bench_train.py --device cpu --sizes cpu          # the CPU run, with the ops' share
     python bench/bench_train.py --sizes conv_mixture:128 --providers eager,triton --merge
 
 Writes bench/results/train-<device>.json and a markdown report beside it (with a
-``-tiny`` or ``-custom`` tag for other than the default sizes) and prints the report.
+``-tiny``, ``-cpu`` or ``-custom`` tag for other than the default sizes) and prints the report.
 """
 from __future__ import annotations
 
@@ -109,6 +112,9 @@ DEFAULT_SIDE = {"mlp": None, "conv_mixture": 32}
 SIZE_PRESETS = {
     "default": [("mlp", 4096, None), ("mlp", 65536, None), ("conv_mixture", 128, 32)],
     "tiny": [("mlp", 16, None), ("conv_mixture", 2, 8)],
+    # The committed CPU run: sizes at which a step takes tens to hundreds of
+    # milliseconds on two cores (bench/README.md, "Running bench_train.py").
+    "cpu": [("mlp", 1024, None), ("conv_mixture", 32, 32)],
 }
 
 # The performance bar (bench/README.md, "Performance bars"): a training step of the conv mixture VAE ≥ 1.5× the same
@@ -262,14 +268,19 @@ def base_record(case: ModelCase, batch: int, side: Optional[int], dtype: str, pr
         "median_ms": None, "min_ms": None, "p20_ms": None, "p80_ms": None, "reps": None,
         "steps_per_s": None, "samples_per_s": None, "peak_mib": None, "peak_extra_mib": None,
         "rel_err_vs_eager": None, "fastvae_ops": None, "error": None, "skipped": None,
+        "op_share": None, "op_ms": None, "custom_op_ms": None, "op_share_method": None,
     }
 
 
 def peak_memory_mib(step: Callable, x: torch.Tensor, device: torch.device) -> tuple[Optional[float], Optional[float]]:
     """(peak allocated during one step, the same beyond what was allocated before it),
-    in MiB; (None, None) on the CPU, which has no peak counter."""
+    in MiB.  On the CPU only the second, counted from the profiler's allocation events
+    (``common.cpu_allocations``), with a step run first under the same profiler so that
+    the gradients it leaves, which the measured step's ``zero_grad`` frees, are counted
+    when freed; the CPU has no total of what was allocated before."""
     if device.type != "cuda":
-        return None, None
+        usage = common.cpu_allocations(lambda: (step(x),), setup=lambda: step(x))
+        return None, usage.peak_bytes / common.MIB
     common.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
     before = torch.cuda.memory_allocated(device)
@@ -277,6 +288,129 @@ def peak_memory_mib(step: Callable, x: torch.Tensor, device: torch.device) -> tu
     common.synchronize(device)
     peak = torch.cuda.max_memory_allocated(device)
     return peak / common.MIB, max(peak - before, 0) / common.MIB
+
+
+# --------------------------------------------------------------------------------------
+# The ops' share of a step
+# --------------------------------------------------------------------------------------
+
+STEP_RANGE = "fastvae_bench.step"
+OP_RANGE_PREFIX = "fastvae_bench.op."
+BACKWARD_EVENT_PREFIX = "autograd::engine::evaluate_function: "
+CUSTOM_OP_PREFIX = "fastvae::"
+# Steps profiled for the op share by default, after the timed ones (so warm: compiled,
+# allocator grown).
+OP_SHARE_STEPS = 3
+
+
+@contextlib.contextmanager
+def public_op_ranges():
+    """Each public op of ``fastvae.ops`` (the models call them as ``ops.<name>``) wrapped in
+    a profiler range ``fastvae_bench.op.<name>`` while the context is open.  Used only in
+    the profiled steps of uncompiled models: under torch.compile a changed attribute
+    recompiles, and inductor fuses across the ranges anyway."""
+    from fastvae import ops
+    from torch.profiler import record_function
+
+    originals = {name: getattr(ops, name) for name in ops.__all__ if callable(getattr(ops, name))}
+
+    def wrap(name, function):
+        def in_range(*args, **kwargs):
+            with record_function(OP_RANGE_PREFIX + name):
+                return function(*args, **kwargs)
+        return in_range
+
+    try:
+        for name, function in originals.items():
+            setattr(ops, name, wrap(name, function))
+        yield
+    finally:
+        for name, function in originals.items():
+            setattr(ops, name, function)
+
+
+def _union_ns(intervals: Sequence[tuple[int, int]]) -> int:
+    """Total length of the union of [start, end) intervals."""
+    total, reach = 0, None
+    for start, end in sorted(intervals):
+        if reach is None or start >= reach:
+            total += end - start
+            reach = end
+        elif end > reach:
+            total += end - reach
+            reach = end
+    return total
+
+
+def op_share_of_events(events, ranges: bool) -> dict:
+    """The time of the profiled steps spent in fastvae's ops, from a profile's events:
+    per step, the ops' milliseconds (``op_ms``) and their share of the step's.
+
+    ``ranges`` (an uncompiled model run under :func:`public_op_ranges`): the public ops'
+    forward ranges (checks, seed draw, the custom op or the reference's PyTorch), plus,
+    backward, the autograd nodes those ranges created (``backward_nodes``), found by the
+    sequence number an op that creates a node records and its node's backward event
+    repeats.  Otherwise the ``fastvae::`` custom op events alone (forward and backward
+    kernels; what a compiled graph calls).  ``custom_op_ms`` is the latter in both
+    cases.  Overlapping intervals (nested events) count once."""
+    def interval(event):
+        return event.start_ns(), event.start_ns() + event.duration_ns()
+
+    steps = [interval(e) for e in events if e.name() == STEP_RANGE]
+    custom_ops = [interval(e) for e in events if e.name().startswith(CUSTOM_OP_PREFIX)]
+    attributed, nodes = custom_ops, []
+    if ranges:
+        forward_ranges = [e for e in events if e.name().startswith(OP_RANGE_PREFIX)]
+        spans = {}  # thread → its ranges
+        for e in forward_ranges:
+            spans.setdefault(e.start_thread_id(), []).append(interval(e))
+        # Every op run with grad mode on records the number the next autograd node will
+        # get, whether or not it creates that node; the one that does is the last to
+        # start with that number (the count moves on when it creates it).  Backward
+        # events repeat their node's number and name the forward thread (a forward
+        # event's fwd_thread_id is 0).
+        last_start = {}
+        for e in events:
+            if e.sequence_nr() >= 0 and e.fwd_thread_id() == 0:
+                key = (e.start_thread_id(), e.sequence_nr())
+                last_start[key] = max(last_start.get(key, e.start_ns()), e.start_ns())
+        created = {key for key, start in last_start.items()
+                   if any(lo <= start < hi for lo, hi in spans.get(key[0], ()))}
+        backward = [e for e in events if e.name().startswith(BACKWARD_EVENT_PREFIX)
+                    and (e.fwd_thread_id(), e.sequence_nr()) in created]
+        attributed = [interval(e) for e in forward_ranges + backward]
+        nodes = sorted(e.name()[len(BACKWARD_EVENT_PREFIX):] for e in backward)
+    count = max(len(steps), 1)
+    step_ns = sum(end - start for start, end in steps)
+    op_ns = _union_ns(attributed)
+    return {"steps": len(steps), "backward_nodes": nodes, "step_ms": step_ns / 1e6 / count,
+            "op_ms": op_ns / 1e6 / count, "custom_op_ms": _union_ns(custom_ops) / 1e6 / count,
+            "op_share": op_ns / step_ns if step_ns else None}
+
+
+def op_share_of_step(step: Callable, sets: Sequence[torch.Tensor], provider: str, steps: int = OP_SHARE_STEPS) -> dict:
+    """Profile ``steps`` steps (each in a ``fastvae_bench.step`` range) and
+    measure the ops' share (:func:`op_share_of_events`): by the public ops' ranges for an
+    uncompiled model, by the custom ops a compiled graph calls for ``<backend>+compile``;
+    None for ``compile``, whose reference ops inductor fuses into kernels shared with the
+    rest of the model, so no time is theirs alone.  A run separate from the timed one:
+    the profiler costs a few microseconds an op."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    compiled = is_compiled(provider)
+    if provider == "compile":
+        return {"op_share": None, "op_ms": None, "custom_op_ms": None, "op_share_method": None}
+    scope = contextlib.nullcontext() if compiled else public_op_ranges()
+    with scope, profile(activities=[ProfilerActivity.CPU]) as profiler:
+        for i in range(steps):
+            with record_function(STEP_RANGE):
+                step(sets[i % len(sets)])
+    share = op_share_of_events(profiler.profiler.kineto_results.events(), ranges=not compiled)
+    if share["steps"] != steps:
+        raise RuntimeError(f"profiled {share['steps']} step ranges, expected {steps}")
+    return {"op_share": share["op_share"], "op_ms": share["op_ms"],
+            "custom_op_ms": None if provider_backend(provider) == "torch" else share["custom_op_ms"],
+            "op_share_method": "custom ops" if compiled else "op ranges"}
 
 
 def bench_provider(record: dict, case: ModelCase, side: Optional[int], dtype: str, sets: Sequence[torch.Tensor],
@@ -310,6 +444,8 @@ def bench_provider(record: dict, case: ModelCase, side: Optional[int], dtype: st
             record["steps_per_s"] = 1e3 / timing.median_ms
             record["samples_per_s"] = record["batch"] * record["steps_per_s"]
             record["peak_mib"], record["peak_extra_mib"] = peak_memory_mib(step, sets[0], device)
+            if args.op_share_steps and device.type == "cpu":
+                record.update(op_share_of_step(step, sets, provider, args.op_share_steps))
             common.log(f"{label}: {timing.median_ms:.4g} ms/step, {record['steps_per_s']:.4g} steps/s")
     except Exception as error:  # noqa: BLE001 (an out-of-memory or a failed compile must not end the run)
         common.log(f"{label}: FAILED\n{traceback.format_exc()}")
@@ -367,6 +503,8 @@ RESULT_COLUMNS = [
     ("samples/s", lambda r: r["samples_per_s"]),
     ("peak MiB", lambda r: r["peak_mib"]),
     ("step MiB", lambda r: r["peak_extra_mib"]),
+    ("ops ms", lambda r: r.get("op_ms")),
+    ("ops %", lambda r: None if r.get("op_share") is None else 100.0 * r["op_share"]),
     ("× eager", lambda r: r.get("speedup_vs_eager")),
     ("× compile", lambda r: r.get("speedup_vs_compile")),
     ("rel err", lambda r: r["rel_err_vs_eager"]),
@@ -395,9 +533,14 @@ def markdown_report(payload: dict) -> str:
         f"- versions: {versions}",
         f"- command: `{meta['command']}`",
         "- a step = forward, backward and an Adam update; median over repetitions; peak MiB = the most memory "
-        "allocated during a step, step MiB = that beyond what existed before it (CUDA only); × eager / × compile "
+        "allocated during a step (CUDA only), step MiB = that beyond what existed before it (on the CPU from the "
+        "profiler's allocation events, in a separate untimed step); × eager / × compile "
         "= their median over this one's; rel err = largest ‖out − eager‖/‖eager‖ over the loss and the gradients "
         "from the same weights and seed; bfloat16 = the forward under torch.autocast.",
+        "- ops ms / ops % (CPU) = per step, the time in fastvae's ops (eager: in the reference ops they replace) and "
+        "its share of the step, from a profile of a few more steps: by the public ops' ranges and the backward nodes "
+        "they create, or, compiled, by the fastvae custom ops the graph calls; none for compile, whose reference ops "
+        "inductor fuses with the rest of the model (bench/README.md).",
         "- eager and compile run the same model with fastvae.use_backend('torch') (fastvae.reference's PyTorch); "
         "checked: their steps run no fastvae custom op, each kernel provider's run at least one.",
     ]
@@ -457,7 +600,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     )
     parser.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda if present, else cpu)")
     parser.add_argument("--sizes", default="default",
-                        help="a preset (default: mlp at batch 4096 and 65536, conv_mixture at 128 on 3x32x32; tiny) "
+                        help="a preset (default: mlp at batch 4096 and 65536, conv_mixture at 128 on 3x32x32; tiny; "
+                        "cpu: mlp at 1024, conv_mixture at 32 on 3x32x32) "
                         "or MODEL:BATCH[:SIDE],... e.g. mlp:4096,conv_mixture:64:32")
     parser.add_argument("--tiny", action="store_true", help="the tiny sizes (= --sizes tiny): a CPU smoke run")
     parser.add_argument("--dtypes", default=None,
@@ -472,6 +616,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--budget-ms", type=float, default=3000.0,
                         help="timed milliseconds to aim for per case (default: 3000)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (the first compiles; default: 5)")
+    parser.add_argument("--op-share-steps", type=int, default=OP_SHARE_STEPS,
+                        help="on the CPU, steps profiled after the timed ones for the share of the step spent in "
+                        f"fastvae's ops; 0 skips it (default: {OP_SHARE_STEPS})"),
     parser.add_argument("--out", type=Path, default=None,
                         help="JSON path; the markdown report goes beside it (default: "
                         "bench/results/train-<device>[-<sizes tag>].json)")
@@ -480,8 +627,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.tiny:
         args.sizes = "tiny"
-    if args.reps < 1 or args.min_reps < 1 or args.warmup < 0:
-        parser.error("--reps and --min-reps must be at least 1, --warmup at least 0")
+    if args.reps < 1 or args.min_reps < 1 or args.warmup < 0 or args.op_share_steps < 0:
+        parser.error("--reps and --min-reps must be at least 1, --warmup and --op-share-steps at least 0")
     return args
 
 

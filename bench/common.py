@@ -1,5 +1,5 @@
-"""Helpers shared by fastvae's benchmarks (bench_latent.py, bench_likelihood.py; the
-training benchmark later): timing, peak memory, the copy-bandwidth ceiling, run
+"""Helpers shared by fastvae's benchmarks (bench_latent.py, bench_likelihood.py,
+bench_train.py): timing, peak memory (on the CPU too), the copy-bandwidth ceiling, run
 metadata, the providers (eager, compile, fastvae backends), input sets and the three
 modes (fwd, bwd, fwd+bwd), one case's records, speedups, the performance bars' verdicts, the
 common command-line options, and the JSON and markdown reports.  A benchmark script
@@ -307,15 +307,16 @@ def peak_extra_memory_mib(
     device: torch.device,
     setup: Optional[Callable[[], object]] = None,
 ) -> Optional[float]:
-    """Peak device memory of one call beyond what existed before it and the tensors it
-    returns, in MiB: the workspace and the saved activations an implementation needs.
+    """Peak memory of one call beyond what existed before it and the tensors it returns,
+    in MiB: the workspace and the saved activations an implementation needs.
     ``setup()`` runs first and what it keeps alive counts as existing before the call.
 
-    CUDA only (``torch.cuda.max_memory_allocated``); None on the CPU, where torch's
-    allocations are invisible to tracemalloc and there is no peak counter to reset.
+    On CUDA, ``torch.cuda.max_memory_allocated``; on the CPU, :func:`cpu_allocations`
+    (the profiler's record of every allocation), with the same definition.
     """
     if device.type != "cuda":
-        return None
+        usage = cpu_allocations(run_once, setup)
+        return max(usage.peak_bytes - usage.output_bytes, 0) / MIB
     if setup is not None:
         setup()
     synchronize(device)
@@ -327,6 +328,68 @@ def peak_extra_memory_mib(
     extra = peak - before - storage_bytes(outputs)
     del outputs
     return max(extra, 0) / MIB
+
+
+# The profiler range around the measured call, whose start and end bound its allocations.
+MEASURED_CALL_RANGE = "fastvae_bench.measured_call"
+
+
+@dataclass
+class CpuAllocations:
+    """What one call did to the CPU allocator, in bytes relative to the memory allocated
+    when it started: the highest level during the call, the level at its end, and the
+    distinct storages of the tensors it returned (part of both)."""
+
+    peak_bytes: int
+    end_bytes: int
+    output_bytes: int
+
+
+def cpu_allocations(run_once: Callable[[], Sequence[torch.Tensor]],
+                    setup: Optional[Callable[[], object]] = None) -> CpuAllocations:
+    """Count every CPU allocation and free of ``run_once()`` in order (after an
+    uncounted ``setup()``), from the profiler's memory events.
+
+    CPU tensors get their memory from c10's CPU allocator, which reports each allocation
+    and each free with its size to the profiler when ``profile_memory=True``: every
+    tensor of every ATen op, those the ops allocate inside C++ (e.g. a contiguous
+    buffer an ``out=`` op computes into before copying), inductor's buffers, the
+    launchers' scratch tensors and autograd's saved tensors alike; a TorchDispatchMode
+    would see only the tensors that cross the dispatcher.  Not seen: memory that C++
+    takes from ``malloc`` directly (the cpu backend's per-thread ``std::vector`` scratch
+    of a few KiB) and NumPy's (the Triton interpreter's).
+
+    The allocator reports a free only for a block allocated while a profiler recorded
+    memory, so ``setup()`` runs under the same profiler: a backward freeing the graph
+    its setup's forward built is then counted.  The call itself is marked with a
+    profiler range; the events inside it are summed in time order.  The running sum's
+    maximum is the peak, its final value what the call left allocated.
+    """
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiler:
+        if setup is not None:
+            setup()
+        with record_function(MEASURED_CALL_RANGE):
+            outputs = run_once()
+    output_bytes = storage_bytes(t for t in as_tuple(outputs) if isinstance(t, torch.Tensor))
+    del outputs
+    events = profiler.profiler.kineto_results.events()
+    ranges = [e for e in events if e.name() == MEASURED_CALL_RANGE]
+    if len(ranges) != 1:
+        raise RuntimeError(f"expected one profiler range {MEASURED_CALL_RANGE!r}, found {len(ranges)}")
+    start = ranges[0].start_ns()
+    end = start + ranges[0].duration_ns()
+    changes = sorted(
+        (e.start_ns(), index, e.nbytes()) for index, e in enumerate(events)
+        if e.name() == "[memory]" and e.device_type() == DeviceType.CPU and start <= e.start_ns() <= end
+    )
+    level = peak = 0
+    for _, _, nbytes in changes:
+        level += nbytes
+        peak = max(peak, level)
+    return CpuAllocations(peak_bytes=peak, end_bytes=level, output_bytes=output_bytes)
 
 
 def measure_copy_bandwidth(device: torch.device, buffer_bytes: int, reps: int = 50, warmup: int = 5) -> dict:
@@ -704,8 +767,8 @@ def add_speedups(records: list[dict], case_keys: Sequence[str], baselines: Seque
 
 def add_memory_ratios(records: list[dict], case_keys: Sequence[str], baseline: str = "eager") -> None:
     """Set ``peak_extra_vs_<baseline>`` = this record's peak extra memory / the
-    baseline's, same case; None where either is missing (always on the CPU) or the
-    baseline's is 0.  The mixture's performance bar asks for ≤ 1/10 of eager's (bench/README.md)."""
+    baseline's, same case; None where either is missing or the baseline's is 0.  The
+    mixture's performance bar asks for ≤ 1/10 of eager's (bench/README.md)."""
     by_case = {}
     for record in records:
         if record["provider"] == baseline and record.get("peak_extra_mib") is not None:
@@ -937,7 +1000,8 @@ def report_header(title: str, payload: dict) -> list[str]:
         f"- copy ceiling: {format_number(copy['gbps'])} GB/s (`dst.copy_(src)` on "
         f"{copy['buffer_mib']} MiB buffers, bytes read + written)",
         "- GB/s counts the minimum bytes (bench/README.md); median over repetitions; "
-        "extra MiB = peak memory beyond inputs and outputs (CUDA only); "
+        "extra MiB = peak memory of one call beyond inputs and outputs (CUDA: max_memory_allocated; CPU: "
+        "the profiler's allocation events, in a separate untimed call); "
         "× eager / × compile = their median over this one's; rel err = ‖out − eager‖/‖eager‖ "
         "over outputs and gradients from one seed.",
     ]

@@ -3,10 +3,14 @@ straight-through hard) fused with the analytic categorical KL, forward and backw
 pass each.
 
 The logits [B, ..., C] are viewed as a contiguous [R, C] matrix (R = numel / C), one
-categorical variable per row, and tiled in [BLOCK_R, BLOCK_C] blocks with BLOCK_C the
-next power of two ≥ C: a whole row lives in one program, so both softmaxes, the argmax
-and the KL's row sum take one pass with no cross-program reduction.  That caps C at
-MAX_CATEGORIES (the op checks it and points wider rows to the torch backend).  The prior
+categorical variable per row.  Up to CHUNK_CATEGORIES categories it is tiled in
+[BLOCK_R, BLOCK_C] blocks with BLOCK_C the next power of two ≥ C: a whole row lives in one
+program's tile, so both softmaxes, the argmax and the KL's row sum take one pass with no
+cross-program reduction.  A wider row gets a program that loops over chunks of
+CHUNK_CATEGORIES columns: a pass of running (online) logsumexps, then the sample, argmax
+and KL (forward) or the row sums Σ grad_z·y and the KL (backward), then (hard sample,
+backward) the writes; each pass reloads the logits and regenerates the noise.  The op
+caps C at MAX_CATEGORIES (and points wider rows to the torch backend).  The prior
 logits are read through strides of their broadcast to [R, C] (two collapsed row
 dimensions and a category stride), so a prior of shape [C], [1, C] or [B, 1, C] needs no
 expanded copy.  The Gumbel noise is never stored: element i of the [R, C] view uses
@@ -21,10 +25,18 @@ from fastvae.layout import categorical_prior_layout
 
 from .math import gumbel_from_uniform
 
-# Elements per tile, as in latent.py; a row wider than this gets a program to itself.
+# Elements per tile, as in latent.py, at NUM_WARPS warps (8 elements a thread): see
+# docs/architecture.md, "Tiles and warps".  On sm_90a the forward takes up to 95
+# registers and the backward 118 (C = 10, both with a full prior), no spills.
 TILE_ELEMENTS = 4096
-# Widest row (categories) one program holds.  Past a few thousand categories the row
-# no longer fits in registers and spills, but stays correct; 2**16 bounds that.
+NUM_WARPS = 16
+# Rows up to this many categories are one block of a tile; a wider row gets a program to
+# itself that loops over chunks of this many columns (categorical_wide_*_kernel), with
+# running logsumexps: a whole 65536-wide row in one tile took 128 registers and spilled
+# 19–46 KB a thread at 16 warps; the chunked kernels take 108 (forward) and 99 (backward).
+CHUNK_CATEGORIES = 4096
+# Widest row (categories) the kernel backends take (the op checks it and points wider
+# rows to the torch backend): the CUDA kernels' bound; these kernels take any width.
 MAX_CATEGORIES = 65536
 
 
@@ -182,17 +194,235 @@ def categorical_bwd_kernel(
 
 
 # --------------------------------------------------------------------------------------
+# Rows wider than CHUNK_CATEGORIES: one program a row, looping over column chunks
+# --------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _chunk_logsumexp(running_max, total, v, mask):
+    """Adds the chunk ``v`` (where ``mask``) to a running logsumexp (running_max, total):
+    total is relative to the shift, the maximum or 0 while every term is −inf."""
+    chunk_max = tl.max(tl.where(mask, v, float("-inf")), axis=0)
+    new_max = tl.maximum(running_max, chunk_max)
+    new_shift = tl.where(new_max == float("-inf"), 0.0, new_max)
+    rescale = tl.where(running_max == float("-inf"), 0.0, tl.exp(running_max - new_shift))
+    return new_max, total * rescale + tl.sum(tl.where(mask, tl.exp(v - new_shift), 0.0), axis=0)
+
+
+@triton.jit
+def _shift(running_max):
+    return tl.where(running_max == float("-inf"), 0.0, running_max)
+
+
+@triton.jit
+def _chunk_noisy(x, offsets, seed, base, tau):
+    """(x + g) / τ with the Gumbel noise g of Philox offsets ``offsets``."""
+    return (x + gumbel_from_uniform(tl.rand(seed, base + offsets))) / tau
+
+
+@triton.jit
+def _chunk_log_probs(v, running_max, total):
+    """log softmax of ``v`` from its running logsumexp's parts."""
+    return (v - _shift(running_max)) - tl.log(total)
+
+
+@triton.jit
+def _wide_row_logsumexps(logits_row, prior_row, prior_stride_c, seed, base, row_offset, tau, C,
+                         NOISY: tl.constexpr, PLAIN: tl.constexpr, HAS_PRIOR: tl.constexpr,
+                         BLOCK_C: tl.constexpr):
+    """The running logsumexps' (max, total) over a row of (x + g)/τ (if NOISY), of x (if
+    PLAIN) and of the prior logits (if HAS_PRIOR), in one pass over its chunks."""
+    noisy_max, noisy_total = float("-inf"), 0.0
+    plain_max, plain_total = float("-inf"), 0.0
+    prior_max, prior_total = float("-inf"), 0.0
+    chunk = tl.arange(0, BLOCK_C).to(tl.int64)
+    start = 0
+    # A while loop, not range(): see kernels/iwae.py's log_mean_exp_fwd_kernel.
+    while start < C:
+        cols = start + chunk
+        mask = cols < C
+        x = tl.load(logits_row + cols, mask=mask, other=0.0).to(tl.float32)
+        if NOISY:
+            noisy_max, noisy_total = _chunk_logsumexp(noisy_max, noisy_total,
+                                                      _chunk_noisy(x, row_offset + cols, seed, base, tau), mask)
+        if PLAIN:
+            plain_max, plain_total = _chunk_logsumexp(plain_max, plain_total, x, mask)
+        if HAS_PRIOR:
+            prior = tl.load(prior_row + cols * prior_stride_c, mask=mask, other=0.0).to(tl.float32)
+            prior_max, prior_total = _chunk_logsumexp(prior_max, prior_total, prior, mask)
+        start += BLOCK_C
+    return noisy_max, noisy_total, plain_max, plain_total, prior_max, prior_total
+
+
+@triton.jit
+def categorical_wide_fwd_kernel(
+    logits_ptr,  # [R, C]
+    prior_ptr,  # broadcast to [R, C] through strides
+    seed_ptr,  # [2] int64: seed, base offset
+    z_ptr,  # [R, C]
+    kl_ptr,  # [R] float32
+    C,
+    prior_stride0, prior_stride1, prior_stride_c,
+    prior_size1,
+    tau,
+    log_uniform,
+    HAS_PRIOR: tl.constexpr,
+    HARD: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    """categorical_fwd_kernel for one row of any width, in passes over BLOCK_C-column
+    chunks: the logsumexps, then the sample (the argmax, for HARD) and the KL, then (HARD)
+    the one-hot.  The noise is regenerated in each pass."""
+    row = tl.program_id(0).to(tl.int64)
+    row_offset = row * C
+    logits_row = logits_ptr + row_offset
+    prior_row = prior_ptr + (row // prior_size1) * prior_stride0 + (row % prior_size1) * prior_stride1
+    seed = tl.load(seed_ptr)
+    base = tl.load(seed_ptr + 1)
+    noisy_max, noisy_total, plain_max, plain_total, prior_max, prior_total = _wide_row_logsumexps(
+        logits_row, prior_row, prior_stride_c, seed, base, row_offset, tau, C, True, True, HAS_PRIOR, BLOCK_C)
+
+    chunk = tl.arange(0, BLOCK_C).to(tl.int64)
+    kl = 0.0
+    best = float("-inf")
+    best_index = row * 0
+    start = 0
+    while start < C:
+        cols = start + chunk
+        mask = cols < C
+        x = tl.load(logits_row + cols, mask=mask, other=0.0).to(tl.float32)
+        noisy = _chunk_noisy(x, row_offset + cols, seed, base, tau)
+        y = tl.exp(noisy - _shift(noisy_max)) / noisy_total
+        if HARD:
+            # The first maximum of y (torch.argmax's tie rule): a later chunk wins only
+            # with a larger value.
+            y_masked = tl.where(mask, y, float("-inf"))
+            chunk_best = tl.max(y_masked, axis=0)
+            chunk_index = tl.argmax(y_masked, axis=0).to(tl.int64) + start
+            best_index = tl.where(chunk_best > best, chunk_index, best_index)
+            best = tl.maximum(best, chunk_best)
+        else:
+            tl.store(z_ptr + row_offset + cols, y.to(z_ptr.dtype.element_ty), mask=mask)
+        log_p = _chunk_log_probs(x, plain_max, plain_total)
+        if HAS_PRIOR:
+            prior = tl.load(prior_row + cols * prior_stride_c, mask=mask, other=0.0).to(tl.float32)
+            log_ratio = log_p - _chunk_log_probs(prior, prior_max, prior_total)
+        else:
+            log_ratio = log_p - log_uniform
+        p = tl.exp(x - _shift(plain_max)) / plain_total
+        kl += tl.sum(tl.where(mask, p * log_ratio, 0.0), axis=0)
+        start += BLOCK_C
+    tl.store(kl_ptr + row, kl)
+
+    if HARD:
+        start = 0
+        while start < C:
+            cols = start + chunk
+            mask = cols < C
+            x = tl.load(logits_row + cols, mask=mask, other=0.0).to(tl.float32)
+            y = tl.exp(_chunk_noisy(x, row_offset + cols, seed, base, tau) - _shift(noisy_max)) / noisy_total
+            # Straight-through, as categorical_fwd_kernel.
+            z = (tl.where(cols == best_index, 1.0, 0.0) - y) + y
+            tl.store(z_ptr + row_offset + cols, z.to(z_ptr.dtype.element_ty), mask=mask)
+            start += BLOCK_C
+
+
+@triton.jit
+def categorical_wide_bwd_kernel(
+    logits_ptr,  # [R, C]
+    prior_ptr,  # broadcast to [R, C] through strides
+    seed_ptr,  # [2] int64: seed, base offset
+    grad_z_ptr,  # [R, C]
+    grad_kl_ptr,  # [R]
+    grad_logits_ptr,  # [R, C]
+    grad_prior_ptr,  # [R, C], summed to the prior's shape afterwards
+    C,
+    prior_stride0, prior_stride1, prior_stride_c,
+    prior_size1,
+    tau,
+    log_uniform,
+    HAS_PRIOR: tl.constexpr,
+    HAS_GRAD_Z: tl.constexpr,
+    HAS_GRAD_KL: tl.constexpr,
+    PRIOR_GRAD: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    """categorical_bwd_kernel for one row of any width, in three passes over its chunks:
+    the logsumexps, the row sums Σ grad_z·y and the KL, then the gradients."""
+    row = tl.program_id(0).to(tl.int64)
+    row_offset = row * C
+    logits_row = logits_ptr + row_offset
+    prior_row = prior_ptr + (row // prior_size1) * prior_stride0 + (row % prior_size1) * prior_stride1
+    seed = tl.load(seed_ptr)
+    base = tl.load(seed_ptr + 1)
+    noisy_max, noisy_total, plain_max, plain_total, prior_max, prior_total = _wide_row_logsumexps(
+        logits_row, prior_row, prior_stride_c, seed, base, row_offset, tau, C, HAS_GRAD_Z, HAS_GRAD_KL,
+        HAS_PRIOR and HAS_GRAD_KL, BLOCK_C)
+
+    chunk = tl.arange(0, BLOCK_C).to(tl.int64)
+    dot = 0.0
+    kl = 0.0
+    start = 0
+    while start < C:
+        cols = start + chunk
+        mask = cols < C
+        x = tl.load(logits_row + cols, mask=mask, other=0.0).to(tl.float32)
+        if HAS_GRAD_Z:
+            y = tl.exp(_chunk_noisy(x, row_offset + cols, seed, base, tau) - _shift(noisy_max)) / noisy_total
+            grad_z = tl.load(grad_z_ptr + row_offset + cols, mask=mask, other=0.0).to(tl.float32)
+            dot += tl.sum(tl.where(mask, grad_z * y, 0.0), axis=0)
+        if HAS_GRAD_KL:
+            log_p = _chunk_log_probs(x, plain_max, plain_total)
+            if HAS_PRIOR:
+                prior = tl.load(prior_row + cols * prior_stride_c, mask=mask, other=0.0).to(tl.float32)
+                log_ratio = log_p - _chunk_log_probs(prior, prior_max, prior_total)
+            else:
+                log_ratio = log_p - log_uniform
+            p = tl.exp(x - _shift(plain_max)) / plain_total
+            kl += tl.sum(tl.where(mask, p * log_ratio, 0.0), axis=0)
+        start += BLOCK_C
+
+    if HAS_GRAD_KL:
+        grad_kl = tl.load(grad_kl_ptr + row).to(tl.float32)
+    start = 0
+    while start < C:
+        cols = start + chunk
+        mask = cols < C
+        x = tl.load(logits_row + cols, mask=mask, other=0.0).to(tl.float32)
+        grad_logits = tl.zeros((BLOCK_C,), dtype=tl.float32)
+        if HAS_GRAD_Z:
+            y = tl.exp(_chunk_noisy(x, row_offset + cols, seed, base, tau) - _shift(noisy_max)) / noisy_total
+            grad_z = tl.load(grad_z_ptr + row_offset + cols, mask=mask, other=0.0).to(tl.float32)
+            grad_logits += (y * (grad_z - dot)) / tau
+        if HAS_GRAD_KL:
+            log_p = _chunk_log_probs(x, plain_max, plain_total)
+            p = tl.exp(x - _shift(plain_max)) / plain_total
+            if HAS_PRIOR:
+                prior = tl.load(prior_row + cols * prior_stride_c, mask=mask, other=0.0).to(tl.float32)
+                log_q = _chunk_log_probs(prior, prior_max, prior_total)
+                log_ratio = log_p - log_q
+            else:
+                log_ratio = log_p - log_uniform
+            # ∂KL/∂x_j = p_j·((log p_j − log q_j) − KL);  ∂KL/∂u_j = q_j − p_j (u the prior logits).
+            grad_logits += grad_kl * (p * (log_ratio - kl))
+            if PRIOR_GRAD:
+                tl.store(grad_prior_ptr + row_offset + cols,
+                         (grad_kl * (tl.exp(log_q) - p)).to(grad_prior_ptr.dtype.element_ty), mask=mask)
+        tl.store(grad_logits_ptr + row_offset + cols, grad_logits.to(grad_logits_ptr.dtype.element_ty), mask=mask)
+        start += BLOCK_C
+
+
+# --------------------------------------------------------------------------------------
 # Launchers
 # --------------------------------------------------------------------------------------
 
 
 def _blocks(rows: int, categories: int) -> tuple[int, int, int]:
-    """(BLOCK_R, BLOCK_C, num_warps) for an [R, C] view."""
+    """(BLOCK_R, BLOCK_C, num_warps) for an [R, C] view with C ≤ CHUNK_CATEGORIES: a tile
+    of at most TILE_ELEMENTS, at NUM_WARPS."""
     block_c = triton.next_power_of_2(max(categories, 1))
     block_r = max(1, min(TILE_ELEMENTS // block_c, triton.next_power_of_2(max(rows, 1))))
-    tile = block_r * block_c
-    num_warps = 4 if tile <= 4096 else 8 if tile <= 16384 else 16
-    return block_r, block_c, num_warps
+    return block_r, block_c, NUM_WARPS
 
 
 def _geometry(logits):
@@ -209,8 +439,15 @@ def categorical_fwd(logits, prior_logits, seed_offset, tau: float, hard: bool, z
     rows, categories = _geometry(logits)
     if rows == 0:
         return
-    block_r, block_c, num_warps = _blocks(rows, categories)
     prior_arg, stride0, stride1, stride_c, size1 = categorical_prior_layout(prior_logits, logits.shape)
+    if categories > CHUNK_CATEGORIES:
+        categorical_wide_fwd_kernel[(rows,)](
+            logits, prior_arg if prior_arg is not None else logits, seed_offset, z, kl,
+            categories, stride0, stride1, stride_c, size1, float(tau), -math.log(categories),
+            HAS_PRIOR=prior_logits is not None, HARD=bool(hard), BLOCK_C=CHUNK_CATEGORIES, num_warps=NUM_WARPS,
+        )
+        return
+    block_r, block_c, num_warps = _blocks(rows, categories)
     grid = (triton.cdiv(rows, block_r),)
     categorical_fwd_kernel[grid](
         logits, prior_arg if prior_arg is not None else logits, seed_offset, z, kl,
@@ -229,11 +466,21 @@ def categorical_bwd(grad_z, grad_kl, logits, prior_logits, seed_offset, tau: flo
     rows, categories = _geometry(logits)
     if rows == 0:
         return
-    block_r, block_c, num_warps = _blocks(rows, categories)
     prior_arg, stride0, stride1, stride_c, size1 = categorical_prior_layout(prior_logits, logits.shape)
-    grid = (triton.cdiv(rows, block_r),)
     # Kernels take a pointer for every argument; an absent one is never read (its
     # constexpr flag is off), so any tensor stands in.
+    if categories > CHUNK_CATEGORIES:
+        categorical_wide_bwd_kernel[(rows,)](
+            logits, prior_arg if prior_arg is not None else logits, seed_offset,
+            grad_z if grad_z is not None else logits, grad_kl if grad_kl is not None else logits,
+            grad_logits, grad_prior if grad_prior is not None else logits,
+            categories, stride0, stride1, stride_c, size1, float(tau), -math.log(categories),
+            HAS_PRIOR=prior_logits is not None, HAS_GRAD_Z=grad_z is not None, HAS_GRAD_KL=grad_kl is not None,
+            PRIOR_GRAD=grad_prior is not None, BLOCK_C=CHUNK_CATEGORIES, num_warps=NUM_WARPS,
+        )
+        return
+    block_r, block_c, num_warps = _blocks(rows, categories)
+    grid = (triton.cdiv(rows, block_r),)
     categorical_bwd_kernel[grid](
         logits, prior_arg if prior_arg is not None else logits, seed_offset,
         grad_z if grad_z is not None else logits, grad_kl if grad_kl is not None else logits,

@@ -36,6 +36,15 @@ LOG_2PI: tl.constexpr = tl.constexpr(1.8378770664093453)
 # Elements per tile, as in kernels/latent.py; tuning per GPU belongs to bench/.
 TILE_ELEMENTS = 4096
 MAX_BLOCK_N = 1024
+# Warps per program, every kernel here: 16, so 8 elements a thread of a 4096 tile
+# (docs/architecture.md, "Tiles and warps").  On sm_90a: the sampling forward with both
+# priors 118 registers; log-mean-exp 114 (forward, IWAE weights; 255 and 740 B of spills
+# at the default 4 warps) and 80 (backward); no spills.
+NUM_WARPS = 16
+# The sampling backward writing prior gradients holds two more tensors an element: its
+# tile is halved (4 elements a thread, 122 registers), as at 8 it hit ptxas's
+# 128-register cap (16 warps) and spilled 168 B (724 B at the default 4 warps).
+PRIOR_GRAD_TILE_ELEMENTS = 2048
 # Columns per log-mean-exp program; the K samples of a column are reduced in chunks.
 MAX_BLOCK_M = 256
 
@@ -316,9 +325,9 @@ def log_mean_exp_bwd_kernel(
 # --------------------------------------------------------------------------------------
 
 
-def _blocks(rows: int, features: int) -> tuple[int, int]:
-    block_n = min(max(triton.next_power_of_2(max(features, 1)), 16), MAX_BLOCK_N)
-    block_rows = max(1, min(TILE_ELEMENTS // block_n, triton.next_power_of_2(max(rows, 1))))
+def _blocks(rows: int, features: int, tile: int = TILE_ELEMENTS) -> tuple[int, int]:
+    block_n = min(max(triton.next_power_of_2(max(features, 1)), 16), MAX_BLOCK_N, tile)
+    block_rows = max(1, min(tile // block_n, triton.next_power_of_2(max(rows, 1))))
     return block_rows, block_n
 
 
@@ -351,7 +360,7 @@ def sample_gaussian_k_fwd(mu, logvar, prior_mu, prior_logvar, seed_offset, num_s
         mu, logvar, _or(prior_mu_arg, mu), _or(prior_logvar_arg, mu), seed_offset, z, log_q_partials, log_p_partials,
         num_rows, batch, features, *strides, size1, size2, grid[1],
         HAS_PRIOR_MU=prior_mu is not None, HAS_PRIOR_LOGVAR=prior_logvar is not None,
-        BLOCK_R=block_rows, BLOCK_N=block_n,
+        BLOCK_R=block_rows, BLOCK_N=block_n, num_warps=NUM_WARPS,
     )
     sum_partials_into(log_q, log_q_partials)
     sum_partials_into(log_p, log_p_partials)
@@ -367,7 +376,8 @@ def sample_gaussian_k_bwd(grad_z, grad_log_q, grad_log_p, mu, logvar, prior_mu, 
     batch, features = mu.shape[0], _features(mu)
     if batch == 0 or features == 0:
         return
-    block_b, block_n = _blocks(batch, features)
+    prior_grads = grad_prior_mu is not None or grad_prior_logvar is not None
+    block_b, block_n = _blocks(batch, features, PRIOR_GRAD_TILE_ELEMENTS if prior_grads else TILE_ELEMENTS)
     grid = (triton.cdiv(batch, block_b), triton.cdiv(features, block_n))
     (prior_mu_arg, prior_logvar_arg), strides, size1, size2 = prior_layout([prior_mu, prior_logvar], mu.shape)
     sample_gaussian_k_bwd_kernel[grid](
@@ -379,7 +389,7 @@ def sample_gaussian_k_bwd(grad_z, grad_log_q, grad_log_p, mu, logvar, prior_mu, 
         HAS_GRAD_Z=grad_z is not None, HAS_GRAD_LOG_Q=grad_log_q is not None,
         HAS_GRAD_LOG_P=grad_log_p is not None,
         PRIOR_MU_GRAD=grad_prior_mu is not None, PRIOR_LOGVAR_GRAD=grad_prior_logvar is not None,
-        BLOCK_B=block_b, BLOCK_N=block_n,
+        BLOCK_B=block_b, BLOCK_N=block_n, num_warps=NUM_WARPS,
     )
 
 
@@ -407,7 +417,7 @@ def _log_mean_exp_fwd(x, log_p, log_q, dim: int, out, lse_parts):
     log_mean_exp_fwd_kernel[grid](
         x, _or(log_p, x), _or(log_q, x), out, lse_parts,
         num_samples, columns, inner, math.log(num_samples),
-        IWAE_WEIGHTS=log_p is not None, BLOCK_K=block_k, BLOCK_M=block_m,
+        IWAE_WEIGHTS=log_p is not None, BLOCK_K=block_k, BLOCK_M=block_m, num_warps=NUM_WARPS,
     )
 
 
@@ -422,7 +432,7 @@ def _log_mean_exp_bwd(grad_out, x, log_p, log_q, lse_parts, dim: int, grad_x, gr
         _or(grad_x, x), _or(grad_log_p, x), _or(grad_log_q, x),
         num_samples, columns, inner,
         IWAE_WEIGHTS=log_p is not None, X_GRAD=grad_x is not None, LOG_P_GRAD=grad_log_p is not None,
-        LOG_Q_GRAD=grad_log_q is not None, BLOCK_K=block_k, BLOCK_M=block_m,
+        LOG_Q_GRAD=grad_log_q is not None, BLOCK_K=block_k, BLOCK_M=block_m, num_warps=NUM_WARPS,
     )
 
 

@@ -19,6 +19,15 @@ from fastvae.row_sums import sum_partials_into
 # per-program Python cost) small; tuning per GPU belongs to bench/.
 TILE_ELEMENTS = 4096
 MAX_BLOCK_N = 1024
+# Warps per program: 16, so 8 elements a thread (docs/architecture.md, "Tiles and warps").
+# At the default 4 warps (32 elements a thread) the backward with priors and both incoming
+# gradients spilled 664 B on sm_90a; at 16 warps the forward with both priors, sampling
+# and the KL takes 100 registers, no spills.
+NUM_WARPS = 16
+# The backward writing prior gradients holds two more tensors an element: its tile is
+# halved (4 elements a thread, 74 registers), as at 8 it hit ptxas's 128-register cap
+# (16 warps) and spilled 56 B.
+PRIOR_GRAD_TILE_ELEMENTS = 2048
 
 
 @triton.jit
@@ -176,9 +185,9 @@ def gaussian_latent_bwd_kernel(
 # --------------------------------------------------------------------------------------
 
 
-def _blocks(batch: int, features: int) -> tuple[int, int]:
-    block_n = min(max(triton.next_power_of_2(max(features, 1)), 16), MAX_BLOCK_N)
-    block_b = max(1, min(TILE_ELEMENTS // block_n, triton.next_power_of_2(max(batch, 1))))
+def _blocks(batch: int, features: int, tile: int = TILE_ELEMENTS) -> tuple[int, int]:
+    block_n = min(max(triton.next_power_of_2(max(features, 1)), 16), MAX_BLOCK_N, tile)
+    block_b = max(1, min(tile // block_n, triton.next_power_of_2(max(batch, 1))))
     return block_b, block_n
 
 
@@ -211,7 +220,7 @@ def gaussian_latent_fwd(mu, logvar, prior_mu, prior_logvar, seed_offset, kl_mode
         batch, features, *strides, size1, size2, grid[1],
         HAS_PRIOR_MU=prior_mu is not None, HAS_PRIOR_LOGVAR=prior_logvar is not None,
         SAMPLE=z is not None, COMPUTE_KL=kl_mode != "none", KL_PER_ELEMENT=kl_mode == "element",
-        BLOCK_B=block_b, BLOCK_N=block_n,
+        BLOCK_B=block_b, BLOCK_N=block_n, num_warps=NUM_WARPS,
     )
     if kl_mode == "row":
         sum_partials_into(kl, kl_partials)
@@ -237,7 +246,8 @@ def gaussian_latent_bwd(grad_z, grad_kl, mu, logvar, prior_mu, prior_logvar, see
     features = mu.numel() // batch if batch else int(torch.Size(mu.shape[1:]).numel())
     if batch == 0 or features == 0:
         return
-    block_b, block_n = _blocks(batch, features)
+    prior_grads = grad_prior_mu is not None or grad_prior_logvar is not None
+    block_b, block_n = _blocks(batch, features, PRIOR_GRAD_TILE_ELEMENTS if prior_grads else TILE_ELEMENTS)
     grid = (triton.cdiv(batch, block_b), triton.cdiv(features, block_n))
     (prior_mu_arg, prior_logvar_arg), strides, size1, size2 = prior_layout([prior_mu, prior_logvar], mu.shape)
     gaussian_latent_bwd_kernel[grid](
@@ -249,5 +259,5 @@ def gaussian_latent_bwd(grad_z, grad_kl, mu, logvar, prior_mu, prior_logvar, see
         HAS_GRAD_Z=grad_z is not None, HAS_GRAD_KL=grad_kl is not None,
         GRAD_KL_PER_ELEMENT=grad_kl is not None and grad_kl.shape == mu.shape,
         PRIOR_MU_GRAD=grad_prior_mu is not None, PRIOR_LOGVAR_GRAD=grad_prior_logvar is not None,
-        BLOCK_B=block_b, BLOCK_N=block_n,
+        BLOCK_B=block_b, BLOCK_N=block_n, num_warps=NUM_WARPS,
     )

@@ -37,6 +37,10 @@ CB_TAYLOR_THRESHOLD: tl.constexpr = tl.constexpr(0.1)
 # Elements per tile, as in kernels/latent.py; tuning per GPU belongs to bench/.
 TILE_ELEMENTS = 4096
 MAX_BLOCK_N = 1024
+# Warps per program: 16, so 8 elements a thread (docs/architecture.md, "Tiles and warps").
+# On sm_90a the heaviest (the Gaussian backward with a logvar tensor and all three
+# gradients) takes 82 registers, the continuous Bernoulli's 73; no spills.
+NUM_WARPS = 16
 
 
 # --------------------------------------------------------------------------------------
@@ -301,7 +305,7 @@ def bernoulli_nll_fwd(logits, x, continuous: bool, per_element: bool, nll):
     partials = _nll_partials(nll, per_element, grid)
     bernoulli_nll_fwd_kernel[grid](
         logits, x, partials, batch, features, grid[1],
-        CONTINUOUS=continuous, PER_ELEMENT=per_element, BLOCK_B=block_b, BLOCK_N=block_n,
+        CONTINUOUS=continuous, PER_ELEMENT=per_element, BLOCK_B=block_b, BLOCK_N=block_n, num_warps=NUM_WARPS,
     )
     _finish_rows(nll, partials, per_element)
 
@@ -316,7 +320,7 @@ def bernoulli_nll_bwd(grad_nll, logits, x, continuous: bool, grad_logits, grad_x
     bernoulli_nll_bwd_kernel[grid](
         logits, x, grad_nll, _or(grad_logits, logits), _or(grad_x, logits), batch, features,
         CONTINUOUS=continuous, GRAD_PER_ELEMENT=grad_nll.shape == logits.shape,
-        LOGITS_GRAD=grad_logits is not None, X_GRAD=grad_x is not None, BLOCK_B=block_b, BLOCK_N=block_n,
+        LOGITS_GRAD=grad_logits is not None, X_GRAD=grad_x is not None, BLOCK_B=block_b, BLOCK_N=block_n, num_warps=NUM_WARPS,
     )
 
 
@@ -335,7 +339,7 @@ def gaussian_nll_fwd(mean, x, logvar, logvar_value: float, per_element: bool, nl
     gaussian_nll_fwd_kernel[grid](
         mean, x, _or(logvar_arg, mean), partials, batch, features,
         0.0 if logvar is not None else float(logvar_value), *strides, size1, size2, grid[1],
-        LOGVAR_TENSOR=logvar is not None, PER_ELEMENT=per_element, BLOCK_B=block_b, BLOCK_N=block_n,
+        LOGVAR_TENSOR=logvar is not None, PER_ELEMENT=per_element, BLOCK_B=block_b, BLOCK_N=block_n, num_warps=NUM_WARPS,
     )
     _finish_rows(nll, partials, per_element)
 
@@ -355,5 +359,5 @@ def gaussian_nll_bwd(grad_nll, mean, x, logvar, logvar_value: float, grad_mean, 
         0.0 if logvar is not None else float(logvar_value), *strides, size1, size2,
         LOGVAR_TENSOR=logvar is not None, GRAD_PER_ELEMENT=grad_nll.shape == mean.shape,
         MEAN_GRAD=grad_mean is not None, X_GRAD=grad_x is not None, LOGVAR_GRAD=grad_logvar is not None,
-        BLOCK_B=block_b, BLOCK_N=block_n,
+        BLOCK_B=block_b, BLOCK_N=block_n, num_warps=NUM_WARPS,
     )

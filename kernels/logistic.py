@@ -26,11 +26,14 @@ batch; rows may sit any stride apart, e.g. the halves of a ``chunk``), tiled in
 [BLOCK_B, BLOCK_N] blocks.  The mixture views params as [B, P, S] and x as [B, C, S]
 (S = the flattened spatial size) through a batch, a channel and one spatial stride, so
 channels_last decoder outputs are read in place.  Each mixture program takes BLOCK_S pixels
-of one batch row and holds, per pixel, the K components as a [BLOCK_K, BLOCK_S] tile (K
-padded to a power of two, padded components masked with −inf logits): it loads the logits
-and each channel's means, log-scales and coefficients, computes the component log
-probabilities, the log-softmax over K and the logsumexp, and writes the pixel's nll (or a
-partial row sum).  No [B, C, K, S] temporary exists anywhere.
+of one batch row and loops over the K components, holding per pixel only running
+logsumexps (maximum and rescaled sum) of the logits and of the joint logits + Σ_c log P_c,k:
+per component it loads the logit and each channel's mean, log-scale and coefficient and
+computes the component's log probability, then writes the pixel's nll (or a partial row
+sum).  Its registers do not grow with K, and no [B, C, K, S] temporary exists anywhere.
+The backward makes that pass, then a second one over the components that forms the
+softmax weights from the logsumexps' parts and writes each component's gradients (so it
+reads params twice; holding K components a pixel in registers spilled instead).
 
 The standard two-pass design: the forward reads params and x once and writes the nll; the
 backward recomputes everything from params and x and writes grad_params once, in params'
@@ -63,11 +66,13 @@ SERIES_MAX_WIDTH: tl.constexpr = tl.constexpr(0.5)
 # Elements per tile.  Tuning per GPU belongs to bench/.
 TILE_ELEMENTS = 4096
 MAX_BLOCK_N = 1024
-# A mixture tile holds [BLOCK_K, BLOCK_S] components × pixels, and a program keeps about
-# a dozen such tiles live (C = 3): small on a GPU (registers), large under the
-# interpreter, whose cost is per program and per operation rather than per element.
-MIXTURE_TILE_ELEMENTS = 1024
-MIXTURE_INTERPRETER_TILE_ELEMENTS = 16384
+# Warps per program of the [BLOCK_B, BLOCK_N] kernels: 16, so 8 elements a thread
+# (docs/architecture.md, "Tiles and warps").  On sm_90a the forward takes 64 registers and
+# the backward 106, no spills; at the default 4 warps (32 elements a thread) every
+# full-tile forward spilled (up to 752 B).
+NUM_WARPS = 16
+# Pixels per mixture program, which loops over the K components (see _mixture_blocks).
+MIXTURE_MAX_BLOCK_S = 1024
 
 
 # --------------------------------------------------------------------------------------
@@ -252,36 +257,94 @@ def discretized_logistic_bwd_kernel(
 
 
 @triton.jit
-def _load_slots(row_ptr, first_slot, ks, cols, stride_p, mask):
-    """The [BLOCK_K, BLOCK_S] tile of parameter slots first_slot + k at the pixels ``cols``
-    (already multiplied by the spatial stride), as float32."""
-    return tl.load(row_ptr + (first_slot + ks)[:, None] * stride_p + cols[None, :], mask=mask, other=0.0).to(
-        tl.float32)
+def _load_slot(row_ptr, slot, cols, stride_p, mask):
+    """Parameter slot ``slot`` at the pixels ``cols`` (already multiplied by the spatial
+    stride), as float32."""
+    return tl.load(row_ptr + slot * stride_p + cols, mask=mask, other=0.0).to(tl.float32)
 
 
 @triton.jit
-def _store_slots(row_ptr, first_slot, ks, cols, stride_p, values, mask):
-    tl.store(row_ptr + (first_slot + ks)[:, None] * stride_p + cols[None, :],
-             values.to(row_ptr.dtype.element_ty), mask=mask)
+def _store_slot(row_ptr, slot, cols, stride_p, values, mask):
+    tl.store(row_ptr + slot * stride_p + cols, values.to(row_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def _logsumexp(t):
-    """logsumexp over axis 0 (the components); −inf where every entry is −inf, as torch."""
-    top = tl.max(t, axis=0)
-    top = tl.where(top == float("-inf"), 0.0, top)
-    return top + tl.log(tl.sum(tl.exp(t - top[None, :]), axis=0))
+def _component_params(params_row, k, K, cols, stride_p, mask, value_r, value_g, C: tl.constexpr):
+    """Component k's (logit, means, log-scales, coefficients) at the pixels, the means
+    coupled to the data: mean_G += α·x_R, mean_B += β·x_R + γ·x_G (C = 3; the G and B
+    entries are the R ones for C = 1, unused).  Channel c's block of 3K slots starts at
+    K + 3K·c: means, log-scales, coefficients."""
+    logit = _load_slot(params_row, k, cols, stride_p, mask)
+    mean_r = _load_slot(params_row, K + k, cols, stride_p, mask)
+    log_scale_r = _load_slot(params_row, 2 * K + k, cols, stride_p, mask)
+    if C == 3:
+        alpha = tanh(_load_slot(params_row, 3 * K + k, cols, stride_p, mask))
+        mean_g = _load_slot(params_row, 4 * K + k, cols, stride_p, mask) + alpha * value_r
+        log_scale_g = _load_slot(params_row, 5 * K + k, cols, stride_p, mask)
+        beta = tanh(_load_slot(params_row, 6 * K + k, cols, stride_p, mask))
+        gamma = tanh(_load_slot(params_row, 9 * K + k, cols, stride_p, mask))
+        mean_b = (_load_slot(params_row, 7 * K + k, cols, stride_p, mask) + beta * value_r + gamma * value_g)
+        log_scale_b = _load_slot(params_row, 8 * K + k, cols, stride_p, mask)
+    else:
+        alpha, mean_g, log_scale_g = mean_r, mean_r, log_scale_r
+        beta, gamma, mean_b, log_scale_b = mean_r, mean_r, mean_r, log_scale_r
+    return logit, mean_r, log_scale_r, alpha, mean_g, log_scale_g, beta, gamma, mean_b, log_scale_b
 
 
 @triton.jit
-def _softmax(t):
-    """softmax over axis 0 (the components), exp((t − shift) − log Σ exp(t − shift)) with
-    the shift and the log-sum apart: exp(t − logsumexp) would carry the rounding of a
-    logsumexp of large magnitude (tens of thousands of nats) into every weight."""
-    top = tl.max(t, axis=0)
-    top = tl.where(top == float("-inf"), 0.0, top)
-    shifted = t - top[None, :]
-    return tl.exp(shifted - tl.log(tl.sum(tl.exp(shifted), axis=0))[None, :])
+def _shift(running_max):
+    """The logsumexp's shift: the maximum, or 0 while every term is −inf (as torch's
+    logsumexp gives −inf there)."""
+    return tl.where(running_max == float("-inf"), 0.0, running_max)
+
+
+@triton.jit
+def _online_logsumexp(running_max, total, v):
+    """One step of a running logsumexp = shift + log(total) (total relative to
+    _shift(running_max)): adds e^v."""
+    new_max = tl.maximum(running_max, v)
+    new_shift = _shift(new_max)
+    # Nothing to rescale while every term so far is −inf (total = 0; the e^(0 − new_shift)
+    # could overflow).
+    rescale = tl.where(running_max == float("-inf"), 0.0, tl.exp(running_max - new_shift))
+    total = total * rescale + tl.exp(v - new_shift)
+    return new_max, total
+
+
+@triton.jit
+def _mixture_logsumexps(params_row, cols, stride_p, s_mask, K, value_r, level_r, value_g, level_g,
+                        value_b, level_b, top_level, half, C: tl.constexpr, BLOCK_S: tl.constexpr):
+    """(shift, Σ) of the logsumexp over the K components of the logits and of the joint
+    logits + Σ_c log P_c,k, per pixel, in one pass over the components (running maxima)."""
+    logit_max = tl.full((BLOCK_S,), float("-inf"), tl.float32)
+    logit_total = tl.zeros((BLOCK_S,), dtype=tl.float32)
+    joint_max = tl.full((BLOCK_S,), float("-inf"), tl.float32)
+    joint_total = tl.zeros((BLOCK_S,), dtype=tl.float32)
+    # A while loop, not range(): the interpreter cannot take a runtime range() bound under
+    # NumPy 2 (kernels/iwae.py's log_mean_exp_fwd_kernel).
+    k = 0
+    while k < K:
+        logit, mean_r, log_scale_r, _, mean_g, log_scale_g, _, _, mean_b, log_scale_b = _component_params(
+            params_row, k, K, cols, stride_p, s_mask, value_r, value_g, C)
+        log_prob = discretized_logistic_log_prob(mean_r, log_scale_r, value_r, level_r, top_level, half)
+        if C == 3:
+            log_prob += discretized_logistic_log_prob(mean_g, log_scale_g, value_g, level_g, top_level, half)
+            log_prob += discretized_logistic_log_prob(mean_b, log_scale_b, value_b, level_b, top_level, half)
+        logit_max, logit_total = _online_logsumexp(logit_max, logit_total, logit)
+        joint_max, joint_total = _online_logsumexp(joint_max, joint_total, logit + log_prob)
+        k += 1
+    return _shift(logit_max), logit_total, _shift(joint_max), joint_total
+
+
+@triton.jit
+def _load_pixel_levels(x_pixels, x_stride_c, s_mask, level_scale, X_IS_LEVEL: tl.constexpr, C: tl.constexpr):
+    level_r, value_r = load_level(x_pixels, s_mask, level_scale, X_IS_LEVEL)
+    if C == 3:
+        level_g, value_g = load_level(x_pixels + x_stride_c, s_mask, level_scale, X_IS_LEVEL)
+        level_b, value_b = load_level(x_pixels + 2 * x_stride_c, s_mask, level_scale, X_IS_LEVEL)
+    else:
+        level_g, value_g, level_b, value_b = level_r, value_r, level_r, value_r
+    return level_r, value_r, level_g, value_g, level_b, value_b
 
 
 @triton.jit
@@ -304,52 +367,24 @@ def logistic_mixture_fwd_kernel(
     C: tl.constexpr,
     X_IS_LEVEL: tl.constexpr,
     PER_PIXEL: tl.constexpr,
-    BLOCK_K: tl.constexpr,
     BLOCK_S: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     row = pid // num_s_blocks
     s_block = pid % num_s_blocks
-    ks = tl.arange(0, BLOCK_K).to(tl.int64)
     pixels = s_block * BLOCK_S + tl.arange(0, BLOCK_S).to(tl.int64)
-    k_mask = ks < K
     s_mask = pixels < S
-    mask = k_mask[:, None] & s_mask[None, :]
     params_row = params_ptr + row * params_stride_b
     cols = pixels * params_stride_s
     x_pixels = x_ptr + row * x_stride_b + pixels * x_stride_s
 
-    logits = tl.where(k_mask[:, None], _load_slots(params_row, 0, ks, cols, params_stride_p, mask), float("-inf"))
-    level_r, value_r = load_level(x_pixels, s_mask, level_scale, X_IS_LEVEL)
-    if C == 1:
-        mean_r = _load_slots(params_row, K, ks, cols, params_stride_p, mask)
-        log_scale_r = _load_slots(params_row, 2 * K, ks, cols, params_stride_p, mask)
-        log_probs = discretized_logistic_log_prob(mean_r, log_scale_r, value_r[None, :], level_r[None, :],
-                                                  top_level, half)
-    else:
-        level_g, value_g = load_level(x_pixels + x_stride_c, s_mask, level_scale, X_IS_LEVEL)
-        level_b, value_b = load_level(x_pixels + 2 * x_stride_c, s_mask, level_scale, X_IS_LEVEL)
-        # Channel c's block of 3K slots starts at K + 3K·c: means, log-scales, coefficients.
-        mean_r = _load_slots(params_row, K, ks, cols, params_stride_p, mask)
-        log_scale_r = _load_slots(params_row, 2 * K, ks, cols, params_stride_p, mask)
-        alpha = tanh(_load_slots(params_row, 3 * K, ks, cols, params_stride_p, mask))
-        mean_g = _load_slots(params_row, 4 * K, ks, cols, params_stride_p, mask)
-        log_scale_g = _load_slots(params_row, 5 * K, ks, cols, params_stride_p, mask)
-        beta = tanh(_load_slots(params_row, 6 * K, ks, cols, params_stride_p, mask))
-        mean_b = _load_slots(params_row, 7 * K, ks, cols, params_stride_p, mask)
-        log_scale_b = _load_slots(params_row, 8 * K, ks, cols, params_stride_p, mask)
-        gamma = tanh(_load_slots(params_row, 9 * K, ks, cols, params_stride_p, mask))
-        # The channel coupling, on the data: mean_G += α·x_R, mean_B += β·x_R + γ·x_G.
-        mean_g = mean_g + alpha * value_r[None, :]
-        mean_b = mean_b + beta * value_r[None, :] + gamma * value_g[None, :]
-        log_probs = discretized_logistic_log_prob(mean_r, log_scale_r, value_r[None, :], level_r[None, :],
-                                                  top_level, half)
-        log_probs += discretized_logistic_log_prob(mean_g, log_scale_g, value_g[None, :], level_g[None, :],
-                                                   top_level, half)
-        log_probs += discretized_logistic_log_prob(mean_b, log_scale_b, value_b[None, :], level_b[None, :],
-                                                   top_level, half)
+    level_r, value_r, level_g, value_g, level_b, value_b = _load_pixel_levels(
+        x_pixels, x_stride_c, s_mask, level_scale, X_IS_LEVEL, C)
+    logit_shift, logit_total, joint_shift, joint_total = _mixture_logsumexps(
+        params_row, cols, params_stride_p, s_mask, K, value_r, level_r, value_g, level_g, value_b, level_b,
+        top_level, half, C, BLOCK_S)
     # −log p(x) = logsumexp_k(logits) − logsumexp_k(logits + Σ_c log P_c,k).
-    nll = _logsumexp(logits) - _logsumexp(logits + log_probs)
+    nll = (logit_shift + tl.log(logit_total)) - (joint_shift + tl.log(joint_total))
     if PER_PIXEL:
         tl.store(nll_ptr + row * S + pixels, nll, mask=s_mask)
     else:
@@ -380,17 +415,13 @@ def logistic_mixture_bwd_kernel(
     C: tl.constexpr,
     X_IS_LEVEL: tl.constexpr,
     GRAD_PER_PIXEL: tl.constexpr,
-    BLOCK_K: tl.constexpr,
     BLOCK_S: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     row = pid // num_s_blocks
     s_block = pid % num_s_blocks
-    ks = tl.arange(0, BLOCK_K).to(tl.int64)
     pixels = s_block * BLOCK_S + tl.arange(0, BLOCK_S).to(tl.int64)
-    k_mask = ks < K
     s_mask = pixels < S
-    mask = k_mask[:, None] & s_mask[None, :]
     params_row = params_ptr + row * params_stride_b
     cols = pixels * params_stride_s
     grad_row = grad_params_ptr + row * grad_stride_b
@@ -398,64 +429,56 @@ def logistic_mixture_bwd_kernel(
     x_pixels = x_ptr + row * x_stride_b + pixels * x_stride_s
 
     if GRAD_PER_PIXEL:
-        grad_nll = tl.load(grad_nll_ptr + row * S + pixels, mask=s_mask, other=0.0).to(tl.float32)[None, :]
+        grad_nll = tl.load(grad_nll_ptr + row * S + pixels, mask=s_mask, other=0.0).to(tl.float32)
     else:
         grad_nll = tl.load(grad_nll_ptr + row).to(tl.float32)
 
-    logits = tl.where(k_mask[:, None], _load_slots(params_row, 0, ks, cols, params_stride_p, mask), float("-inf"))
-    level_r, value_r = load_level(x_pixels, s_mask, level_scale, X_IS_LEVEL)
-    if C == 1:
-        mean_r = _load_slots(params_row, K, ks, cols, params_stride_p, mask)
-        log_scale_r = _load_slots(params_row, 2 * K, ks, cols, params_stride_p, mask)
-        log_probs, d_mean_r, d_log_scale_r = discretized_logistic_log_prob_grads(
-            mean_r, log_scale_r, value_r[None, :], level_r[None, :], top_level, half)
-    else:
-        level_g, value_g = load_level(x_pixels + x_stride_c, s_mask, level_scale, X_IS_LEVEL)
-        level_b, value_b = load_level(x_pixels + 2 * x_stride_c, s_mask, level_scale, X_IS_LEVEL)
-        mean_r = _load_slots(params_row, K, ks, cols, params_stride_p, mask)
-        log_scale_r = _load_slots(params_row, 2 * K, ks, cols, params_stride_p, mask)
-        alpha = tanh(_load_slots(params_row, 3 * K, ks, cols, params_stride_p, mask))
-        mean_g = _load_slots(params_row, 4 * K, ks, cols, params_stride_p, mask)
-        log_scale_g = _load_slots(params_row, 5 * K, ks, cols, params_stride_p, mask)
-        beta = tanh(_load_slots(params_row, 6 * K, ks, cols, params_stride_p, mask))
-        mean_b = _load_slots(params_row, 7 * K, ks, cols, params_stride_p, mask)
-        log_scale_b = _load_slots(params_row, 8 * K, ks, cols, params_stride_p, mask)
-        gamma = tanh(_load_slots(params_row, 9 * K, ks, cols, params_stride_p, mask))
-        mean_g = mean_g + alpha * value_r[None, :]
-        mean_b = mean_b + beta * value_r[None, :] + gamma * value_g[None, :]
-        log_probs, d_mean_r, d_log_scale_r = discretized_logistic_log_prob_grads(
-            mean_r, log_scale_r, value_r[None, :], level_r[None, :], top_level, half)
-        log_prob_g, d_mean_g, d_log_scale_g = discretized_logistic_log_prob_grads(
-            mean_g, log_scale_g, value_g[None, :], level_g[None, :], top_level, half)
-        log_prob_b, d_mean_b, d_log_scale_b = discretized_logistic_log_prob_grads(
-            mean_b, log_scale_b, value_b[None, :], level_b[None, :], top_level, half)
-        log_probs += log_prob_g + log_prob_b
-
-    # nll = logsumexp(logits) − logsumexp(logits + Σ_c log P_c): with π = softmax(logits)
-    # and the responsibilities r = softmax(logits + Σ_c log P_c),
-    # ∂nll/∂logit_k = π_k − r_k and ∂nll/∂log P_c,k = −r_k.
-    joint = logits + log_probs
-    pi = _softmax(logits)
-    responsibility = _softmax(joint)
-    _store_slots(grad_row, 0, ks, grad_cols, grad_stride_p, grad_nll * (pi - responsibility), mask)
-    weight = -grad_nll * responsibility
-    grad_mean_r = weight * d_mean_r
-    _store_slots(grad_row, K, ks, grad_cols, grad_stride_p, grad_mean_r, mask)
-    _store_slots(grad_row, 2 * K, ks, grad_cols, grad_stride_p, weight * d_log_scale_r, mask)
-    if C == 3:
-        grad_mean_g = weight * d_mean_g
-        grad_mean_b = weight * d_mean_b
-        # Through the coupling (coupled mean = raw mean + coefficient·x) and tanh' = 1 − tanh².
-        _store_slots(grad_row, 3 * K, ks, grad_cols, grad_stride_p,
-                     grad_mean_g * value_r[None, :] * (1.0 - alpha * alpha), mask)
-        _store_slots(grad_row, 4 * K, ks, grad_cols, grad_stride_p, grad_mean_g, mask)
-        _store_slots(grad_row, 5 * K, ks, grad_cols, grad_stride_p, weight * d_log_scale_g, mask)
-        _store_slots(grad_row, 6 * K, ks, grad_cols, grad_stride_p,
-                     grad_mean_b * value_r[None, :] * (1.0 - beta * beta), mask)
-        _store_slots(grad_row, 7 * K, ks, grad_cols, grad_stride_p, grad_mean_b, mask)
-        _store_slots(grad_row, 8 * K, ks, grad_cols, grad_stride_p, weight * d_log_scale_b, mask)
-        _store_slots(grad_row, 9 * K, ks, grad_cols, grad_stride_p,
-                     grad_mean_b * value_g[None, :] * (1.0 - gamma * gamma), mask)
+    level_r, value_r, level_g, value_g, level_b, value_b = _load_pixel_levels(
+        x_pixels, x_stride_c, s_mask, level_scale, X_IS_LEVEL, C)
+    # First pass: the two logsumexps' parts.  Second pass, per component: the softmax
+    # weights e^((v − shift) − log Σ) (the mixture weights π and the responsibilities r of
+    # the joint) and the gradients.  nll = logsumexp(logits) − logsumexp(logits + Σ_c log P_c),
+    # so ∂nll/∂logit_k = π_k − r_k and ∂nll/∂log P_c,k = −r_k.
+    logit_shift, logit_total, joint_shift, joint_total = _mixture_logsumexps(
+        params_row, cols, params_stride_p, s_mask, K, value_r, level_r, value_g, level_g, value_b, level_b,
+        top_level, half, C, BLOCK_S)
+    logit_log_total = tl.log(logit_total)
+    joint_log_total = tl.log(joint_total)
+    k = 0
+    while k < K:
+        logit, mean_r, log_scale_r, alpha, mean_g, log_scale_g, beta, gamma, mean_b, log_scale_b = (
+            _component_params(params_row, k, K, cols, params_stride_p, s_mask, value_r, value_g, C))
+        log_prob, d_mean_r, d_log_scale_r = discretized_logistic_log_prob_grads(
+            mean_r, log_scale_r, value_r, level_r, top_level, half)
+        if C == 3:
+            log_prob_g, d_mean_g, d_log_scale_g = discretized_logistic_log_prob_grads(
+                mean_g, log_scale_g, value_g, level_g, top_level, half)
+            log_prob_b, d_mean_b, d_log_scale_b = discretized_logistic_log_prob_grads(
+                mean_b, log_scale_b, value_b, level_b, top_level, half)
+            # In _mixture_logsumexps' order, so that the joint rounds as it did there.
+            log_prob += log_prob_g
+            log_prob += log_prob_b
+        pi = tl.exp((logit - logit_shift) - logit_log_total)
+        responsibility = tl.exp(((logit + log_prob) - joint_shift) - joint_log_total)
+        _store_slot(grad_row, k, grad_cols, grad_stride_p, grad_nll * (pi - responsibility), s_mask)
+        weight = -grad_nll * responsibility
+        _store_slot(grad_row, K + k, grad_cols, grad_stride_p, weight * d_mean_r, s_mask)
+        _store_slot(grad_row, 2 * K + k, grad_cols, grad_stride_p, weight * d_log_scale_r, s_mask)
+        if C == 3:
+            grad_mean_g = weight * d_mean_g
+            grad_mean_b = weight * d_mean_b
+            # Through the coupling (coupled mean = raw mean + coefficient·x) and tanh' = 1 − tanh².
+            _store_slot(grad_row, 3 * K + k, grad_cols, grad_stride_p, grad_mean_g * value_r * (1.0 - alpha * alpha),
+                        s_mask)
+            _store_slot(grad_row, 4 * K + k, grad_cols, grad_stride_p, grad_mean_g, s_mask)
+            _store_slot(grad_row, 5 * K + k, grad_cols, grad_stride_p, weight * d_log_scale_g, s_mask)
+            _store_slot(grad_row, 6 * K + k, grad_cols, grad_stride_p, grad_mean_b * value_r * (1.0 - beta * beta),
+                        s_mask)
+            _store_slot(grad_row, 7 * K + k, grad_cols, grad_stride_p, grad_mean_b, s_mask)
+            _store_slot(grad_row, 8 * K + k, grad_cols, grad_stride_p, weight * d_log_scale_b, s_mask)
+            _store_slot(grad_row, 9 * K + k, grad_cols, grad_stride_p, grad_mean_b * value_g * (1.0 - gamma * gamma),
+                        s_mask)
+        k += 1
 
 
 # --------------------------------------------------------------------------------------
@@ -503,7 +526,7 @@ def discretized_logistic_fwd(mean, log_scale, x, num_bins: int, per_element: boo
         log_scale_stride if log_scale_stride is not None else features,
         x_stride if x_stride is not None else features,
         num_col_blocks, top_level, level_scale, half,
-        X_IS_LEVEL=x.dtype == torch.uint8, PER_ELEMENT=per_element, BLOCK_B=block_b, BLOCK_N=block_n,
+        X_IS_LEVEL=x.dtype == torch.uint8, PER_ELEMENT=per_element, BLOCK_B=block_b, BLOCK_N=block_n, num_warps=NUM_WARPS,
     )
     if not per_element:
         sum_partials_into(nll, partials)
@@ -528,16 +551,18 @@ def discretized_logistic_bwd(grad_nll, mean, log_scale, x, num_bins: int, grad_m
         x_stride if x_stride is not None else features,
         num_col_blocks, top_level, level_scale, half,
         X_IS_LEVEL=x.dtype == torch.uint8, GRAD_PER_ELEMENT=grad_nll.dim() > 1,
-        BLOCK_B=block_b, BLOCK_N=block_n,
+        BLOCK_B=block_b, BLOCK_N=block_n, num_warps=NUM_WARPS,
     )
 
 
-def _mixture_blocks(num_mixtures: int, pixels: int, device: torch.device) -> tuple[int, int]:
-    block_k = triton.next_power_of_2(num_mixtures)
-    tile = MIXTURE_TILE_ELEMENTS if device.type == "cuda" else MIXTURE_INTERPRETER_TILE_ELEMENTS
-    block_s = max(16, min(tile // block_k, 1024))
-    block_s = min(block_s, max(16, triton.next_power_of_2(pixels)))
-    return block_k, block_s
+def _mixture_blocks(pixels: int) -> tuple[int, int]:
+    """(BLOCK_S, num_warps) of a mixture program.  It holds per-pixel vectors only (the
+    components are a loop with running logsumexps), so its registers do not grow with K:
+    on sm_90a, 1024 pixels at 16 warps (2 a thread) take 74 registers (C = 3 forward) and
+    104 (C = 3 backward; 190 at 8 warps), no spills, for any K.  The same blocks run under
+    the interpreter, whose cost is per program and per loop step."""
+    block_s = min(MIXTURE_MAX_BLOCK_S, max(16, triton.next_power_of_2(pixels)))
+    return block_s, 16
 
 
 def mixture_forward_writes_grad() -> bool:
@@ -563,7 +588,7 @@ def logistic_mixture_fwd(params, x, num_mixtures: int, num_bins: int, per_pixel:
             nll.zero_()
         return
     params, x = mixture_layout(params), mixture_layout(x)
-    block_k, block_s = _mixture_blocks(num_mixtures, pixels, params.device)
+    block_s, num_warps = _mixture_blocks(pixels)
     num_s_blocks = triton.cdiv(pixels, block_s)
     partials = nll
     if not per_pixel:
@@ -574,7 +599,7 @@ def logistic_mixture_fwd(params, x, num_mixtures: int, num_bins: int, per_pixel:
         params.stride(0), params.stride(1), spatial_stride(params),
         x.stride(0), x.stride(1), spatial_stride(x),
         top_level, level_scale, half,
-        C=channels, X_IS_LEVEL=x.dtype == torch.uint8, PER_PIXEL=per_pixel, BLOCK_K=block_k, BLOCK_S=block_s,
+        C=channels, X_IS_LEVEL=x.dtype == torch.uint8, PER_PIXEL=per_pixel, BLOCK_S=block_s, num_warps=num_warps,
     )
     if not per_pixel:
         sum_partials_into(nll, partials)
@@ -591,7 +616,7 @@ def logistic_mixture_bwd(grad_nll, params, x, num_mixtures: int, num_bins: int, 
     if batch == 0 or pixels == 0:
         return
     params, x = mixture_layout(params), mixture_layout(x)
-    block_k, block_s = _mixture_blocks(num_mixtures, pixels, params.device)
+    block_s, num_warps = _mixture_blocks(pixels)
     num_s_blocks = triton.cdiv(pixels, block_s)
     top_level, level_scale, half = _grid_constants(num_bins)
     logistic_mixture_bwd_kernel[(batch * num_s_blocks,)](
@@ -601,5 +626,5 @@ def logistic_mixture_bwd(grad_nll, params, x, num_mixtures: int, num_bins: int, 
         grad_params.stride(0), grad_params.stride(1), spatial_stride(grad_params),
         top_level, level_scale, half,
         C=channels, X_IS_LEVEL=x.dtype == torch.uint8, GRAD_PER_PIXEL=grad_nll.dim() > 1,
-        BLOCK_K=block_k, BLOCK_S=block_s,
+        BLOCK_S=block_s, num_warps=num_warps,
     )

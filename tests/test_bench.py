@@ -22,7 +22,7 @@ from fastvae import backends
 BENCH_DIR = Path(__file__).resolve().parent.parent / "bench"
 TINY_BATCH, TINY_DIM = 64, 16
 MODES = ("fwd", "bwd", "fwd+bwd")
-OPS = ("sample_gaussian", "gaussian_kl")
+OPS = ("sample_gaussian", "gaussian_kl", "reparameterize")
 
 
 def load_bench_script(name: str):
@@ -82,7 +82,10 @@ def test_bench_latent_tiny_cpu(bench_latent, tmp_path, capsys):
             assert is_positive_finite(record[field]), f"{label}: {field} = {record[field]}"
         assert record["min_ms"] <= record["median_ms"]
         assert record["gbps"] == pytest.approx(record["min_bytes"] / (record["median_ms"] * 1e-3) / 1e9)
-        assert record["peak_extra_mib"] is None  # no peak-memory counter on the CPU
+        # Counted on the CPU too (common.cpu_allocations): eager's forward saves tensors.
+        assert record["peak_extra_mib"] >= 0, label
+        if record["provider"] == "eager" and record["mode"] == "fwd":
+            assert record["peak_extra_mib"] > 0, label
         assert record["rel_err_vs_eager"] < 1e-4, label
         if record["provider"] == "eager":
             assert record["speedup_vs_eager"] == 1.0
@@ -96,6 +99,7 @@ def test_bench_latent_tiny_cpu(bench_latent, tmp_path, capsys):
     # [B] float32 KL and its gradient, 8 bytes per row).
     assert by_key["sample_gaussian", "fwd+bwd", "eager"]["min_bytes"] == 32 * elements + 8 * TINY_BATCH
     assert by_key["gaussian_kl", "fwd+bwd", "eager"]["min_bytes"] == 24 * elements + 8 * TINY_BATCH
+    assert by_key["reparameterize", "fwd+bwd", "eager"]["min_bytes"] == 28 * elements
 
     printed = capsys.readouterr().out
     assert "| op | B×D | dtype | mode | provider | median ms |" in printed
@@ -150,6 +154,38 @@ def test_gaussian_kl_min_bytes(bench_latent):
     assert bench_latent.gaussian_kl_min_bytes(batch, dim, torch.bfloat16, "fwd+bwd") == 12 * batch * dim + 8 * batch
 
 
+def test_reparameterize_min_bytes(bench_latent):
+    batch, dim = 4096, 64
+    assert bench_latent.reparameterize_min_bytes(batch, dim, torch.float32, "fwd") == 12 * batch * dim
+    assert bench_latent.reparameterize_min_bytes(batch, dim, torch.float32, "bwd") == 16 * batch * dim
+    assert bench_latent.reparameterize_min_bytes(batch, dim, torch.bfloat16, "fwd+bwd") == 14 * batch * dim
+
+
+def test_bench_latent_philox_floor_and_cpu_bars(bench_latent, tmp_path):
+    """With the cpu backend the run times the extension's bare Philox + Box–Muller loop,
+    gives each sampling op's cpu records their time over it, and checks every op at the
+    tiny size against eager (no op slower than eager)."""
+    if "cpu" not in backends.available("cpu") or bench_latent.philox_normal_floor() is None:
+        pytest.skip("the CPU C++ backend is not built here")
+    out = tmp_path / "floor.json"
+    assert bench_latent.main(smoke_argv(out, ["eager", "cpu"], **{"--modes": "fwd+bwd"})) == 0
+    records = json.loads(out.read_text())["records"]
+    (floor,) = [r for r in records if r["op"] == "philox_floor"]
+    assert is_positive_finite(floor["median_ms"]) and is_positive_finite(floor["normals_per_s"])
+    for record in records:
+        sampling_cpu = record["op"] in ("sample_gaussian", "reparameterize") and record["provider"] == "cpu"
+        if sampling_cpu:
+            assert record["x_philox_floor"] == pytest.approx(record["median_ms"] / floor["median_ms"])
+        else:
+            assert record["x_philox_floor"] is None
+    largest, rows = bench_latent.bar_rows(records, "cpu")
+    assert largest == (TINY_BATCH, TINY_DIM)
+    assert {r["op"] for r in rows} == set(OPS)
+    assert all(r["criteria"] == bench_latent.common.describe_criteria(bench_latent.CPU_TINY_BAR) for r in rows)
+    report = out.with_suffix(".md").read_text()
+    assert "## Philox floor (cpu)" in report and "| philox_floor |" not in report.split("## Philox floor")[0]
+
+
 def test_bench_latent_help_and_bad_arguments(bench_latent, capsys):
     with pytest.raises(SystemExit) as exit_info:
         bench_latent.parse_args(["--help"])
@@ -177,6 +213,121 @@ def test_common_helpers(bench_latent):
     assert [r["median_ms"] for r in merged] == [4.0, 3.0]
     assert common.format_number(None) == "—" and common.format_number(0.012345) == "0.0123"
     assert common.slugify("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
+
+
+# --------------------------------------------------------------------------------------
+# CPU memory (bench/common.py, cpu_allocations)
+# --------------------------------------------------------------------------------------
+
+
+def test_cpu_allocations_counts_temporaries_exactly(bench_latent):
+    """A temporary of N bytes freed before the call returns is N bytes of peak extra
+    memory; one that ATen allocates inside C++ is counted too: ``mm`` into an output
+    that is neither row- nor column-major computes into a contiguous buffer and copies
+    it (a TorchDispatchMode would see only ``aten.mm.out``)."""
+    common = bench_latent.common
+
+    def python_temporary():
+        scratch = torch.empty(1000, dtype=torch.uint8)
+        del scratch
+        return (torch.ones(10),)  # 40 bytes returned: part of the level, not extra
+
+    usage = common.cpu_allocations(python_temporary)
+    assert (usage.peak_bytes, usage.end_bytes, usage.output_bytes) == (1000, 40, 40)
+    assert common.peak_extra_memory_mib(python_temporary, torch.device("cpu")) == (1000 - 40) / common.MIB
+
+    a, b = torch.randn(64, 32), torch.randn(32, 48)
+    out = torch.empty(64, 96)[:, ::2]
+
+    def mm_into_strided_output():
+        torch.mm(a, b, out=out)
+        return ()  # out existed before the call: nothing new is returned
+
+    usage = common.cpu_allocations(mm_into_strided_output)
+    assert (usage.peak_bytes, usage.end_bytes) == (64 * 48 * 4, 0)
+    torch.testing.assert_close(out, a @ b)
+
+
+def _saved_tensors(output: torch.Tensor) -> list:
+    """Every tensor the autograd graph behind ``output`` saved (its nodes' ``_saved_*``)."""
+    found, seen, pending = [], set(), [output.grad_fn]
+    while pending:
+        node = pending.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        for name in dir(node):
+            if name.startswith("_saved_"):
+                value = getattr(node, name)
+                found += [t for t in (value if isinstance(value, (tuple, list)) else [value])
+                          if isinstance(t, torch.Tensor)]
+        pending += [next_node for next_node, _ in node.next_functions]
+    return found
+
+
+def _mixture_inputs(batch=2, components=10, side=8):
+    generator = torch.Generator().manual_seed(0)
+    params = torch.randn(batch, 10 * components, side, side, generator=generator)
+    params[:, 3 * components:6 * components] = params[:, 3 * components:6 * components] * 0.5 - 2  # log-scales
+    x = torch.randint(0, 256, (batch, 3, side, side), generator=generator).float() / 127.5 - 1
+    return params.requires_grad_(), x, components, torch.randn(batch, generator=generator)
+
+
+def test_cpu_allocations_counts_saved_tensors_and_their_release(bench_latent):
+    """The eager mixture's forward leaves allocated exactly the tensors its autograd
+    graph saved (distinct storages, inputs and output aside); a backward run after a
+    forward done in ``setup`` ends with those freed and the gradient allocated."""
+    from fastvae import reference
+
+    common = bench_latent.common
+    params, x, components, grad_nll = _mixture_inputs()
+    kept = {}
+
+    def forward():
+        kept["nll"] = reference.discretized_logistic_mixture_nll(params, x, components, reduction="batch")
+        return (kept["nll"],)
+
+    usage = common.cpu_allocations(forward)
+    held = {t.untyped_storage().data_ptr() for t in (params, x, kept["nll"])}
+    saved = [t for t in _saved_tensors(kept["nll"]) if t.untyped_storage().data_ptr() not in held]
+    saved_bytes = common.storage_bytes(saved)
+    # About a dozen B×C×K×H×W tensors (params has 10K channels, C·K = 3K): more than 3× params.
+    assert saved_bytes > 3 * params.numel() * 4
+    assert usage.end_bytes - usage.output_bytes == saved_bytes
+    assert usage.peak_bytes >= usage.end_bytes
+
+    pending = {}
+    usage = common.cpu_allocations(
+        lambda: torch.autograd.grad(pending.pop("nll"), params, grad_nll),
+        setup=lambda: pending.update(nll=forward()[0]),
+    )
+    assert usage.output_bytes == params.numel() * 4
+    assert usage.end_bytes == usage.output_bytes - saved_bytes
+
+
+@pytest.mark.skipif("cpu" not in backends.available("cpu"), reason="the cpu backend is not built")
+def test_cpu_mixture_extra_memory_is_a_tenth_of_eager(bench_latent):
+    """The mixture's memory bar (bench/README.md): fwd+bwd peak extra memory of the cpu
+    backend ≤ 1/10 of eager's (the reference's), counted by common.cpu_allocations."""
+    import fastvae
+    from fastvae import reference
+
+    common = bench_latent.common
+    params, x, components, grad_nll = _mixture_inputs()
+
+    def forward_backward(nll_of):
+        def call():
+            nll = nll_of(params, x, components, reduction="batch")
+            return (nll,) + torch.autograd.grad(nll, params, grad_nll)
+        return call
+
+    cpu = torch.device("cpu")
+    eager = common.peak_extra_memory_mib(forward_backward(reference.discretized_logistic_mixture_nll), cpu)
+    fastvae.set_validate_args(False)  # as the benchmarks measure: the checks' temporaries are not the op's
+    with fastvae.use_backend("cpu"):
+        fused = common.peak_extra_memory_mib(forward_backward(fastvae.discretized_logistic_mixture_nll), cpu)
+    assert eager > 0
+    assert fused <= eager / 10, f"cpu backend {fused * common.MIB:.0f} bytes, eager {eager * common.MIB:.0f}"
 
 
 # --------------------------------------------------------------------------------------
@@ -233,7 +384,13 @@ def test_bench_likelihood_tiny_cpu(bench_likelihood, tmp_path, capsys):
             assert is_positive_finite(record[field]), f"{label}: {field} = {record[field]}"
         assert record["min_ms"] <= record["median_ms"]
         assert record["gbps"] == pytest.approx(record["min_bytes"] / (record["median_ms"] * 1e-3) / 1e9)
-        assert record["peak_extra_mib"] is None and record["peak_extra_vs_eager"] is None  # no counter on the CPU
+        # Counted on the CPU too (common.cpu_allocations); eager's forward saves tensors, so
+        # every fwd record has a ratio to it.
+        assert record["peak_extra_mib"] >= 0, label
+        if record["mode"] == "fwd":
+            assert record["peak_extra_vs_eager"] >= 0, label
+            if record["provider"] == "eager":
+                assert record["peak_extra_mib"] > 0 and record["peak_extra_vs_eager"] == 1.0, label
         assert record["rel_err_vs_eager"] < 1e-4, label
         assert is_positive_finite(record["speedup_vs_eager"]) and is_positive_finite(record["speedup_vs_compile"])
         if record["provider"] == "eager":
@@ -358,7 +515,7 @@ def test_bench_train_tiny_cpu(bench_train, tmp_path, capsys):
     providers = ["eager", "compile"] + (["triton", "triton+compile"] if triton else [])
     out = tmp_path / "train.json"
     argv = ["--device", "cpu", "--tiny", "--reps", "2", "--min-reps", "1", "--warmup", "1", "--budget-ms", "1",
-            "--compile-backend", "aot_eager", "--providers", ",".join(providers), "--out", str(out)]
+            "--compile-backend", "aot_eager", "--op-share-steps", "1", "--providers", ",".join(providers), "--out", str(out)]
     assert bench_train.main(argv) == 0
 
     payload = json.loads(out.read_text())
@@ -378,7 +535,21 @@ def test_bench_train_tiny_cpu(bench_train, tmp_path, capsys):
             assert is_positive_finite(record[field]), f"{label}: {field} = {record[field]}"
         assert record["steps_per_s"] == pytest.approx(1e3 / record["median_ms"])
         assert record["samples_per_s"] == pytest.approx(record["batch"] * record["steps_per_s"])
-        assert record["peak_mib"] is None and record["peak_extra_mib"] is None  # no counter on the CPU
+        # On the CPU: the step's extra memory (activations, gradients, Adam's temporaries),
+        # but no total (nothing counts what was allocated before the profiler started).
+        assert record["peak_mib"] is None and is_positive_finite(record["peak_extra_mib"]), label
+        # The ops' share of the step, from a profile of a few more steps.
+        if record["provider"] == "compile":
+            assert record["op_share"] is None and record["op_share_method"] is None, label
+        else:
+            assert 0 < record["op_share"] < 1 and is_positive_finite(record["op_ms"]), label
+            assert record["op_share_method"] == ("custom ops" if record["compiled"] else "op ranges"), label
+        if record["backend"] == "torch":
+            assert record["custom_op_ms"] is None, label
+        else:
+            assert is_positive_finite(record["custom_op_ms"]), label
+            if not record["compiled"]:  # the custom ops run inside the public ops
+                assert record["custom_op_ms"] <= record["op_ms"] * (1 + 1e-9), label
         assert record["rel_err_vs_eager"] < 1e-3, label
         assert record["backend"] == ("torch" if record["provider"] in ("eager", "compile") else "triton")
         assert record["compiled"] == record["provider"].endswith("compile")
@@ -393,6 +564,7 @@ def test_bench_train_tiny_cpu(bench_train, tmp_path, capsys):
         assert any("bernoulli" in op for op in by_key["mlp", "triton"]["fastvae_ops"])
     printed = capsys.readouterr().out
     assert "| model | batch | input | dtype | provider | median ms | steps/s |" in printed
+    assert "| ops ms | ops % |" in printed
     assert out.with_suffix(".md").read_text().strip() == printed.strip()
 
 
@@ -423,6 +595,29 @@ def test_bench_train_eager_routes_every_op_through_the_reference(bench_train, mo
     assert called == {"sample_gaussian", "bernoulli_nll", "discretized_logistic_mixture_nll"}
 
 
+def test_op_share_attributes_backward_nodes_by_sequence_number(bench_train):
+    """The op share counts an op's forward range and the backward nodes created inside
+    it, not those of ops before or after it, even where an op at the range's end
+    records the number the next node (outside) will take."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    weight = torch.randn(256, requires_grad=True)
+    data = torch.randn(256)
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        with record_function(bench_train.STEP_RANGE):
+            before = weight * 2  # MulBackward0: not the op's
+            with record_function(bench_train.OP_RANGE_PREFIX + "example"):
+                inside = before.exp().sum()  # ExpBackward0, SumBackward0
+                data.neg()  # no node, but it records the next node's number
+            (inside * 3).backward()  # MulBackward0: not the op's
+    share = bench_train.op_share_of_events(profiler.profiler.kineto_results.events(), ranges=True)
+    assert share["steps"] == 1
+    assert share["backward_nodes"] == ["ExpBackward0", "SumBackward0"]
+    assert 0 < share["op_ms"] < share["step_ms"] and share["op_share"] == pytest.approx(share["op_ms"] / share["step_ms"])
+    assert share["custom_op_ms"] == 0
+    assert bench_train._union_ns([(0, 10), (5, 20), (30, 40)]) == 30
+
+
 def test_bench_train_routing_check_and_arguments(bench_train):
     with pytest.raises(RuntimeError, match="still ran fastvae custom ops"):
         bench_train.check_routing("eager", ["gaussian_latent_fwd"])
@@ -431,6 +626,7 @@ def test_bench_train_routing_check_and_arguments(bench_train):
     bench_train.check_routing("compile", [])
     assert bench_train.provider_backend("cuda+compile") == "cuda" and bench_train.provider_backend("compile") == "torch"
     assert bench_train.parse_sizes("default") == [("mlp", 4096, None), ("mlp", 65536, None), ("conv_mixture", 128, 32)]
+    assert bench_train.parse_sizes("cpu") == [("mlp", 1024, None), ("conv_mixture", 32, 32)]
     assert bench_train.parse_sizes("mlp:8,conv_mixture:4:16") == [("mlp", 8, None), ("conv_mixture", 4, 16)]
     for bad in ("resnet:4", "mlp:0", "conv_mixture:4:10", "mlp"):
         with pytest.raises(SystemExit):

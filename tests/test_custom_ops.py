@@ -434,3 +434,117 @@ def test_torch_backend_compiles_to_eager_shapes_and_dtypes(dtype):
     for (name, _, _), eager_outputs, compiled_outputs in zip(calls, eager[0], compiled[0]):
         assert compiled_outputs == eager_outputs, f"{name} in {dtype}"
     assert compiled[1] == eager[1], f"the gradients in {dtype}"
+
+
+# --------------------------------------------------------------------------------------
+# The direct call (ops/_common.py, fused_call): eager calls skip torch.library's dispatch
+# --------------------------------------------------------------------------------------
+
+
+def every_public_op_call(dtype=torch.float32):
+    """One call of every public op with a custom op, with inputs that require grad and
+    the options that change the kernels, as (outputs, differentiable inputs)."""
+    torch.manual_seed(3)
+    mu, logvar = tensor((6, 3, 5), dtype, 1, True), tensor((6, 3, 5), dtype, 2, True, 0.5)
+    prior_mu, prior_logvar = tensor((1, 3, 1), dtype, 4, True), tensor((6, 3, 5), dtype, 5, True)
+    outputs = list(fastvae.sample_gaussian(mu, logvar, prior_mu, prior_logvar))
+    outputs.append(fastvae.gaussian_kl(mu, logvar, free_bits=0.2, reduction="none"))
+    outputs.append(fastvae.reparameterize(mu, logvar))
+    outputs.extend(fastvae.sample_gaussian_k(mu, logvar, 3, prior_mu, prior_logvar))
+    log_w = tensor((5, 7), dtype, 6, True)
+    outputs.append(fastvae.log_mean_exp(log_w, dim=0))
+    outputs.append(fastvae.iwae_bound(log_w, log_w * 0.5, log_w * 0.25))
+    logits = tensor((4, 2, 6), dtype, 7, True)
+    outputs.extend(fastvae.sample_categorical(logits, tau=0.7, prior_logits=tensor((1, 2, 6), dtype, 8, True)))
+    x01 = torch.rand(4, 12, dtype=dtype)
+    bern_logits = tensor((4, 12), dtype, 9, True)
+    outputs.append(fastvae.bernoulli_nll(bern_logits, (x01 > 0.5).to(dtype)))
+    outputs.append(fastvae.continuous_bernoulli_nll(bern_logits, x01))
+    mean = tensor((4, 12), dtype, 10, True)
+    outputs.append(fastvae.gaussian_nll(mean, x01, tensor((1, 12), dtype, 11, True)))
+    outputs.append(fastvae.gaussian_nll(mean, x01, -1.0, reduction="none"))
+    x_img = on_grid(levels((2, 3, 4, 4)), dtype)
+    outputs.append(fastvae.discretized_logistic_nll(tensor((2, 3, 4, 4), dtype, 12, True),
+                                                    tensor((2, 3, 4, 4), dtype, 13, True, 0.3) - 2, x_img))
+    params = tensor((2, 30, 4, 4), dtype, 14, True)
+    outputs.append(fastvae.discretized_logistic_mixture_nll(params, x_img, num_mixtures=3))
+    outputs.append(fastvae.discretized_logistic_mixture_nll(params, x_img, num_mixtures=3, reduction="none"))
+    inputs = [mu, logvar, prior_mu, prior_logvar, log_w, logits, bern_logits, mean, params]
+    return outputs, inputs
+
+
+def outputs_and_grads():
+    torch.manual_seed(5)
+    outputs, inputs = every_public_op_call()
+    loss = sum((o.float() * torch.linspace(-1, 1, o.numel()).reshape(o.shape)).sum() for o in outputs)
+    return outputs + list(torch.autograd.grad(loss, inputs, allow_unused=True))
+
+
+def test_eager_calls_skip_the_dispatcher_with_the_same_results(kernel_backend, monkeypatch):
+    """An eager call on plain tensors runs each custom op's implementation and registered
+    autograd directly: no custom op goes through torch.library, forward or backward, and
+    every output and gradient has the bits of the dispatched call."""
+    from fastvae.ops import _common
+
+    dispatched_ops = []
+    real_call = CustomOpDef.__call__
+
+    def counting_call(self, *args, **kwargs):
+        dispatched_ops.append(self._name)
+        return real_call(self, *args, **kwargs)
+
+    monkeypatch.setattr(CustomOpDef, "__call__", counting_call)
+    direct = outputs_and_grads()
+    assert dispatched_ops == [], f"an eager call went through torch.library: {dispatched_ops}"
+    monkeypatch.setattr(_common, "direct_call_ok", lambda *tensors: False)
+    dispatched = outputs_and_grads()
+    assert len(set(dispatched_ops)) >= 15
+    assert len(direct) == len(dispatched)
+    for a, b in zip(direct, dispatched):
+        assert (a is None and b is None) or torch.equal(a, b)
+
+
+def test_under_a_dispatch_mode_the_custom_ops_run(kernel_backend):
+    """A dispatch mode (what torch.compile and the benchmarks' op recorder use) sees the
+    custom ops, forward and backward."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    seen = []
+
+    class Recorder(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    with Recorder():
+        outputs_and_grads()
+    for name in ("gaussian_latent_fwd", "gaussian_latent_bwd", "bernoulli_nll_fwd", "bernoulli_nll_bwd",
+                 "discretized_logistic_mixture_fwd", "sample_gaussian_k_bwd", "iwae_bound_bwd", "categorical_bwd"):
+        assert any(f"fastvae.{name}" in op for op in seen), name
+
+
+def test_direct_call_still_refuses_double_backward(kernel_backend):
+    mu, logvar = tensor((4, 5), requires_grad=True), tensor((4, 5), seed=2, requires_grad=True)
+    kl = fastvae.gaussian_kl(mu, logvar)
+    (grad_mu,) = torch.autograd.grad(kl.sum(), mu, create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward"):
+        grad_mu.sum().backward()
+
+
+def test_mixture_gradient_scaled_in_place_only_where_the_graph_is_freed():
+    """The cpu backend's mixture forward writes ∂nll/∂params; its eager backward scales
+    that buffer in place (no second params-sized buffer) unless the graph is retained,
+    so a second backward through a retained graph gets the same gradient."""
+    if "cpu" not in fastvae.backends.available("cpu"):
+        pytest.skip("the CPU C++ backend is not built here")
+    params = tensor((2, 30, 4, 4), seed=14, requires_grad=True)
+    x = on_grid(levels((2, 3, 4, 4)), torch.float32)
+    grad_nll = torch.tensor([0.75, -1.5])
+    with fastvae.use_backend("cpu"):
+        nll = fastvae.discretized_logistic_mixture_nll(params, x, num_mixtures=3)
+        (first,) = torch.autograd.grad(nll, params, grad_nll, retain_graph=True)
+        (second,) = torch.autograd.grad(nll, params, grad_nll)
+        (dispatched,) = torch.autograd.grad(logistic_ops._mixture_fwd(params, x, 3, 256, False, True, "cpu")[0],
+                                            params, grad_nll)
+    assert torch.equal(first, second) and torch.equal(first, dispatched)
+    assert first.data_ptr() != second.data_ptr()

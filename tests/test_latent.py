@@ -421,3 +421,17 @@ def test_autocast_inputs(kernel_backend):
     assert z.dtype == torch.bfloat16 and kl.dtype == torch.float32
     (z.float().sum() + kl.sum()).backward()
     assert layer.weight.grad is not None and torch.isfinite(layer.weight.grad).all()
+
+
+def test_cpu_reparameterize_backward_hands_the_incoming_gradient_on():
+    """Without a KL term ∂mu is ∂z exactly: the cpu backend's eager backward returns ∂z
+    itself (no copy, as autograd's own add does) and writes only ∂logvar = ∂z·(z − mu)/2."""
+    if "cpu" not in fastvae.backends.available("cpu"):
+        pytest.skip("the CPU C++ backend is not built here")
+    with fastvae.use_backend("cpu"):
+        mu, logvar = make_latent((8, 33), torch.float32)
+        z = fastvae.reparameterize(mu, logvar)
+        grad_z = torch.randn_like(z)
+        grad_mu, grad_logvar = torch.autograd.grad(z, [mu, logvar], grad_z)
+    assert grad_mu.data_ptr() == grad_z.data_ptr() and torch.equal(grad_mu, grad_z)
+    assert torch.equal(grad_logvar, grad_z * 0.5 * (z.detach() - mu.detach()))

@@ -3,6 +3,8 @@ with nvcc for sm_90, and the C++ noise stream equals the reference's and Triton'
 import importlib.util
 import os
 import shutil
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -94,6 +96,51 @@ def test_hidden_devices_count_as_none(monkeypatch):
     assert load_setup_script().cuda_device_visible() is False
 
 
+def test_pybind11_headers_fall_back_to_torchs_copy(monkeypatch):
+    """A machine with torch and no pybind11 package (a bare GPU machine building in place)
+    still builds both modules, from the pybind11 headers torch ships."""
+    script = load_setup_script()
+    monkeypatch.setitem(sys.modules, "pybind11", None)  # import pybind11 raises ImportError
+    include = Path(script.pybind11_include())
+    assert (include / "pybind11" / "pybind11.h").is_file()
+    assert include == Path(torch.__file__).parent / "include"
+
+
+def test_an_extensions_sources_compile_in_parallel(tmp_path):
+    """setuptools compiles one extension's sources one after another; setup.py's compile
+    runs them side by side: four sources whose "compiler" each sleeps 1 s take about 1 s
+    with four jobs, and every object is returned in the sources' order."""
+    script = load_setup_script()
+    from setuptools._distutils.unixccompiler import UnixCCompiler
+
+    compiler = UnixCCompiler()
+    ran = []
+
+    def fake_compile(obj, src, ext, cc_args, extra_postargs, pp_opts):
+        time.sleep(1.0)
+        ran.append(src)
+
+    compiler._compile = fake_compile
+    sources = [str(tmp_path / f"file{i}.cpp") for i in range(4)]
+    start = time.monotonic()
+    objects = script.parallel_compile(compiler, jobs=4)(sources, output_dir=str(tmp_path / "build"))
+    assert time.monotonic() - start < 3.0
+    assert sorted(ran) == sorted(sources)
+    assert [Path(o).stem for o in objects] == [Path(s).stem for s in sources]
+
+
+@pytest.mark.parametrize("setting, jobs", [(None, os.cpu_count() or 1), ("3", 3), ("", os.cpu_count() or 1)])
+def test_build_jobs_setting(monkeypatch, setting, jobs):
+    if setting is None:
+        monkeypatch.delenv("FASTVAE_BUILD_JOBS", raising=False)
+    else:
+        monkeypatch.setenv("FASTVAE_BUILD_JOBS", setting)
+    assert load_setup_script().build_jobs() == jobs
+    monkeypatch.setenv("FASTVAE_BUILD_JOBS", "0")
+    with pytest.raises(ValueError, match="FASTVAE_BUILD_JOBS"):
+        load_setup_script().build_jobs()
+
+
 def test_every_cuda_source_is_listed():
     assert CUDA_SOURCES, "csrc/cuda holds no kernels"
     assert sorted(source.stem for source in CUDA_SOURCES) == sorted(CUDA_ENTRY_POINTS)
@@ -125,6 +172,30 @@ def test_cpu_normals_equal_triton_interpreter():
     from_cpp = torch.empty(17 * 301)
     extension.philox_normal(seed, base, from_cpp.numel(), from_cpp.data_ptr())
     torch.testing.assert_close(from_triton.flatten(), from_cpp, rtol=0, atol=5e-6)
+
+
+@pytest.mark.parametrize("count", [1, 1000, 70001])
+def test_cpu_philox_floor_draws_the_kernels_normals(count):
+    """The benchmark's floor (fastvae_philox_normal_floor, bench/bench_latent.py) runs the
+    sampling loops' own Philox + Box–Muller code: its normals are, bit for bit, the z of
+    the cpu backend's reparameterize at mu = logvar = 0 (z = 0 + e^0·ε = ε), from one
+    thread or from several (70001 is past the size that runs on one thread)."""
+    import ctypes
+
+    extension = cpu_extension()
+    try:
+        floor = ctypes.CDLL(extension.__file__).fastvae_philox_normal_floor
+    except AttributeError:
+        pytest.fail("fastvae._C has no fastvae_philox_normal_floor")
+    floor.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_uint64, ctypes.c_uint64]
+    torch.manual_seed(7)
+    with fastvae.use_backend("cpu"):
+        z = fastvae.reparameterize(torch.zeros(1, count), torch.zeros(1, count))
+    torch.manual_seed(7)
+    seed, base = fv_random.draw_seed(torch.device("cpu")).tolist()
+    normals = torch.full((count,), float("nan"))
+    floor(normals.data_ptr(), count, seed, base)
+    assert torch.equal(normals, z.flatten())
 
 
 def test_cuda_extension_imports_without_a_gpu():
@@ -164,7 +235,8 @@ def cpu_row_sums():
     mu, logvar = randn(5, 3001, scale=0.5), -2.0 * torch.rand(5, 3001, generator=generator)
     logits, x = randn(3, 2 * 8192 + 5, scale=3.0), torch.rand(3, 2 * 8192 + 5, generator=generator)
     levels = torch.randint(0, 256, (3, 2 * 4096 + 7), generator=generator)
-    pixel_levels = torch.randint(0, 256, (3, 1, 2 * 64 + 5), generator=generator)
+    # Enough pixel-components (3·517·2) for the mixture's loops to run in parallel.
+    pixel_levels = torch.randint(0, 256, (3, 1, 8 * 64 + 5), generator=generator)
     outputs = {}
     with fastvae.use_backend("cpu"):
         torch.manual_seed(1)
@@ -174,6 +246,7 @@ def cpu_row_sums():
         outputs["bernoulli_nll"] = fastvae.bernoulli_nll(logits, x)
         outputs["continuous_bernoulli_nll"] = fastvae.continuous_bernoulli_nll(logits, x)
         outputs["gaussian_nll"] = fastvae.gaussian_nll(x, logits.sigmoid(), -2.0 * x)
+        outputs["gaussian_nll_number_logvar"] = fastvae.gaussian_nll(x, logits.sigmoid(), -2.0)
         outputs["discretized_logistic_nll"] = fastvae.discretized_logistic_nll(
             2.0 * x[:, : levels.shape[1]] - 1.0, -3.0 * x[:, : levels.shape[1]], levels.to(torch.uint8))
         outputs["discretized_logistic_mixture_nll"] = fastvae.discretized_logistic_mixture_nll(
@@ -199,3 +272,36 @@ def test_cpu_row_sums_do_not_depend_on_the_thread_count():
         outputs, others = (outputs, two_threads[name]) if isinstance(outputs, tuple) else ((outputs,), (two_threads[name],))
         for single, double in zip(outputs, others):
             assert torch.equal(single, double), name
+
+
+def test_cpu_gaussian_nll_number_logvar_equals_its_tensor():
+    """A number logvar takes its own loops (e^(−logvar) once per task); they compute
+    gaussian_nll's formulas in the same order as the loops of a tensor logvar, so the nll
+    and both gradients are the same bits as with that number as a full-size tensor."""
+    cpu_extension()
+    generator = torch.Generator().manual_seed(3)
+    mean = torch.randn(5, 2 * 8192 + 300, generator=generator).requires_grad_()
+    x = (mean.detach() + 0.7 * torch.randn(mean.shape, generator=generator)).requires_grad_()
+    grad_nll = torch.randn(5, generator=generator)
+    with fastvae.use_backend("cpu"):
+        for reduction in ("batch", "none"):
+            number = fastvae.gaussian_nll(mean, x, -1.3, reduction=reduction)
+            tensor = fastvae.gaussian_nll(mean, x, torch.full(mean.shape, -1.3), reduction=reduction)
+            assert torch.equal(number, tensor), reduction
+            upstream = grad_nll if reduction == "batch" else grad_nll[:, None] * x.detach()
+            for a, b in zip(torch.autograd.grad(number, [mean, x], upstream),
+                            torch.autograd.grad(tensor, [mean, x], upstream)):
+                assert torch.equal(a, b), reduction
+
+
+def test_cpu_softplus_within_two_ulp():
+    """bernoulli_nll at x = 0 is softplus(l): on the cpu backend within 2 ulp of the float64
+    value over [−30, 30] (csrc/cpu/vector_math.h's log1p on [0, 1]; the general log1p
+    it replaced left 2.6 ulp near l = −9.7), and exact at the extremes."""
+    cpu_extension()
+    logits = torch.cat([torch.linspace(-30.0, 30.0, 200_001), torch.tensor([-100.0, 0.0, 1e-30, 100.0])])
+    with fastvae.use_backend("cpu"):
+        nll = fastvae.bernoulli_nll(logits[None], torch.zeros(1, logits.numel()), reduction="none")[0]
+    exact = torch.nn.functional.softplus(logits.double())
+    ulp = (exact.float().nextafter(torch.tensor(float("inf"))) - exact.float()).double()
+    assert ((nll.double() - exact).abs() / ulp).max() <= 2.0

@@ -37,6 +37,11 @@ namespace cpu {
 namespace {
 
 constexpr int kTile = 256;  // columns per SIMD loop (stack buffers of this many floats)
+// Below this many elements a call runs on the calling thread: waking the team costs more
+// than the loop (microseconds, and far more on a loaded machine), as torch's own
+// element-wise ops (grain size 32768) do.  The tasks and their partials are the same
+// either way, so results do not change.
+constexpr int64_t kParallelElements = 32768;
 
 // The columns [begin, end) of row `row` that one task covers; its partial is
 // nll[row, chunk].
@@ -61,7 +66,7 @@ template <typename Body>
 void run_tasks(int64_t batch, int64_t features, Body&& body) {
   const int64_t chunks_per_row = chunks_for(features);
   const bool avx2 = avx2_available();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (batch * features >= kParallelElements)
   for (int64_t index = 0; index < batch * chunks_per_row; ++index) body(task_at(index, features, chunks_per_row), avx2);
 }
 
@@ -146,7 +151,7 @@ inline void bernoulli_forward_task(const BernoulliForwardArgs& args, const Task&
     float* nll = args.per_element ? args.nll + row_start + start : tile;
 #pragma omp simd
     for (int i = 0; i < width; ++i) {
-      nll[i] = bernoulli_family_nll<kContinuous, VectorMath>(load_float(logits, start + i), load_float(x, start + i));
+      nll[i] = bernoulli_family_nll<kContinuous, DecayLog1pMath>(load_float(logits, start + i), load_float(x, start + i));
     }
     if (!args.per_element) partial.add(tile, width);
   }
@@ -167,7 +172,7 @@ inline void bernoulli_backward_task(const BernoulliBackwardArgs& args, const Tas
 #pragma omp simd
       for (int i = 0; i < width; ++i) {
         const float d_logits =
-            bernoulli_family_logits_grad<kContinuous, VectorMath>(load_float(logits, start + i), load_float(x, start + i));
+            bernoulli_family_logits_grad<kContinuous, DecayLog1pMath>(load_float(logits, start + i), load_float(x, start + i));
         grad_logits[start + i] = from_float<T>(grad_nll[i] * d_logits);
       }
     }
@@ -217,18 +222,35 @@ inline void gaussian_forward_task(const GaussianNLLForwardArgs& args, const Task
   const T* mean = static_cast<const T*>(args.mean) + row_start;
   const X* x = static_cast<const X*>(args.x) + row_start;
   const L* logvar = static_cast<const L*>(args.logvar);
-  BroadcastCursor cursor(args.logvar_layout, args.sizes, task.row, task.begin);
   RowSum partial;
   float tile[kTile], logvar_tile[kTile];
-  for (int64_t start = task.begin; start < task.end; start += kTile) {
-    const int width = tile_width(start, task.end);
-    gather_logvar(logvar, args.logvar_value, cursor, width, logvar_tile);
-    float* nll = args.per_element ? args.nll + row_start + start : tile;
+  if (!logvar) {
+    // A number: e^(−logvar) once per task rather than per element (gaussian_nll's
+    // formula, in its order of operations, so the same bits).
+    const float logvar_value = args.logvar_value;
+    const float inv_var = VectorMath::exp(-logvar_value);
+    for (int64_t start = task.begin; start < task.end; start += kTile) {
+      const int width = tile_width(start, task.end);
+      float* nll = args.per_element ? args.nll + row_start + start : tile;
 #pragma omp simd
-    for (int i = 0; i < width; ++i) {
-      nll[i] = gaussian_nll<VectorMath>(load_float(mean, start + i), load_float(x, start + i), logvar_tile[i]);
+      for (int i = 0; i < width; ++i) {
+        const float diff = load_float(x, start + i) - load_float(mean, start + i);
+        nll[i] = 0.5f * (kLog2Pi + logvar_value + diff * diff * inv_var);
+      }
+      if (!args.per_element) partial.add(tile, width);
     }
-    if (!args.per_element) partial.add(tile, width);
+  } else {
+    BroadcastCursor cursor(args.logvar_layout, args.sizes, task.row, task.begin);
+    for (int64_t start = task.begin; start < task.end; start += kTile) {
+      const int width = tile_width(start, task.end);
+      gather_logvar(logvar, args.logvar_value, cursor, width, logvar_tile);
+      float* nll = args.per_element ? args.nll + row_start + start : tile;
+#pragma omp simd
+      for (int i = 0; i < width; ++i) {
+        nll[i] = gaussian_nll<VectorMath>(load_float(mean, start + i), load_float(x, start + i), logvar_tile[i]);
+      }
+      if (!args.per_element) partial.add(tile, width);
+    }
   }
   if (!args.per_element) args.nll[task.row * args.row_partials + task.chunk] = partial.total();
 }
@@ -243,6 +265,30 @@ inline void gaussian_backward_task(const GaussianNLLBackwardArgs& args, const Ta
   X* grad_x = args.grad_x ? static_cast<X*>(args.grad_x) + row_start : nullptr;
   L* grad_logvar = args.grad_logvar ? static_cast<L*>(args.grad_logvar) + row_start : nullptr;
   const Upstream upstream(args.grad_nll, args.grad_per_element, task.row, args.features);
+  if (!logvar) {
+    // A number (so no grad_logvar): e^(−logvar) once per task, each gradient asked for
+    // written straight from its own loop (gaussian_nll_grads' formulas, the same bits).
+    const float inv_var = VectorMath::exp(-args.logvar_value);
+    for (int64_t start = task.begin; start < task.end; start += kTile) {
+      const int width = tile_width(start, task.end);
+      const float* grad_nll = upstream.at(start);
+      if (grad_mean) {
+#pragma omp simd
+        for (int i = 0; i < width; ++i) {
+          const float scaled = (load_float(x, start + i) - load_float(mean, start + i)) * inv_var;
+          grad_mean[start + i] = from_float<T>(-grad_nll[i] * scaled);
+        }
+      }
+      if (grad_x) {
+#pragma omp simd
+        for (int i = 0; i < width; ++i) {
+          const float scaled = (load_float(x, start + i) - load_float(mean, start + i)) * inv_var;
+          grad_x[start + i] = from_float<X>(grad_nll[i] * scaled);
+        }
+      }
+    }
+    return;
+  }
   BroadcastCursor cursor(args.logvar_layout, args.sizes, task.row, task.begin);
   float logvar_tile[kTile], d_mean[kTile], d_x[kTile], d_logvar[kTile];
   for (int64_t start = task.begin; start < task.end; start += kTile) {

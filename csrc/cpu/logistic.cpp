@@ -44,6 +44,12 @@ namespace {
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// Below these sizes a call runs on the calling thread: waking the team costs more than
+// the work (microseconds, and far more on a loaded machine).  The tasks and their
+// partials are the same either way, so results do not change.
+constexpr int64_t kLogisticParallelElements = 8192;
+constexpr int64_t kMixtureParallelWork = 2048;  // pixels × components
+
 // ---------------------------------------------------------------------------------------
 // The single logistic
 // ---------------------------------------------------------------------------------------
@@ -74,7 +80,7 @@ inline void load_logistic_tile(const T* mean, const T* log_scale, const X* x, co
 inline void logistic_tile_nll_body(const LogisticTile& tile, const LogisticGrid& grid, int width, float* nll) {
 #pragma omp simd
   for (int i = 0; i < width; ++i) {
-    nll[i] = -discretized_logistic_log_prob<VectorMath>(tile.mean[i], tile.log_scale[i],
+    nll[i] = -discretized_logistic_log_prob<DecayLog1pMath>(tile.mean[i], tile.log_scale[i],
                                                         GridPoint{tile.level[i], tile.value[i]}, grid);
   }
 }
@@ -83,7 +89,7 @@ inline void logistic_tile_grads_body(const LogisticTile& tile, const LogisticGri
                                      const float* upstream, float* grad_mean, float* grad_log_scale) {
 #pragma omp simd
   for (int i = 0; i < width; ++i) {
-    const LogisticLogProbGrads grads = discretized_logistic_log_prob_grads<VectorMath>(
+    const LogisticLogProbGrads grads = discretized_logistic_log_prob_grads<DecayLog1pMath>(
         tile.mean[i], tile.log_scale[i], GridPoint{tile.level[i], tile.value[i]}, grid);
     // nll = −log P.
     grad_mean[i] = -upstream[i] * grads.mean;
@@ -179,7 +185,7 @@ void logistic_forward(const LogisticForwardArgs& args) {
                                 std::to_string(kLogisticRowPartialWidth) + ")");
   }
   const LogisticTileMath math = logistic_tile_math();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (args.batch * args.features >= kLogisticParallelElements)
   for (int64_t task = 0; task < args.batch * blocks_per_row; ++task) {
     const int64_t row = task / blocks_per_row;
     const int64_t block = task % blocks_per_row;
@@ -195,7 +201,7 @@ template <typename T, typename X>
 void logistic_backward(const LogisticBackwardArgs& args) {
   const int64_t blocks_per_row = ceil_div(args.features, kLogisticRowPartialWidth);
   const LogisticTileMath math = logistic_tile_math();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (args.batch * args.features >= kLogisticParallelElements)
   for (int64_t task = 0; task < args.batch * blocks_per_row; ++task) {
     const int64_t row = task / blocks_per_row;
     const int64_t begin = (task % blocks_per_row) * kLogisticRowPartialWidth;
@@ -328,7 +334,7 @@ inline void component_forward_body(const float (&slots)[ComponentSlots<C>::kCoun
     GridPoint points[C];
     grid_points_at<C>(data, p, points);
     logits[p] = component.logit;
-    joint[p] = component.logit + mixture_component_log_prob<C, VectorMath>(component, points, grid);
+    joint[p] = component.logit + mixture_component_log_prob<C, DecayLog1pMath>(component, points, grid);
   }
 }
 
@@ -343,7 +349,7 @@ inline void component_grads_body(const float (&slots)[ComponentSlots<C>::kCount]
     const MixtureComponent<C> component = component_at<C>(slots, p);
     GridPoint points[C];
     grid_points_at<C>(data, p, points);
-    const MixtureComponentGrads<C> grads = mixture_component_grads<C, VectorMath>(component, points, grid);
+    const MixtureComponentGrads<C> grads = mixture_component_grads<C, DecayLog1pMath>(component, points, grid);
     logits[p] = component.logit;
     joint[p] = component.logit + grads.log_prob;
 #pragma GCC unroll 4
@@ -590,7 +596,7 @@ void mixture_forward(const LogisticMixtureForwardArgs& args) {
   const LogisticMixtureBackwardArgs gradient_args = forward_gradient_args(args);
   // The backward's task keeps each channel's derivatives too.
   const size_t scratch_size = static_cast<size_t>((with_grad ? 2 + 3 * C : 2) * args.components * kBlock);
-#pragma omp parallel
+#pragma omp parallel if (args.batch * args.pixels * args.components >= kMixtureParallelWork)
   {
     std::vector<float> scratch(scratch_size);
 #pragma omp for schedule(static)
@@ -616,7 +622,7 @@ template <typename T, typename X, int C>
 void mixture_backward(const LogisticMixtureBackwardArgs& args) {
   const int64_t blocks_per_row = ceil_div(args.pixels, kBlock);
   const MixtureMath<C> math = MixtureMath<C>::pick();
-#pragma omp parallel
+#pragma omp parallel if (args.batch * args.pixels * args.components >= kMixtureParallelWork)
   {
     std::vector<float> scratch(static_cast<size_t>((2 + 3 * C) * args.components * kBlock));
 #pragma omp for schedule(static)

@@ -12,6 +12,9 @@ namespace cpu {
 
 void gaussian_latent_forward(const LatentForwardArgs& args);
 void gaussian_latent_backward(const LatentBackwardArgs& args);
+// The benchmark's floor of the sampling loops: count normals of (seed, offset + i) into
+// out, with the Philox and Box–Muller code of the latent loops and nothing else.
+void philox_normal_floor(float* out, int64_t count, uint64_t seed, uint64_t offset);
 
 void sample_gaussian_k_forward(const SampleKForwardArgs& args);
 void sample_gaussian_k_backward(const SampleKBackwardArgs& args);

@@ -29,12 +29,15 @@ inline void philox_words_run(uint32_t* words0, uint32_t* words1, int width, uint
 
 #ifdef FASTVAE_AVX2_CLONE
 // The high and low 32 bits of each lane's 64-bit product a·m, eight lanes at once
-// (AVX2 multiplies only the even lanes: the odd ones are shifted down for a second one).
+// (AVX2 multiplies only the even lanes: the odd ones are moved down for a second one).
+// The lanes move by shuffles rather than 64-bit shifts: on Zen 2 one pipe shifts and two
+// shuffle, and with shifts that one pipe was the loop's bottleneck (51 shifts per eight
+// counters against 36 multiplies).
 __attribute__((target("avx2"))) inline void multiply_high_low(__m256i a, __m256i m, __m256i& high, __m256i& low) {
-  const __m256i even = _mm256_mul_epu32(a, m);
-  const __m256i odd = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), m);
-  low = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
-  high = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
+  const __m256i even = _mm256_mul_epu32(a, m);                                                // lanes 0, 2, 4, 6
+  const __m256i odd = _mm256_mul_epu32(_mm256_shuffle_epi32(a, _MM_SHUFFLE(3, 3, 1, 1)), m);  // lanes 1, 3, 5, 7
+  low = _mm256_blend_epi32(even, _mm256_shuffle_epi32(odd, _MM_SHUFFLE(2, 2, 0, 0)), 0xAA);
+  high = _mm256_blend_epi32(_mm256_shuffle_epi32(even, _MM_SHUFFLE(3, 3, 1, 1)), odd, 0xAA);
 }
 
 // philox_words_run with AVX2 intrinsics, eight counters at a time: GCC vectorizes the

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import math
 import types
 
 import torch
@@ -26,13 +27,15 @@ class NativeBackend:
 
     def __init__(self, name: str):
         self.name = name
+        self.on_cpu = name != "cuda"
         self.module = importlib.import_module(EXTENSIONS[name])
+        self._constants: dict[str, int] = {}
 
     def launch(self, kernel: str, device: torch.device, *args, **kwargs) -> None:
         """Call ``kernel`` with ``args`` or, for the functions whose bindings name their
         arguments, with ``kwargs`` (CUDA's then takes the stream by name too)."""
         function = getattr(self.module, kernel)
-        if self.name != "cuda":
+        if self.on_cpu:
             function(*args, **kwargs)
         elif kwargs:
             function(*args, **kwargs, stream=torch.cuda.current_stream(device).cuda_stream)
@@ -40,7 +43,10 @@ class NativeBackend:
             function(*args, torch.cuda.current_stream(device).cuda_stream)
 
     def constant(self, name: str) -> int:
-        return int(getattr(self.module, name))
+        value = self._constants.get(name)
+        if value is None:
+            value = self._constants[name] = int(getattr(self.module, name))
+        return value
 
 
 def address(tensor) -> int:
@@ -79,6 +85,8 @@ def cast_into_output(output, buffer) -> None:
 def gaussian_dtypes(mu, logvar, prior_mu, prior_logvar, z_dtype):
     """The Gaussian families (latent, IWAE): the C++ takes mu and logvar in one dtype and both priors in one dtype; cast the
     rare mixed cases (each cast is one copy)."""
+    if prior_mu is None and prior_logvar is None and mu.dtype == z_dtype and logvar.dtype == z_dtype:
+        return mu, logvar, None, None, torch.float32  # the common case, on every call's path
     if mu.dtype != z_dtype or logvar.dtype != z_dtype:
         mu, logvar = mu.to(z_dtype), logvar.to(z_dtype)
     present = [p for p in (prior_mu, prior_logvar) if p is not None]
@@ -90,9 +98,17 @@ def gaussian_dtypes(mu, logvar, prior_mu, prior_logvar, z_dtype):
     return mu, logvar, prior_mu, prior_logvar, prior_dtype
 
 
+_NO_PRIOR_STRIDES = [0, 0, 0, 0]
+
+
 def prior_layout_args(prior_mu, prior_logvar, shape):
     """The priors as the C++ takes them: each broadcast to ``shape`` through strides
     (fastvae.layout.prior_layout), the two stride layouts and the two inner sizes."""
+    if prior_mu is None and prior_logvar is None:
+        # What prior_layout gives for no priors (every inner dimension collapses into
+        # one), without its work on every call of the common case.
+        inner = math.prod(shape[1:])
+        return None, None, _NO_PRIOR_STRIDES, _NO_PRIOR_STRIDES, [1, inner if inner > 1 else 1]
     (prior_mu, prior_logvar), strides, size1, size2 = prior_layout([prior_mu, prior_logvar], shape)
     return prior_mu, prior_logvar, strides[:4], strides[4:], [size1, size2]
 

@@ -2,6 +2,8 @@
 with the signatures of :mod:`fastvae.kernels.latent`'s."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 from fastvae.row_sums import sum_partials_into
@@ -13,27 +15,33 @@ LAUNCHERS = ("gaussian_latent_fwd", "gaussian_latent_bwd", "backward_reads_sampl
 KL_MODE_CODES = {"none": 0, "element": 1, "row": 2}
 
 
+def _features(mu) -> int:
+    """Elements per sample of mu [B, ...] (from the shape: no indexing on the hot path)."""
+    return math.prod(mu.shape[1:])
+
+
 def gaussian_latent_fwd(native, mu, logvar, prior_mu, prior_logvar, seed_offset, kl_mode: str, z, kl):
     """As :func:`fastvae.kernels.latent.gaussian_latent_fwd`: writes z and kl."""
-    batch = mu.shape[0]
-    features = mu[0].numel() if batch else int(torch.Size(mu.shape[1:]).numel())
-    z_dtype = torch.promote_types(mu.dtype, logvar.dtype)
+    batch, features = mu.shape[0], _features(mu)
+    z_dtype = z.dtype if z is not None else torch.promote_types(mu.dtype, logvar.dtype)
     mu, logvar, prior_mu, prior_logvar, prior_dtype = gaussian_dtypes(mu, logvar, prior_mu, prior_logvar, z_dtype)
     row_partials = native.constant("LATENT_ROW_PARTIAL_WIDTH")
     row_partials = -(-features // row_partials) if row_partials else 1
     kl_partials = kl
-    if kl_mode == "row":
-        kl_partials = torch.zeros((batch, max(row_partials, 1)), dtype=torch.float32, device=mu.device)
+    if kl_mode == "row" and row_partials > 1:
+        kl_partials = torch.zeros((batch, row_partials), dtype=torch.float32, device=mu.device)
+    elif kl_mode == "row" and not features:
+        kl.zero_()  # a sample of no elements has no KL (one partial per row: kl itself)
     if batch and features:
         prior_mu, prior_logvar, prior_mu_layout, prior_logvar_layout, sizes = prior_layout_args(prior_mu, prior_logvar, mu.shape)
         native.launch(
             "gaussian_latent_fwd", mu.device,
             address(mu), address(logvar), address(prior_mu), address(prior_logvar),
             address(seed_offset) if z is not None else 0, address(z), address(kl_partials),
-            batch, features, row_partials, prior_mu_layout, prior_logvar_layout, sizes,
+            batch, features, max(row_partials, 1), prior_mu_layout, prior_logvar_layout, sizes,
             dtype_code(z_dtype, "sample_gaussian"), dtype_code(prior_dtype, "sample_gaussian"), KL_MODE_CODES[kl_mode],
         )
-    if kl_mode == "row":
+    if kl_partials is not kl:
         sum_partials_into(kl, kl_partials)
 
 
@@ -53,8 +61,7 @@ def gaussian_latent_bwd(native, grad_z, grad_kl, mu, logvar, prior_mu, prior_log
     """As :func:`fastvae.kernels.latent.gaussian_latent_bwd`: writes the gradients, each
     prior's in its own dtype.  z: the forward's sample when :func:`backward_reads_sample`,
     else None."""
-    batch = mu.shape[0]
-    features = mu[0].numel() if batch else int(torch.Size(mu.shape[1:]).numel())
+    batch, features = mu.shape[0], _features(mu)
     if not (batch and features):
         return
     z_dtype = torch.promote_types(mu.dtype, logvar.dtype)

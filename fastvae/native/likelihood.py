@@ -44,15 +44,16 @@ def _companion(tensor, params_dtype, op: str, allow_bytes: bool = False):
 
 
 def _nll_partials(nll, per_element: bool, row_partials: int):
-    """Where the C++ writes the forward: the nll output itself per element, else partial
-    sums per (row, column chunk)."""
-    if per_element:
+    """Where the C++ writes the forward: the nll output itself per element, or per sample
+    when a row is one chunk (its one partial is its sum), else partial sums per (row,
+    column chunk)."""
+    if per_element or row_partials == 1:
         return nll
     return torch.empty((nll.shape[0], row_partials), dtype=torch.float32, device=nll.device)
 
 
-def _finish_rows(nll, partials, per_element: bool):
-    if not per_element:
+def _finish_rows(nll, partials):
+    if partials is not nll:
         sum_partials_into(nll, partials)
 
 
@@ -79,7 +80,7 @@ def bernoulli_nll_fwd(native, logits, x, continuous: bool, per_element: bool, nl
         address(logits), address(x), address(partials), batch, features, row_partials,
         dtype_code(logits.dtype, op), x_code, bool(continuous), bool(per_element),
     )
-    _finish_rows(nll, partials, per_element)
+    _finish_rows(nll, partials)
 
 
 def bernoulli_nll_bwd(native, grad_nll, logits, x, continuous: bool, grad_logits, grad_x):
@@ -135,7 +136,7 @@ def gaussian_nll_fwd(native, mean, x, logvar, logvar_value: float, per_element: 
         layout, sizes, 0.0 if logvar is not None else float(logvar_value),
         dtype_code(mean.dtype, op), x_code, logvar_code, bool(per_element),
     )
-    _finish_rows(nll, partials, per_element)
+    _finish_rows(nll, partials)
 
 
 def gaussian_nll_bwd(native, grad_nll, mean, x, logvar, logvar_value: float, grad_mean, grad_x, grad_logvar):

@@ -76,13 +76,15 @@ def discretized_logistic_fwd(native, mean, log_scale, x, num_bins: int, per_elem
         return
     mean, log_scale, x, strides, dtype = _logistic_inputs(mean, log_scale, x)
     row_partials = _partials(native, "LOGISTIC_ROW_PARTIAL_WIDTH", features)
-    partials = nll if per_element else torch.empty((batch, row_partials), dtype=torch.float32, device=mean.device)
+    # A row of one block has its sum as its one partial: written into nll directly.
+    one_partial = per_element or row_partials == 1
+    partials = nll if one_partial else torch.empty((batch, row_partials), dtype=torch.float32, device=mean.device)
     native.launch(
         "discretized_logistic_fwd", mean.device,
         address(mean), address(log_scale), address(x), address(partials), batch, features, row_partials, strides,
         *grid_constants(num_bins), dtype_code(dtype, NLL_OP), _x_code(x, NLL_OP), per_element,
     )
-    if not per_element:
+    if not one_partial:
         sum_partials_into(nll, partials)
 
 
@@ -150,7 +152,8 @@ def logistic_mixture_fwd(native, params, x, num_mixtures: int, num_bins: int, pe
         return
     params, x = mixture_layout(params), mixture_layout(x)
     pixel_partials = _partials(native, "LOGISTIC_MIXTURE_ROW_PARTIAL_WIDTH", pixels)
-    partials = nll if per_pixel else torch.empty((batch, pixel_partials), dtype=torch.float32, device=params.device)
+    one_partial = per_pixel or pixel_partials == 1  # as discretized_logistic_fwd
+    partials = nll if one_partial else torch.empty((batch, pixel_partials), dtype=torch.float32, device=params.device)
     native.launch(
         "logistic_mixture_fwd", params.device,
         address(params), address(x), address(partials), address(grad_params), batch, pixels, num_mixtures,
@@ -159,7 +162,7 @@ def logistic_mixture_fwd(native, params, x, num_mixtures: int, num_bins: int, pe
         *grid_constants(num_bins), channels,
         dtype_code(params.dtype, MIXTURE_OP), _x_code(x, MIXTURE_OP), per_pixel,
     )
-    if not per_pixel:
+    if not one_partial:
         sum_partials_into(nll, partials)
 
 

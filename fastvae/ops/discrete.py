@@ -24,7 +24,7 @@ from ..validation import (
     check_reduction,
     check_same_device,
 )
-from ._common import fill_absent, kernel_module, no_double_backward, pick_backend, promoted_dtype, seed_for
+from ._common import fill_absent, fused_call, kernel_module, no_double_backward, pick_backend, promoted_dtype, seed_for
 
 # --------------------------------------------------------------------------------------
 # Custom ops
@@ -116,8 +116,8 @@ def _backward(ctx, grad_z, grad_kl):
     prior_grad = prior_logits is not None and ctx.needs_input_grad[1] and grad_kl is not None
     if grad_z is None and grad_kl is None:
         return None, None, None, None, None, None
-    grad_logits, grad_prior = _categorical_bwd(
-        grad_z, grad_kl, logits, prior_logits, seed_offset, ctx.tau, prior_grad, ctx.backend
+    grad_logits, grad_prior = fused_call(
+        _categorical_bwd, grad_z, grad_kl, logits, prior_logits, seed_offset, ctx.tau, prior_grad, ctx.backend
     )
     # A broadcast prior's gradient is the sum over its broadcast dimensions (a torch
     # reduction: fixed order, so bitwise repeatable).
@@ -245,5 +245,5 @@ def sample_categorical(
     if backend == "torch":
         return reference.sample_categorical(logits, float(tau), seed_offset, hard, prior_logits, reduction)
     _check_kernel_limits(op, backend, logits)
-    z, kl = _categorical_fwd(logits, prior_logits, seed_offset, float(tau), hard, backend)
+    z, kl = fused_call(_categorical_fwd, logits, prior_logits, seed_offset, float(tau), hard, backend)
     return z, reference.reduce(kl, reduction)

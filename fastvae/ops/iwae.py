@@ -26,7 +26,7 @@ from ..validation import (
     check_same_device,
     check_same_shape,
 )
-from ._common import fill_absent, kernel_module, no_double_backward, pick_backend, promoted_dtype, seed_for
+from ._common import fill_absent, fused_call, kernel_module, no_double_backward, pick_backend, promoted_dtype, seed_for
 from .latent import check_latent_args, gaussian_grad_outputs
 
 
@@ -120,9 +120,9 @@ def _sample_gaussian_k_backward(ctx, grad_z, grad_log_q, grad_log_p):
     mu, logvar, prior_mu, prior_logvar, seed_offset = ctx.saved_tensors
     prior_mu_grad = prior_mu is not None and ctx.needs_input_grad[2]
     prior_logvar_grad = prior_logvar is not None and ctx.needs_input_grad[3]
-    grad_mu, grad_logvar, grad_prior_mu, grad_prior_logvar = _sample_gaussian_k_bwd(
-        grad_z, grad_log_q, grad_log_p, mu, logvar, prior_mu, prior_logvar, seed_offset, ctx.num_samples,
-        prior_mu_grad, prior_logvar_grad, ctx.backend,
+    grad_mu, grad_logvar, grad_prior_mu, grad_prior_logvar = fused_call(
+        _sample_gaussian_k_bwd, grad_z, grad_log_q, grad_log_p, mu, logvar, prior_mu, prior_logvar, seed_offset,
+        ctx.num_samples, prior_mu_grad, prior_logvar_grad, ctx.backend,
     )
     # Only log p depends on the prior; without its gradient the prior gets none.
     prior_mu_grad = prior_mu_grad and grad_log_p is not None
@@ -207,7 +207,7 @@ def _log_mean_exp_setup_context(ctx, inputs, output):
 
 def _log_mean_exp_backward(ctx, grad_out, _grad_lse_parts):
     x, lse_parts = ctx.saved_tensors
-    return _log_mean_exp_bwd(grad_out, x, lse_parts, ctx.dim, ctx.backend), None, None
+    return fused_call(_log_mean_exp_bwd, grad_out, x, lse_parts, ctx.dim, ctx.backend), None, None
 
 
 _log_mean_exp_fwd.register_autograd(_log_mean_exp_backward, setup_context=_log_mean_exp_setup_context)
@@ -282,7 +282,7 @@ def _iwae_bound_setup_context(ctx, inputs, output):
 def _iwae_bound_backward(ctx, grad_bound, _grad_lse_parts):
     log_px_z, log_p, log_q, lse_parts = ctx.saved_tensors
     wanted = ctx.needs_input_grad[:3]
-    grads = _iwae_bound_bwd(grad_bound, log_px_z, log_p, log_q, lse_parts, *wanted, ctx.backend)
+    grads = fused_call(_iwae_bound_bwd, grad_bound, log_px_z, log_p, log_q, lse_parts, *wanted, ctx.backend)
     return tuple(g if w else None for g, w in zip(grads, wanted)) + (None,)
 
 
@@ -377,7 +377,7 @@ def sample_gaussian_k(
     backend = pick_backend(op, mu.device, promoted_dtype(mu, logvar, prior_mu, prior_logvar))
     if backend == "torch":
         return reference.sample_gaussian_k(mu, logvar, num_samples, seed_offset, prior_mu, prior_logvar)
-    return _sample_gaussian_k_fwd(mu, logvar, prior_mu, prior_logvar, seed_offset, num_samples, backend)
+    return fused_call(_sample_gaussian_k_fwd, mu, logvar, prior_mu, prior_logvar, seed_offset, num_samples, backend)
 
 
 def log_mean_exp(x: Tensor, dim: int = 0) -> Tensor:
@@ -410,7 +410,7 @@ def log_mean_exp(x: Tensor, dim: int = 0) -> Tensor:
     backend = pick_backend(op, x.device, x.dtype)
     if backend == "torch":
         return reference.log_mean_exp(x, dim)
-    out, _ = _log_mean_exp_fwd(x, dim, backend)
+    out, _ = fused_call(_log_mean_exp_fwd, x, dim, backend)
     return out
 
 
@@ -458,5 +458,5 @@ def iwae_bound(log_px_z: Tensor, log_p: Tensor, log_q: Tensor) -> Tensor:
     backend = pick_backend(op, log_px_z.device, promoted_dtype(log_px_z, log_p, log_q))
     if backend == "torch":
         return reference.iwae_bound(log_px_z, log_p, log_q)
-    bound, _ = _iwae_bound_fwd(log_px_z, log_p, log_q, backend)
+    bound, _ = fused_call(_iwae_bound_fwd, log_px_z, log_p, log_q, backend)
     return bound

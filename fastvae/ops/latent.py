@@ -25,7 +25,8 @@ from ..validation import (
     check_same_device,
     check_same_shape,
 )
-from ._common import fill_absent, kernel_module, no_double_backward, pick_backend, promoted_dtype, seed_for
+from ._common import (direct_call_ok, fill_absent, fused_call, kernel_module, no_double_backward, pick_backend,
+                      promoted_dtype, seed_for)
 
 KL_MODES = ("none", "element", "row")
 
@@ -46,6 +47,17 @@ def _gaussian_latent_fwd_outputs(mu: Tensor, logvar: Tensor, sample: bool, kl_mo
     return z, kl
 
 
+def _latent_fwd_impl(mu, logvar, prior_mu, prior_logvar, seed_offset, sample: bool, kl_mode: str, backend: str):
+    """What ``gaussian_latent_fwd`` runs: its outputs allocated, the backend's launcher
+    writing them; (z, kl) with None for an output not computed (the custom op returns
+    an empty tensor there, see fill_absent)."""
+    z, kl = _gaussian_latent_fwd_outputs(mu, logvar, sample, kl_mode)
+    kernel_module(backend, "latent").gaussian_latent_fwd(
+        mu.contiguous(), logvar.contiguous(), prior_mu, prior_logvar, seed_offset, kl_mode, z=z, kl=kl
+    )
+    return z, kl
+
+
 @torch.library.custom_op("fastvae::gaussian_latent_fwd", mutates_args=())
 def _gaussian_latent_fwd(
     mu: Tensor,
@@ -58,11 +70,7 @@ def _gaussian_latent_fwd(
     backend: str,
 ) -> tuple[Tensor, Tensor]:
     """z (mu's shape, or empty when not ``sample``) and the KL per ``kl_mode``."""
-    z, kl = _gaussian_latent_fwd_outputs(mu, logvar, sample, kl_mode)
-    kernel_module(backend, "latent").gaussian_latent_fwd(
-        mu.contiguous(), logvar.contiguous(), prior_mu, prior_logvar, seed_offset, kl_mode, z=z, kl=kl
-    )
-    return fill_absent((z, kl), mu)
+    return fill_absent(_latent_fwd_impl(mu, logvar, prior_mu, prior_logvar, seed_offset, sample, kl_mode, backend), mu)
 
 
 @_gaussian_latent_fwd.register_fake
@@ -92,6 +100,30 @@ def gaussian_grad_outputs(prior_grad_flows: bool, mu: Tensor, logvar: Tensor, pr
     )
 
 
+def _latent_bwd_impl(grad_z, grad_kl, mu, logvar, prior_mu, prior_logvar, seed_offset, z, prior_mu_grad: bool,
+                     prior_logvar_grad: bool, backend: str, grad_mu_is_grad_z: bool = False):
+    """What ``gaussian_latent_bwd`` runs: its outputs allocated, the backend's launcher
+    writing them; None for a prior's gradient not computed.  ``grad_mu_is_grad_z`` (the
+    direct path's backward of ``reparameterize`` on the cpu backend, where ∂mu is ∂z
+    exactly): grad_z itself is returned as grad_mu, as autograd's own add passes a
+    gradient on, and the C++ writes only grad_logvar (a custom op's outputs may not alias
+    its inputs, so the custom op never does this)."""
+    grad_mu, grad_logvar, grad_prior_mu, grad_prior_logvar = outputs = gaussian_grad_outputs(
+        grad_kl is not None, mu, logvar, prior_mu, prior_logvar, prior_mu_grad, prior_logvar_grad
+    )
+    if grad_mu_is_grad_z:
+        grad_mu = None
+        outputs = (grad_z, grad_logvar, grad_prior_mu, grad_prior_logvar)
+    kernel_module(backend, "latent").gaussian_latent_bwd(
+        None if grad_z is None else grad_z.contiguous(),
+        None if grad_kl is None else grad_kl.contiguous(),
+        mu.contiguous(), logvar.contiguous(), prior_mu, prior_logvar, seed_offset,
+        None if z is None else z.contiguous(),
+        grad_mu=grad_mu, grad_logvar=grad_logvar, grad_prior_mu=grad_prior_mu, grad_prior_logvar=grad_prior_logvar,
+    )
+    return outputs
+
+
 @torch.library.custom_op("fastvae::gaussian_latent_bwd", mutates_args=())
 def _gaussian_latent_bwd(
     grad_z: Optional[Tensor],
@@ -109,16 +141,8 @@ def _gaussian_latent_bwd(
     """(grad_mu, grad_logvar, grad_prior_mu, grad_prior_logvar); the prior gradients per
     element of mu's shape, empty when not asked for.  z: the forward's sample where the
     backend's backward reads it, else None (ε is regenerated from seed_offset)."""
-    grad_mu, grad_logvar, grad_prior_mu, grad_prior_logvar = outputs = gaussian_grad_outputs(
-        grad_kl is not None, mu, logvar, prior_mu, prior_logvar, prior_mu_grad, prior_logvar_grad
-    )
-    kernel_module(backend, "latent").gaussian_latent_bwd(
-        None if grad_z is None else grad_z.contiguous(),
-        None if grad_kl is None else grad_kl.contiguous(),
-        mu.contiguous(), logvar.contiguous(), prior_mu, prior_logvar, seed_offset,
-        None if z is None else z.contiguous(),
-        grad_mu=grad_mu, grad_logvar=grad_logvar, grad_prior_mu=grad_prior_mu, grad_prior_logvar=grad_prior_logvar,
-    )
+    outputs = _latent_bwd_impl(grad_z, grad_kl, mu, logvar, prior_mu, prior_logvar, seed_offset, z, prior_mu_grad,
+                               prior_logvar_grad, backend)
     return fill_absent(outputs, mu)
 
 
@@ -149,10 +173,19 @@ def _backward(ctx, grad_z, grad_kl):
     grad_kl = grad_kl if ctx.kl_mode != "none" else None
     prior_mu_grad = prior_mu is not None and ctx.needs_input_grad[2]
     prior_logvar_grad = prior_logvar is not None and ctx.needs_input_grad[3]
-    grad_mu, grad_logvar, grad_prior_mu, grad_prior_logvar = _gaussian_latent_bwd(
-        grad_z, grad_kl, mu, logvar, prior_mu, prior_logvar, seed_offset, z if grad_z is not None else None,
-        prior_mu_grad, prior_logvar_grad, ctx.backend,
-    )
+    # Under create_graph the custom op runs, so that its registered autograd refuses a
+    # double backward; otherwise a backward of the direct path (below) stays direct.
+    direct = getattr(ctx, "direct", False) and not torch.is_grad_enabled() and direct_call_ok()
+    bwd_args = (grad_z, grad_kl, mu, logvar, prior_mu, prior_logvar, seed_offset, z if grad_z is not None else None,
+                prior_mu_grad, prior_logvar_grad, ctx.backend)
+    if direct:
+        # Without a KL, ∂mu is ∂z: the cpu backend hands ∂z on rather than copying it.
+        grad_mu_is_grad_z = (ctx.backend == "cpu" and grad_kl is None and grad_z is not None
+                             and grad_z.dtype == mu.dtype)
+        outputs = _latent_bwd_impl(*bwd_args, grad_mu_is_grad_z=grad_mu_is_grad_z)
+    else:
+        outputs = fused_call(_gaussian_latent_bwd, *bwd_args)
+    grad_mu, grad_logvar, grad_prior_mu, grad_prior_logvar = outputs
     # Only the KL depends on the prior; without its gradient the prior gets none.
     prior_mu_grad = prior_mu_grad and grad_kl is not None
     prior_logvar_grad = prior_logvar_grad and grad_kl is not None
@@ -238,7 +271,7 @@ def reparameterize(mu: Tensor, logvar: Tensor, generator: Optional[torch.Generat
     backend = pick_backend(op, mu.device, promoted_dtype(mu, logvar))
     if backend == "torch":
         return reference.reparameterize(mu, logvar, seed_offset)
-    z, _ = _gaussian_latent_fwd(mu, logvar, None, None, seed_offset, True, "none", backend)
+    z, _ = fused_call(_gaussian_latent_fwd, mu, logvar, None, None, seed_offset, True, "none", backend)
     return z
 
 
@@ -279,7 +312,7 @@ def gaussian_kl(
     if backend == "torch":
         return reference.gaussian_kl(mu, logvar, prior_mu, prior_logvar, free_bits, reduction)
     kl_mode = _kl_mode(free_bits, reduction)
-    _, kl = _gaussian_latent_fwd(mu, logvar, prior_mu, prior_logvar, None, False, kl_mode, backend)
+    _, kl = fused_call(_gaussian_latent_fwd, mu, logvar, prior_mu, prior_logvar, None, False, kl_mode, backend)
     return _finish_kl(kl, kl_mode, free_bits, reduction)
 
 
@@ -327,5 +360,5 @@ def sample_gaussian(
     if backend == "torch":
         return reference.sample_gaussian(mu, logvar, seed_offset, prior_mu, prior_logvar, free_bits, reduction)
     kl_mode = _kl_mode(free_bits, reduction)
-    z, kl = _gaussian_latent_fwd(mu, logvar, prior_mu, prior_logvar, seed_offset, True, kl_mode, backend)
+    z, kl = fused_call(_gaussian_latent_fwd, mu, logvar, prior_mu, prior_logvar, seed_offset, True, kl_mode, backend)
     return z, _finish_kl(kl, kl_mode, free_bits, reduction)

@@ -34,7 +34,7 @@ from ..validation import (
     check_same_shape,
     value_checks_active,
 )
-from ._common import fill_absent, kernel_module, no_double_backward, pick_backend, promoted_dtype, seed_for
+from ._common import fill_absent, fused_call, kernel_module, no_double_backward, pick_backend, promoted_dtype, seed_for
 
 # x of a Bernoulli likelihood: a float tensor in [0, 1], or 0/1 values as bool or uint8.
 BINARY_DTYPES = (torch.bool, torch.uint8)
@@ -114,7 +114,8 @@ def _bernoulli_backward(ctx, grad_nll):
     logits_grad, x_grad = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
     if grad_nll is None or not (logits_grad or x_grad):
         return None, None, None, None, None
-    grad_logits, grad_x = _bernoulli_nll_bwd(grad_nll, logits, x, ctx.continuous, logits_grad, x_grad, ctx.backend)
+    grad_logits, grad_x = fused_call(_bernoulli_nll_bwd, grad_nll, logits, x, ctx.continuous, logits_grad, x_grad,
+                                     ctx.backend)
     return grad_logits if logits_grad else None, grad_x if x_grad else None, None, None, None
 
 
@@ -206,8 +207,8 @@ def _gaussian_backward(ctx, grad_nll):
     logvar_grad = logvar is not None and ctx.needs_input_grad[2]
     if grad_nll is None or not (mean_grad or x_grad or logvar_grad):
         return None, None, None, None, None, None
-    grad_mean, grad_x, grad_logvar = _gaussian_nll_bwd(
-        grad_nll, mean, x, logvar, ctx.logvar_value, mean_grad, x_grad, logvar_grad, ctx.backend
+    grad_mean, grad_x, grad_logvar = fused_call(
+        _gaussian_nll_bwd, grad_nll, mean, x, logvar, ctx.logvar_value, mean_grad, x_grad, logvar_grad, ctx.backend
     )
     # A broadcast logvar's gradient is the sum over its broadcast dimensions (a torch
     # reduction: fixed order, so bitwise repeatable).
@@ -310,7 +311,7 @@ def _bernoulli_family_nll(op: str, logits, x, reduction: str, continuous: bool) 
         if continuous:
             return reference.continuous_bernoulli_nll(logits, x, reduction)
         return reference.bernoulli_nll(logits, x, reduction)
-    nll = _bernoulli_nll_fwd(logits, _kernel_target(x), continuous, reduction == "none", backend)
+    nll = fused_call(_bernoulli_nll_fwd, logits, _kernel_target(x), continuous, reduction == "none", backend)
     return reference.reduce(nll, reduction)
 
 
@@ -402,7 +403,7 @@ def gaussian_nll(mean: Tensor, x: Tensor, logvar: Union[float, Tensor] = 0.0, re
     if backend == "torch":
         return reference.gaussian_nll(mean, x, logvar, reduction)
     logvar_value = 0.0 if logvar_tensor is not None else float(logvar)
-    nll = _gaussian_nll_fwd(mean, x, logvar_tensor, logvar_value, reduction == "none", backend)
+    nll = fused_call(_gaussian_nll_fwd, mean, x, logvar_tensor, logvar_value, reduction == "none", backend)
     return reference.reduce(nll, reduction)
 
 

@@ -33,7 +33,7 @@ from ..validation import (
     check_same_shape,
     value_checks_active,
 )
-from ._common import (assume_constant_result, fill_absent, kernel_module, no_double_backward, pick_backend,
+from ._common import (assume_constant_result, direct_call_ok, fill_absent, fused_call, kernel_module, no_double_backward, pick_backend,
                       promoted_dtype, seed_for)
 
 
@@ -102,7 +102,8 @@ def _discretized_logistic_backward(ctx, grad_nll):
     if grad_nll is None:
         return None, None, None, None, None, None
     mean, log_scale, x = ctx.saved_tensors
-    grad_mean, grad_log_scale = _discretized_logistic_bwd(grad_nll, mean, log_scale, x, ctx.num_bins, ctx.backend)
+    grad_mean, grad_log_scale = fused_call(_discretized_logistic_bwd, grad_nll, mean, log_scale, x, ctx.num_bins,
+                                           ctx.backend)
     return (
         grad_mean if ctx.needs_input_grad[0] else None,
         grad_log_scale if ctx.needs_input_grad[1] else None,
@@ -219,14 +220,35 @@ def _mixture_setup_context(ctx, inputs, output):
     ctx.set_materialize_grads(False)
 
 
+def _scale_in_place(ctx, grad_params: Tensor, grad_nll: Tensor) -> bool:
+    """Whether the backward may scale the gradient the forward wrote in place: on the
+    direct path (fastvae.ops._common.fused_call: eager, plain tensors, so the forward's
+    buffer never reached the caller), in a backward that frees the graph after it
+    (not ``retain_graph``: a second backward must find the buffer unscaled) and builds
+    none (not ``create_graph``).  The product is taken in the promoted dtype and rounded
+    once to the buffer's, as ``_mixture_scale_grad`` writes it."""
+    return (
+        getattr(ctx, "direct", False)
+        and not torch.is_grad_enabled()
+        and not torch._C._autograd._get_current_graph_task_keep_graph()
+        and direct_call_ok(grad_params, grad_nll)
+    )
+
+
 def _mixture_backward(ctx, grad_nll, _grad_of_grad_params):
     if grad_nll is None or not ctx.needs_input_grad[0]:
         return None, None, None, None, None, None, None
     if ctx.with_grad:
         (grad_params,) = ctx.saved_tensors
-        return _mixture_scale_grad(grad_params, grad_nll), None, None, None, None, None, None
+        if _scale_in_place(ctx, grad_params, grad_nll):
+            # The buffer is this graph's alone and is freed after this backward: scaled
+            # in place, it becomes the gradient, so fwd+bwd holds one params-sized buffer
+            # where eager holds a dozen (bench/README.md, the mixture's memory bar).
+            grad_params.mul_(_upstream_per_slot(grad_nll, grad_params))
+            return grad_params, None, None, None, None, None, None
+        return fused_call(_mixture_scale_grad, grad_params, grad_nll), None, None, None, None, None, None
     params, x = ctx.saved_tensors
-    grad_params = _mixture_bwd(grad_nll, params, x, ctx.num_mixtures, ctx.num_bins, ctx.backend)
+    grad_params = fused_call(_mixture_bwd, grad_nll, params, x, ctx.num_mixtures, ctx.num_bins, ctx.backend)
     return grad_params, None, None, None, None, None, None
 
 
@@ -420,7 +442,7 @@ def discretized_logistic_nll(
     if backend == "torch":
         return reference.discretized_logistic_nll(mean, log_scale, x, num_bins, reduction)
     per_element = reduction == "none"
-    nll = _discretized_logistic_fwd(mean, log_scale, x, num_bins, per_element, backend)
+    nll = fused_call(_discretized_logistic_fwd, mean, log_scale, x, num_bins, per_element, backend)
     return nll if per_element else reference.reduce(nll, reduction)
 
 
@@ -471,7 +493,7 @@ def discretized_logistic_mixture_nll(
         return reference.discretized_logistic_mixture_nll(params, x, num_mixtures, num_bins, reduction)
     per_pixel = reduction == "none"
     with_grad = params.requires_grad and torch.is_grad_enabled() and _mixture_forward_writes_grad(backend)
-    nll, _ = _mixture_fwd(params, x, num_mixtures, num_bins, per_pixel, with_grad, backend)
+    nll, _ = fused_call(_mixture_fwd, params, x, num_mixtures, num_bins, per_pixel, with_grad, backend)
     return nll if per_pixel else reference.reduce(nll, reduction)
 
 
