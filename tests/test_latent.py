@@ -125,6 +125,22 @@ def test_prior_broadcast_and_gradients(kernel_backend, prior_shape):
         assert_close(grad, grad_ref, torch.float32, scale=37 * 8)
 
 
+@pytest.mark.parametrize("prior_shape", [(1, 129), (37, 129)], ids=["row", "full"])
+def test_prior_gets_no_gradient_when_only_z_is_differentiated(kernel_backend, prior_shape):
+    """A prior requiring grad, with the KL unused: the prior gets no gradient (as from the
+    torch backend) rather than a failed sum of the gradient the kernel did not write."""
+    mu, logvar = make_latent((37, 129), torch.float32)
+    prior_mu = torch.zeros(prior_shape, device=DEVICE, requires_grad=True)
+    prior_logvar = torch.zeros(prior_shape, device=DEVICE, requires_grad=True)
+    z, _ = fastvae.sample_gaussian(mu, logvar, prior_mu, prior_logvar)
+    grads = torch.autograd.grad(z.sum(), [mu, logvar, prior_mu, prior_logvar], allow_unused=True)
+    with fastvae.use_backend("torch"):
+        z_ref, _ = fastvae.sample_gaussian(mu, logvar, prior_mu, prior_logvar)
+        grads_ref = torch.autograd.grad(z_ref.sum(), [mu, logvar, prior_mu, prior_logvar], allow_unused=True)
+    assert grads[2] is None and grads[3] is None and grads_ref[2] is None and grads_ref[3] is None
+    assert_close(grads[0], grads_ref[0], torch.float32)
+
+
 @pytest.mark.parametrize("prior_shape", [(1, 3, 1, 1), (4, 3, 5, 6), (1, 3, 1, 6), (1, 1, 5, 1)], ids=str)
 def test_conv_latent_priors(kernel_backend, prior_shape):
     mu, logvar = make_latent((4, 3, 5, 6), torch.float32)

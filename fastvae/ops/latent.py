@@ -186,6 +186,9 @@ def _backward(ctx, grad_z, grad_kl):
     else:
         outputs = fused_call(_gaussian_latent_bwd, *bwd_args)
     grad_mu, grad_logvar, grad_prior_mu, grad_prior_logvar = outputs
+    # Only the KL depends on the prior; without its gradient the prior gets none.
+    prior_mu_grad = prior_mu_grad and grad_kl is not None
+    prior_logvar_grad = prior_logvar_grad and grad_kl is not None
     # A broadcast prior's gradient is the sum over its broadcast dimensions (a torch
     # reduction: fixed order, so bitwise repeatable).
     if prior_mu_grad:
