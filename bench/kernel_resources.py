@@ -330,6 +330,8 @@ def markdown_report(payload: dict) -> str:
                 listed = ", ".join(f"{k} ({n})" for k, n in sorted(kernels.items()))
                 lines.append(f"* {arch}: the specializations that {title}, by kernel: {listed}.  "
                              f"Benchmark sizes among them: {_bench_sizes(chosen)}.")
+    lines += ["", "Why each remaining spill and register cap is left as it is, with its numbers: bench/README.md, "
+              "\"Running `kernel_resources.py`\"."]
     if payload["capture_errors"]:
         lines += ["", f"{len(payload['capture_errors'])} op calls of the matrix raised (their launches before the "
                   "error are captured); the first:", ""]
