@@ -752,9 +752,12 @@ def run_session(args) -> dict:
     # 6. kernel resources
     resources = ROOT / "bench" / "kernel_resources.py"
     if resources.exists():
-        # It regenerates its table where it keeps it (the log says where); on the CPU only
-        # that it starts.
-        command = [sys.executable, str(resources.relative_to(ROOT))] + (["--help"] if args.dry_run else [])
+        # The table of the specializations the benchmarks launch, into the results folder (the
+        # committed whole-matrix table needs no GPU: it is made on any machine); its
+        # compiles spread over the machine's cores.  On the CPU only that it starts.
+        command = [sys.executable, str(resources.relative_to(ROOT))] + (
+            ["--help"] if args.dry_run
+            else ["--bench-only", "--cuda-archs", "", "--out", str(out / "kernel-resources.json")])
         steps.append(run_logged(command, logs / "kernel-resources.log",
                                 clock.limit(BUDGETS["kernel resources"], REPORT_RESERVE_S), env, "kernel resources"))
     else:
