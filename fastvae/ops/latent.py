@@ -47,17 +47,6 @@ def _gaussian_latent_fwd_outputs(mu: Tensor, logvar: Tensor, sample: bool, kl_mo
     return z, kl
 
 
-def _latent_fwd_impl(mu, logvar, prior_mu, prior_logvar, seed_offset, sample: bool, kl_mode: str, backend: str):
-    """What ``gaussian_latent_fwd`` runs: its outputs allocated, the backend's launcher
-    writing them; (z, kl) with None for an output not computed (the custom op returns
-    an empty tensor there, see fill_absent)."""
-    z, kl = _gaussian_latent_fwd_outputs(mu, logvar, sample, kl_mode)
-    kernel_module(backend, "latent").gaussian_latent_fwd(
-        mu.contiguous(), logvar.contiguous(), prior_mu, prior_logvar, seed_offset, kl_mode, z=z, kl=kl
-    )
-    return z, kl
-
-
 @torch.library.custom_op("fastvae::gaussian_latent_fwd", mutates_args=())
 def _gaussian_latent_fwd(
     mu: Tensor,
@@ -70,7 +59,11 @@ def _gaussian_latent_fwd(
     backend: str,
 ) -> tuple[Tensor, Tensor]:
     """z (mu's shape, or empty when not ``sample``) and the KL per ``kl_mode``."""
-    return fill_absent(_latent_fwd_impl(mu, logvar, prior_mu, prior_logvar, seed_offset, sample, kl_mode, backend), mu)
+    z, kl = outputs = _gaussian_latent_fwd_outputs(mu, logvar, sample, kl_mode)
+    kernel_module(backend, "latent").gaussian_latent_fwd(
+        mu.contiguous(), logvar.contiguous(), prior_mu, prior_logvar, seed_offset, kl_mode, z=z, kl=kl
+    )
+    return fill_absent(outputs, mu)
 
 
 @_gaussian_latent_fwd.register_fake
