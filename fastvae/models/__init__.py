@@ -5,6 +5,7 @@
 * ``'mlp'``: :class:`MLPVAE`, fully connected (Burda et al.'s 784-200-200-50 model by default).
 * ``'conv'``: :class:`ConvVAE`, convolutional, Bernoulli or discretized logistic mixture decoder.
 * ``'hierarchical'``: :class:`HierarchicalVAE`, stochastic layers with top-down inference.
+* ``'deep'``: :class:`DeepVAE`, a VDVAE/NVAE-class convolutional hierarchy of many latent groups.
 * ``'discrete'``: :class:`DiscreteVAE`, Gumbel-softmax categorical latents.
 
 Priors (:mod:`fastvae.models.priors`): standard normal, a learned mixture of Gaussians,
@@ -12,6 +13,7 @@ the VampPrior.  Objectives: the ELBO; the IWAE with K samples, optionally with D
 """
 from .base import MODELS, VAE, VAEOutput, build_model, register_model
 from .conv import ConvVAE
+from .deep import DeepVAE
 from .discrete import DiscreteVAE, anneal_temperature
 from .hierarchical import HierarchicalVAE
 from .mlp import MLPVAE
@@ -19,7 +21,7 @@ from .objectives import OBJECTIVES
 from .priors import PRIORS, MixtureOfGaussiansPrior, Prior, StandardNormalPrior, VampPrior, make_prior
 
 __all__ = [
-    "VAE", "VAEOutput", "MODELS", "register_model", "build_model", "MLPVAE", "ConvVAE", "HierarchicalVAE",
+    "VAE", "VAEOutput", "MODELS", "register_model", "build_model", "MLPVAE", "ConvVAE", "HierarchicalVAE", "DeepVAE",
     "DiscreteVAE", "anneal_temperature", "Prior", "StandardNormalPrior", "MixtureOfGaussiansPrior", "VampPrior",
     "make_prior", "PRIORS", "OBJECTIVES",
 ]
