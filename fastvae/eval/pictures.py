@@ -355,7 +355,8 @@ def save_samples_by_temperature(
     _check_groups(function, model)
     num_columns = check_positive_int(function, "num_columns", num_columns)
     seed = check_seed(function, seed)
-    temperatures = [check_nonnegative_float(function, "temperatures[i]", t) for t in temperatures]
+    temperatures = [check_nonnegative_float(function, f"temperatures[{index}]", t)
+                    for index, t in enumerate(temperatures)]
     if not temperatures:
         raise ValueError(f"fastvae.eval.{function}: temperatures is empty")
     rows = []

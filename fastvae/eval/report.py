@@ -423,9 +423,7 @@ def _group_table(results: Mapping) -> list:
 
     sides, fractions, units = entries("group_resolutions"), entries("kl_per_group_fraction"), \
         entries("active_units_per_group")
-    channels = results.get("latent_channels")
-    if channels is None and results.get("latent_dim") and count:
-        channels = results["latent_dim"] // count
+    channels = results["latent_dim"] // count if results.get("latent_dim") else "?"
     active = [None if unit is None else unit > 0 for unit in units]
     rows = [(str(index), "n/a" if side is None else resolution_label(side), f"{value:.4f}",
              "n/a" if fraction is None else f"{100 * fraction:.1f}%",
@@ -464,7 +462,8 @@ PICTURE_CAPTIONS = {
     "kl_per_dim": "the KL of each latent dimension",
     "kl_per_group": "the KL of each latent group (x: group index and resolution, the top group first), its share "
                     "of the total KL above each bar; hatched grey bars are groups without an active unit "
-                    "(by default over the first 256 points, so one can differ from the table of report.md)",
+                    "(over the first 256 points unless save_pictures was given the evaluation's "
+                    "posterior_mean_variance)",
     "training_curves": "training curves from metrics.jsonl",
 }
 
@@ -480,8 +479,11 @@ def write_report(
     r"""Write report.md from :func:`evaluate`'s results: a table of the measures, each
     with the data points it covers (the IWAE estimate beside the ELBO of the same
     points and their gap; the ELBO, its terms and the active units over all points;
-    the mutual information); where and how the model ran (backend, device, versions,
-    parameters, times, seeds, from the keys present); the KL per dimension; the pictures
+    the mutual information; the active groups of a model with latent groups); where
+    and how the model ran (backend, device, versions, parameters, times, seeds, from the
+    keys present); for a model with latent groups the KL per group (a table of each
+    group's resolution, KL, share of the KL and active units, and a sentence naming the
+    levels that carry information); the KL per dimension; the pictures
     with captions; the configuration; and the meaning of every key of ``results``
     (:data:`FIELDS`).
 
