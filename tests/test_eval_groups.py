@@ -247,3 +247,15 @@ def test_kl_per_group_chart_marks_inactive_groups(tmp_path, saved_figures):
     assert "1 of 3 groups inactive" in axes.get_title()
     with pytest.raises(ValueError, match="resolutions has 2 entries"):
         fe.plot_kl_per_group([1.0, 2.0, 3.0], tmp_path / "bad.png", [1, 4])
+
+
+def test_save_pictures_measures_the_groups_itself_without_the_evaluations_numbers(tmp_path, saved_figures):
+    model, x = deep_model(), image_data(12)
+    written = fe.save_pictures(model, x, tmp_path, num_samples=4, seed=3)
+    assert list(written) == ["samples", "samples_by_temperature", "reconstructions", "group_reconstructions",
+                             "kl_per_group"]
+    expected = fe.group_diagnostics(model, fe.elbo_estimate(model, x, seed=3).kl_per_dim,
+                                    fe.active_units(model, x).variance)
+    bars = saved_figures["kl_per_group.png"].axes[0].patches[:3]
+    assert [bar.get_height() for bar in bars] == pytest.approx(expected["kl_per_group"])
+    assert [bar.get_hatch() is None for bar in bars] == [units > 0 for units in expected["active_units_per_group"]]
