@@ -5,6 +5,7 @@ first imported: set it here when no CUDA device is present, so the same suite ru
 real kernels on a GPU and the interpreted ones in CI.
 """
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -123,3 +124,35 @@ def assert_as_accurate_as_torch(result, exact, torch_result, torch_exact=None, m
     assert bool((error <= bound).all()), (
         f"{msg}: error {error.tolist()} above {bound.tolist()} (the torch backend's: {torch_error.tolist()})"
     )
+
+
+@pytest.fixture
+def label_figures(monkeypatch):
+    """The matplotlib figures that draw the pictures' labels, as they are drawn."""
+    from fastvae.eval import pictures
+
+    figures = []
+    draw = pictures._label_figure
+
+    def recorded(*args):
+        figures.append(draw(*args))
+        return figures[-1]
+
+    monkeypatch.setattr(pictures, "_label_figure", recorded)
+    return figures
+
+
+@pytest.fixture
+def saved_figures(monkeypatch):
+    """{file name: matplotlib figure} of the charts written."""
+    from fastvae.eval import pictures
+
+    figures = {}
+    save = pictures._save_figure
+
+    def recorded(figure, path):
+        figures[Path(path).name] = figure
+        return save(figure, path)
+
+    monkeypatch.setattr(pictures, "_save_figure", recorded)
+    return figures

@@ -11,7 +11,6 @@ import importlib.metadata
 import json
 import math
 import platform
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -453,22 +452,6 @@ def find_grid(pixels, grid):
     return tuple(found[0])
 
 
-@pytest.fixture
-def label_figures(monkeypatch):
-    """The matplotlib figures that draw the pictures' labels, as they are drawn."""
-    from fastvae.eval import pictures
-
-    figures = []
-    draw = pictures._label_figure
-
-    def recorded(*args):
-        figures.append(draw(*args))
-        return figures[-1]
-
-    monkeypatch.setattr(pictures, "_label_figure", recorded)
-    return figures
-
-
 def texts(figure):
     return [text.get_text() for text in figure.texts]
 
@@ -557,22 +540,6 @@ def test_training_curves_read_and_plotted(tmp_path):
     (tmp_path / "empty.jsonl").write_text(json.dumps({"step": 1, "lr": 0.1}) + "\n")
     with pytest.raises(ValueError, match="plot_training_curves"):
         fe.plot_training_curves(tmp_path / "empty.jsonl", tmp_path / "none.png")
-
-
-@pytest.fixture
-def saved_figures(monkeypatch):
-    """{file name: matplotlib figure} of the charts written."""
-    from fastvae.eval import pictures
-
-    figures = {}
-    save = pictures._save_figure
-
-    def recorded(figure, path):
-        figures[Path(path).name] = figure
-        return save(figure, path)
-
-    monkeypatch.setattr(pictures, "_save_figure", recorded)
-    return figures
 
 
 def test_training_curves_fit_the_steps_after_an_initial_spike(tmp_path, saved_figures):

@@ -1,5 +1,7 @@
 """Pictures of a model as PNG files: sample grids, reconstructions, latent traversals,
-the KL per dimension, and training curves from a metrics.jsonl.
+the KL per dimension, and training curves from a metrics.jsonl; for a model with latent
+groups (a deep hierarchical VAE), samples by temperature, reconstructions from the top
+groups alone, and the KL per group.
 
 Image grids are written by :mod:`fastvae.eval.png`, their pixels exactly the decoder's
 (no resampling).  The labels of the reconstructions and traversals (which row is data,
@@ -18,7 +20,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._common import check_model, check_positive_int, check_seed, evaluating, iterate_batches
+from ._common import check_model, check_nonnegative_float, check_positive_int, check_seed, evaluating, iterate_batches
+from .groups import group_diagnostics, has_latent_groups, resolution_label, spread_group_counts
+from .latent import active_units
+from .likelihood import elbo_estimate
 from .png import to_uint8, write_png
 
 PathLike = Union[str, os.PathLike]
@@ -34,6 +39,11 @@ LABEL_MARGIN = 6
 _TITLE_LINESPACING = 1.2
 _MIN_TITLE_WIDTH = 240
 _GRID_PADDING = 2  # image_grid's default padding, which the label positions assume
+# The temperatures of samples_by_temperature.png (VDVAE's and NVAE's pictures use such a
+# range: lower temperatures trade diversity for cleaner samples), and the data points of
+# group_reconstructions.png.
+SAMPLE_TEMPERATURES = (1.0, 0.9, 0.8, 0.6, 0.0)
+GROUP_RECONSTRUCTION_POINTS = 6
 
 
 def as_images(x: Tensor, image_shape: Optional[Sequence[int]] = None) -> Tensor:
@@ -291,6 +301,128 @@ def save_latent_traversals(
     return write_png(path, _labelled_grid(grid, title=title, row_labels=rows, column_labels=columns))
 
 
+def _check_groups(function: str, model) -> None:
+    if not has_latent_groups(model):
+        raise TypeError(f"fastvae.eval.{function}: the model has no latent groups (num_groups, latent_channels, "
+                        f"group_resolutions and kl_per_group), as fastvae.models.DeepVAE has")
+
+
+def _temperature_label(value: float) -> str:
+    """'t = 0.8', 't = 1.0': a temperature as a row label."""
+    text = f"{value:g}"
+    return f"t = {text}" + ("" if "." in text or "e" in text else ".0")
+
+
+def _labelled_rows(rows: Sequence[Tensor], labels: Sequence[str], title: str,
+                   image_shape: Optional[Sequence[int]]) -> Tensor:
+    """Rows of images (each [n, *data_shape], the same n), one labelled grid row each."""
+    images = [as_images(row, image_shape).float().cpu() for row in rows]
+    grid = image_grid(torch.cat(images), ncol=images[0].shape[0])
+    height = images[0].shape[2]
+    row_labels = [(_GRID_PADDING + index * (height + _GRID_PADDING), height, text) for index, text in enumerate(labels)]
+    return _labelled_grid(grid, title=title, row_labels=row_labels)
+
+
+def save_samples_by_temperature(
+    model,
+    path: PathLike,
+    temperatures: Sequence[float] = SAMPLE_TEMPERATURES,
+    num_columns: int = 8,
+    seed: Optional[int] = 0,
+    image_shape: Optional[Sequence[int]] = None,
+) -> Path:
+    r"""Write samples of a model with latent groups at several temperatures as one
+    labelled PNG: row i holds ``model.sample(num_columns, generator, temperature=t_i)``,
+    labelled "t = t_i", where every group z_i ~ N(μ_p, (t·σ_p)²) given the groups above
+    (t = 0: each prior's mean, one image repeated).  Every row's generator starts from
+    ``seed``, so the rows share their noise (a column shows one draw cooled down) and
+    the same seed gives the same picture.  The grid's pixels are the samples' exactly.
+
+    Args:
+        model: a model with latent groups whose ``sample`` takes ``temperature`` (as
+            :class:`fastvae.models.DeepVAE`).
+        path: the PNG to write.
+        temperatures: t of each row, >= 0 (default 1.0, 0.9, 0.8, 0.6, 0.0).
+        num_columns: samples per row.
+        seed: the noise's seed (None: the current random state, rows not shared).
+
+    Example::
+
+        >>> fastvae.eval.save_samples_by_temperature(model, "run/samples_by_temperature.png")
+    """
+    function = "save_samples_by_temperature"
+    model = check_model(function, model)
+    _check_groups(function, model)
+    num_columns = check_positive_int(function, "num_columns", num_columns)
+    seed = check_seed(function, seed)
+    temperatures = [check_nonnegative_float(function, f"temperatures[{index}]", t)
+                    for index, t in enumerate(temperatures)]
+    if not temperatures:
+        raise ValueError(f"fastvae.eval.{function}: temperatures is empty")
+    rows = []
+    with evaluating(model, seed) as device:
+        for temperature in temperatures:
+            generator = None if seed is None else torch.Generator(device).manual_seed(seed)
+            rows.append(model.sample(num_columns, generator=generator, temperature=temperature))
+    title = "samples by temperature: every group drawn from its prior with its deviation scaled by t, the same noise " \
+            "in every row"
+    return write_png(path, _labelled_rows(rows, [_temperature_label(t) for t in temperatures], title, image_shape))
+
+
+def save_group_reconstructions(
+    model,
+    x: Tensor,
+    path: PathLike,
+    group_counts: Optional[Sequence[int]] = None,
+    temperature: float = 1.0,
+    seed: Optional[int] = 0,
+    image_shape: Optional[Sequence[int]] = None,
+) -> Path:
+    r"""Write what each level of a model with latent groups encodes, as one labelled PNG:
+    a row of the data points ``x`` ("data"), then for each k of ``group_counts`` the row
+    ``model.reconstruct(x, groups=k, temperature=temperature, generator)`` ("top k of G
+    groups"): the top k groups at the posterior means of x, the groups below sampled
+    from their conditional priors.  k = 0 is an unconditional sample, k = G the
+    reconstruction at E_q[z|x] (``model.reconstruct(x)``).  Every row's generator starts
+    from ``seed``, so the rows share their noise and the same seed gives the same
+    picture.  The grid's pixels are the decoder's means exactly.
+
+    Args:
+        model: a model with latent groups whose ``reconstruct`` takes ``groups``,
+            ``temperature`` and ``generator`` (as :class:`fastvae.models.DeepVAE`).
+        x: data points [n, *data_shape] in [0, 1], one column each.
+        path: the PNG to write.
+        group_counts: the k of each row, in [0, G] (default: 0, 1, ..., G, or at most 7
+            spread over them with 0, 1, G // 2 and G, :func:`spread_group_counts`).
+        temperature: the temperature of the sampled groups (>= 0; 0: each prior's mean).
+        seed: the noise's seed (None: the current random state).
+
+    Example::
+
+        >>> fastvae.eval.save_group_reconstructions(model, test_images[:6], "run/group_reconstructions.png")
+    """
+    function = "save_group_reconstructions"
+    model = check_model(function, model)
+    _check_groups(function, model)
+    _check_points(function, x)
+    seed = check_seed(function, seed)
+    temperature = check_nonnegative_float(function, "temperature", temperature)
+    num_groups = int(model.num_groups)
+    counts = spread_group_counts(num_groups) if group_counts is None else list(group_counts)
+    if not counts or any(isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= num_groups for k in counts):
+        raise ValueError(f"fastvae.eval.{function}: group_counts {counts} must be non-empty ints in [0, {num_groups}]")
+    with evaluating(model, seed) as device:
+        x = next(iterate_batches(function, x, x.shape[0], device, data_shape=getattr(model, "data_shape", None)))
+        rows = [x]
+        for count in counts:
+            generator = None if seed is None else torch.Generator(device).manual_seed(seed)
+            rows.append(model.reconstruct(x, groups=count, temperature=temperature, generator=generator))
+    labels = ["data"] + [f"top {count} of {num_groups} groups" for count in counts]
+    title = (f"what the top k groups encode: they sit at the posterior means of the data, the groups below are "
+             f"sampled at t = {temperature:g}, the same noise in every row")
+    return write_png(path, _labelled_rows(rows, labels, title, image_shape))
+
+
 def _signed(value: float) -> str:
     """A traversal value as a column label: '−1.5', '0', '+1.5'."""
     return "0" if value == 0 else f"{value:+.3g}".replace("-", "\u2212")
@@ -432,6 +564,75 @@ def plot_kl_per_dim(kl_per_dim, path: PathLike, threshold: Optional[float] = Non
     axes.set_xlabel("latent dimension")
     axes.set_ylabel("KL (nats)")
     axes.set_title(f"KL per dimension (total {kl.sum().item():.2f} nats)")
+    figure.tight_layout()
+    return _save_figure(figure, path)
+
+
+def plot_kl_per_group(
+    kl_per_group,
+    path: PathLike,
+    resolutions: Optional[Sequence[int]] = None,
+    active: Optional[Sequence[bool]] = None,
+) -> Path:
+    r"""Write a bar chart of the KL of each latent group (nats) as PNG, 640×400 pixels:
+    the groups from the top down, each x label its index and (with ``resolutions``) its
+    resolution, each bar's share of the total KL written above it; groups that are not
+    ``active`` are drawn hatched and grey, and the legend says so.
+
+    Args:
+        kl_per_group: [G] KL per group (a tensor or a sequence of floats), the top first.
+        path: the PNG to write.
+        resolutions: [G] the side of each group's latent map.
+        active: [G] whether each group has an active unit (None: not marked).
+
+    Example::
+
+        >>> d = fastvae.eval.group_diagnostics(model, results["kl_per_dim"], results["posterior_mean_variance"])
+        >>> fastvae.eval.plot_kl_per_group(d["kl_per_group"], "run/kl_per_group.png", d["group_resolutions"],
+        ...                                [n > 0 for n in d["active_units_per_group"]])
+    """
+    function = "fastvae.eval.plot_kl_per_group"
+    kl = torch.as_tensor(kl_per_group, dtype=torch.float64).flatten()
+    count = kl.numel()
+    if count == 0:
+        raise ValueError(f"{function}: kl_per_group is empty")
+    for name, values in (("resolutions", resolutions), ("active", active)):
+        if values is not None and len(values) != count:
+            raise ValueError(f"{function}: {name} has {len(values)} entries, kl_per_group {count}")
+    flags = [True] * count if active is None else [bool(flag) for flag in active]
+    figure = _new_figure()
+    axes = figure.add_subplot()
+    positions = list(range(count))
+    bars = axes.bar(positions, kl.tolist(), color=["tab:blue" if flag else "lightgrey" for flag in flags],
+                    edgecolor=["tab:blue" if flag else "dimgray" for flag in flags])
+    for bar, flag in zip(bars, flags):
+        if not flag:
+            bar.set_hatch("//")
+    total = kl.sum().item()
+    crowded = count > 16
+    small = 6 if crowded else 7
+    if total > 0:
+        for position, value in zip(positions, kl.tolist()):
+            share = 100 * value / total
+            axes.annotate(f"{share:.1f}%" if share < 10 else f"{share:.0f}%", (position, value),
+                          textcoords="offset points",
+                          xytext=(0, 2), ha="center", va="bottom", fontsize=small, rotation=90 if crowded else 0)
+    labels = [str(index) if resolutions is None else f"{index}\n{resolution_label(side)}"
+              for index, side in zip(positions, resolutions or [None] * count)]
+    axes.set_xticks(positions)
+    axes.set_xticklabels(labels, fontsize=small, rotation=90 if crowded else 0)
+    axes.set_xlabel("group (the top first)" + ("" if resolutions is None else " and its resolution"))
+    axes.set_ylabel("KL (nats)")
+    axes.set_ylim(0, max(kl.max().item(), 1e-6) * 1.15)
+    if not all(flags):
+        from matplotlib.patches import Patch
+
+        axes.legend(handles=[Patch(facecolor="tab:blue", label="active (an active unit)"),
+                             Patch(facecolor="lightgrey", edgecolor="dimgray", hatch="//",
+                                   label="inactive (no active unit)")], fontsize=7)
+    inactive = sum(1 for flag in flags if not flag)
+    axes.set_title(f"KL per group (total {total:.2f} nats" + (f"; {inactive} of {count} groups inactive)"
+                                                              if active is not None else ")"))
     figure.tight_layout()
     return _save_figure(figure, path)
 
@@ -594,6 +795,8 @@ def save_pictures(
     num_reconstructions: int = 16,
     seed: Optional[int] = 0,
     image_shape: Optional[Sequence[int]] = None,
+    posterior_mean_variance: Optional[Tensor] = None,
+    active_threshold: float = 0.01,
 ) -> Dict[str, Path]:
     r"""Write a run's pictures into ``out_dir``: ``samples.png``, ``reconstructions.png``
     (the first ``num_reconstructions`` data points), ``traversals.png`` (the dimensions
@@ -601,8 +804,22 @@ def save_pictures(
     without ``kl_per_dim``), ``kl_per_dim.png`` (when ``kl_per_dim`` is given and not
     empty) and ``training_curves.png`` (when ``metrics_path`` exists).
 
+    A model with latent groups (:func:`fastvae.eval.has_latent_groups`, e.g.
+    :class:`fastvae.models.DeepVAE`) gets, besides those,
+    ``samples_by_temperature.png`` (:func:`save_samples_by_temperature`),
+    ``group_reconstructions.png`` (:func:`save_group_reconstructions` of the first
+    6 data points) and ``kl_per_group.png`` (:func:`plot_kl_per_group`: the groups'
+    sums of ``kl_per_dim``, or of the KL of the first 256 points without it; a group is
+    marked inactive when none of its channels' ``posterior_mean_variance`` exceeds
+    ``active_threshold``, that variance over the first 256 points when not given), and
+    no ``traversals.png``: its ``decode`` holds each channel constant over its group's
+    map with the other channels at their spatial means, which neither reconstructs a
+    data point nor shows what a level encodes; ``group_reconstructions.png`` shows that.
+
     Returns:
-        {name: path} of the files written, in that order (name without ``.png``).
+        {name: path} of the files written (name without ``.png``), in the order
+        samples, samples_by_temperature, reconstructions, group_reconstructions,
+        traversals, kl_per_dim, kl_per_group, training_curves.
 
     Example::
 
@@ -613,20 +830,40 @@ def save_pictures(
     model = check_model(function, model)
     out_dir = Path(out_dir)
     device = torch.device("cpu")
+    grouped = has_latent_groups(model)
     points = next(iterate_batches(function, data, 256, device, 256, getattr(model, "data_shape", None)))
     written = {"samples": save_samples(model, out_dir / "samples.png", num_samples, seed=seed, image_shape=image_shape)}
+    if grouped:
+        written["samples_by_temperature"] = save_samples_by_temperature(
+            model, out_dir / "samples_by_temperature.png", seed=seed, image_shape=image_shape)
     written["reconstructions"] = save_reconstructions(
         model, points[:num_reconstructions], out_dir / "reconstructions.png", image_shape=image_shape
     )
+    if grouped:
+        written["group_reconstructions"] = save_group_reconstructions(
+            model, points[:GROUP_RECONSTRUCTION_POINTS], out_dir / "group_reconstructions.png", seed=seed,
+            image_shape=image_shape)
     has_kl = kl_per_dim is not None and torch.as_tensor(kl_per_dim).numel() > 0
     # The KL ranks the traversed dimensions only when it has one entry per dimension of
     # the posterior mean (a discrete model's KL is per variable, its mean per category).
     ranks_dims = has_kl and torch.as_tensor(kl_per_dim).numel() == getattr(model, "latent_dim", None)
-    written["traversals"] = save_latent_traversals(
-        model, points, out_dir / "traversals.png", scores=kl_per_dim if ranks_dims else None, image_shape=image_shape
-    )
+    if not grouped:
+        written["traversals"] = save_latent_traversals(
+            model, points, out_dir / "traversals.png", scores=kl_per_dim if ranks_dims else None,
+            image_shape=image_shape
+        )
     if has_kl:
         written["kl_per_dim"] = plot_kl_per_dim(kl_per_dim, out_dir / "kl_per_dim.png")
+    if grouped:
+        group_kl = kl_per_dim if ranks_dims else elbo_estimate(model, points, seed=seed).kl_per_dim
+        variance = posterior_mean_variance
+        if variance is None and points.shape[0] >= 2:
+            variance = active_units(model, points, active_threshold).variance
+        groups = group_diagnostics(model, group_kl, variance, active_threshold)
+        units = groups["active_units_per_group"]
+        written["kl_per_group"] = plot_kl_per_group(
+            groups["kl_per_group"], out_dir / "kl_per_group.png", groups["group_resolutions"],
+            None if units is None else [count > 0 for count in units])
     if metrics_path is not None and Path(metrics_path).exists():
         written["training_curves"] = plot_training_curves(metrics_path, out_dir / "training_curves.png")
     return written

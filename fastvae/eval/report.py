@@ -19,6 +19,7 @@ import torch
 from .. import __version__ as fastvae_version
 from .. import backends
 from ._common import check_model, mean_and_stderr, model_device, num_data_points
+from .groups import group_diagnostics, has_latent_groups, levels_sentence, resolution_label
 from .latent import active_units, mutual_information
 from .likelihood import bits_per_dim, elbo_estimate, elbo_gap, iwae_estimate
 
@@ -69,6 +70,18 @@ FIELDS = {
                           "mutual_information_num_points points (at most log of that count); null when q(z|x) is "
                           "not one diagonal Gaussian",
     "mutual_information_num_points": "the points the mutual information covers (the first ones)",
+    # models with latent groups (a deep hierarchical VAE): the groups from the top down
+    "num_groups": "G, the latent groups of a model with groups (kl_per_dim and posterior_mean_variance are per "
+                  "channel of each group, group-major, the top group first)",
+    "group_resolutions": "[G] the side of each group's square latent map, the top group first",
+    "kl_per_group": "[G] the KL of each group (the sum of its channels' kl_per_dim), mean over all points, nats",
+    "kl_per_group_fraction": "[G] each group's share of the total KL (the sum of kl_per_group); null entries when "
+                             "that total is not positive",
+    "active_units_per_group": "[G] the active units of each group: its channels with posterior_mean_variance above "
+                              "active_threshold (all points; null with fewer than 2)",
+    "active_groups": "how many groups have at least one active unit: groups whose channels' posterior means "
+                     "move with x (a unit is a channel's mean over its map, so a group above 1×1 can carry "
+                     "information in its spatial pattern without one: read its KL)",
     # the run
     "step": "the training step of the weights evaluated (fastvae train / eval)",
     "evaluated": "which weights: 'ema' (the moving average of the weights, --ema-decay) or 'weights' (the trained "
@@ -205,8 +218,13 @@ def evaluate(
         ``iwae_bits_per_dim``, ``iwae_mean_log_weight`` and its ``_stderr``,
         ``elbo_gap``, ``elbo_gap_stderr``; ``active_units``, ``latent_dim``,
         ``active_threshold``, ``posterior_mean_variance``, ``kl_per_dim``;
-        ``mutual_information``, ``mutual_information_num_points``.  Where and how:
-        :func:`provenance`'s keys, ``eval_seed`` and ``eval_seconds``.
+        ``mutual_information``, ``mutual_information_num_points``.  For a model with
+        latent groups (:func:`fastvae.eval.has_latent_groups`, e.g.
+        :class:`fastvae.models.DeepVAE`), from the same KL per dimension and active units
+        (no further model pass): ``num_groups``, ``group_resolutions``,
+        ``kl_per_group``, ``kl_per_group_fraction``, ``active_units_per_group``,
+        ``active_groups``.  Where and how: :func:`provenance`'s keys, ``eval_seed`` and
+        ``eval_seconds``.
 
     Example::
 
@@ -229,6 +247,9 @@ def evaluate(
     units = active_units(model, data, active_threshold, batch_size, count) if count >= 2 else None
     information = mutual_information(model, data, batch_size, mi_count, seed)
 
+    # The groups' numbers sum the per-channel ones of the passes above (no further model pass).
+    groups = group_diagnostics(model, elbo.kl_per_dim, None if units is None else units.variance,
+                               active_threshold) if has_latent_groups(model) else {}
     elbo_mean, elbo_stderr = mean_and_stderr(elbo.elbo)
     return {
         "num_points": count,
@@ -255,6 +276,7 @@ def evaluate(
         "kl_per_dim": elbo.kl_per_dim.tolist(),
         "mutual_information": information,
         "mutual_information_num_points": mi_count,
+        **groups,
         **provenance(model),
         "eval_seed": seed,
         "eval_seconds": round(time.perf_counter() - started, 1),
@@ -321,6 +343,10 @@ def _results_table(results: Mapping) -> list:
     threshold = results.get("active_threshold", 0.01)
     rows.append(("active units",
                  "n/a" if active is None else f"{active} of {latent_dim} (Cov_x E_q[z_d|x] > {threshold:g})", every))
+    if results.get("num_groups") is not None:
+        groups = results.get("active_groups")
+        rows.append(("active groups", "n/a" if groups is None else
+                     f"{groups} of {results['num_groups']} (groups with an active unit)", every))
     information = results.get("mutual_information")
     if information is not None:
         mi_n = results.get("mutual_information_num_points")
@@ -385,6 +411,33 @@ def _kl_table(results: Mapping) -> list:
     return lines
 
 
+def _group_table(results: Mapping) -> list:
+    """report.md's "KL per group" section: a row per group, and which levels carry
+    information."""
+    kl = results.get("kl_per_group") or []
+    count = len(kl)
+
+    def entries(key) -> list:
+        values = results.get(key)
+        return list(values) if values is not None and len(values) == count else [None] * count
+
+    sides, fractions, units = entries("group_resolutions"), entries("kl_per_group_fraction"), \
+        entries("active_units_per_group")
+    channels = results["latent_dim"] // count if results.get("latent_dim") else "?"
+    active = [None if unit is None else unit > 0 for unit in units]
+    rows = [(str(index), "n/a" if side is None else resolution_label(side), f"{value:.4f}",
+             "n/a" if fraction is None else f"{100 * fraction:.1f}%",
+             "n/a" if unit is None else f"{unit} of {channels}", {True: "yes", False: "no", None: "n/a"}[flag])
+            for index, (side, value, fraction, unit, flag) in enumerate(zip(sides, kl, fractions, units, active))]
+    lines = _table(("group", "resolution", "KL (nats)", "fraction of the KL", "active units", "active"), rows)
+    lines[1] = "|---:|---:|---:|---:|---:|:---:|"
+    threshold = results.get("active_threshold", 0.01)
+    note = (f"Groups from the top down (group 0 is the top). A group is active when at least one of its "
+            f"channels is (Cov_x E_q[z_d|x] > {threshold:g}).")
+    known = [side if side is not None else "?" for side in sides]
+    return lines + ["", note + " " + levels_sentence(known, active)]
+
+
 def _fields_table(results: Mapping) -> list:
     documented = [key for key in FIELDS if key in results]
     others = [key for key in results if key not in FIELDS]
@@ -395,11 +448,22 @@ def _fields_table(results: Mapping) -> list:
 # What each of save_pictures' files shows, as report.md captions it.
 PICTURE_CAPTIONS = {
     "samples": "samples: z ~ p(z), the decoder's mean",
+    "samples_by_temperature": "samples at lower temperatures (a model with latent groups): each row draws every "
+                              "group from its conditional prior with its standard deviation scaled by t (labelled "
+                              "on the left), from the same noise in every row; t = 0 takes each prior's mean",
     "reconstructions": "reconstructions: rows of data points (labelled 'data'), each above a row of the decoder's "
                        "means at z = E_q[z|x] ('reconstruction')",
+    "group_reconstructions": "what each level encodes (a model with latent groups): under a row of data points, "
+                             "each row keeps the top k groups at the posterior means of those points and samples "
+                             "the groups below from their conditional priors ('top k of G groups', the same noise "
+                             "in every row): k = 0 is an unconditional sample, k = G the reconstruction",
     "traversals": "latent traversals: each row sets one latent dimension (named on the left) to the values on "
                   "top, the others held at the posterior mean of the first data point",
     "kl_per_dim": "the KL of each latent dimension",
+    "kl_per_group": "the KL of each latent group (x: group index and resolution, the top group first), its share "
+                    "of the total KL above each bar; hatched grey bars are groups without an active unit "
+                    "(over the first 256 points unless save_pictures was given the evaluation's "
+                    "posterior_mean_variance)",
     "training_curves": "training curves from metrics.jsonl",
 }
 
@@ -415,8 +479,11 @@ def write_report(
     r"""Write report.md from :func:`evaluate`'s results: a table of the measures, each
     with the data points it covers (the IWAE estimate beside the ELBO of the same
     points and their gap; the ELBO, its terms and the active units over all points;
-    the mutual information); where and how the model ran (backend, device, versions,
-    parameters, times, seeds, from the keys present); the KL per dimension; the pictures
+    the mutual information; the active groups of a model with latent groups); where
+    and how the model ran (backend, device, versions, parameters, times, seeds, from the
+    keys present); for a model with latent groups the KL per group (a table of each
+    group's resolution, KL, share of the KL and active units, and a sentence naming the
+    levels that carry information); the KL per dimension; the pictures
     with captions; the configuration; and the meaning of every key of ``results``
     (:data:`FIELDS`).
 
@@ -456,6 +523,9 @@ def write_report(
     run = _run_table(results)
     if run:
         lines += ["", "## Run", ""] + run
+    if results.get("kl_per_group"):
+        lines += ["", "## KL per group", ""]
+        lines += _group_table(results)
     lines += ["", "## KL per dimension", ""]
     lines += _kl_table(results)
     lines.append("")
