@@ -469,10 +469,10 @@ class DeepVAE(VAE):
         log_px_z, log_p, log_q, _ = self._weight_terms(x, num_samples)
         return (log_px_z + log_p - log_q).float()
 
-    def posterior_mean(self, x: Tensor) -> Tensor:
-        """[B, latent_dim]: each group's posterior mean, averaged over its H × W per
-        channel, with the groups above at their posterior means (the top-down pass
-        without noise), the top group first."""
+    def posterior_mean_groups(self, x: Tensor) -> list[Tensor]:
+        """Each group's posterior mean E_q[z_i|x], [B, C, r, r], the top group first, each
+        taken with the groups above at their posterior means (the top-down pass without
+        noise): the latent's units element by element, for active units per group."""
         check_batch(self._where, x, self.data_shape)
         activations = self._bottom_up(x)
         means = []
@@ -482,7 +482,12 @@ class DeepVAE(VAE):
             return means[-1]
 
         self._top_down(x.shape[0], choose)
-        return torch.cat([mean.mean((2, 3)) for mean in means], dim=1)
+        return means
+
+    def posterior_mean(self, x: Tensor) -> Tensor:
+        """[B, latent_dim]: :meth:`posterior_mean_groups` averaged over each group's H × W
+        per channel, the top group first."""
+        return torch.cat([mean.mean((2, 3)) for mean in self.posterior_mean_groups(x)], dim=1)
 
     def _generate(self, batch: int, temperature: Temperature, generator: Optional[torch.Generator],
                   x: Optional[Tensor] = None, keep: int = 0) -> Tensor:
