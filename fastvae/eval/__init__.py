@@ -7,15 +7,16 @@
   latent space is used.
 - :mod:`~fastvae.eval.pictures`: sample grids, reconstructions, latent traversals, KL per
   dimension, training curves, as PNG (:func:`write_png` needs no imaging library).
-- :func:`has_latent_groups`, :func:`group_diagnostics`: the KL and the active units of
-  each latent group of a deep hierarchical model; :func:`save_samples_by_temperature`,
+- :func:`has_latent_groups`, :func:`group_active_units`, :func:`group_diagnostics`: the
+  KL and the active units (elements of its latent map) of each latent group of a deep
+  hierarchical model; :func:`save_samples_by_temperature`,
   :func:`save_group_reconstructions` and :func:`plot_kl_per_group` picture them.
 - :func:`sweep_betas`, :func:`plot_rate_distortion`: the rate–distortion trade-off.
 - :func:`evaluate` and :func:`write_report`: everything at once, and report.md;
   :func:`provenance`: backend, device (:func:`device_name`), versions and parameter count; the meaning of
   every key of :func:`evaluate`'s results is :data:`fastvae.eval.report.FIELDS`.
 """
-from .groups import group_diagnostics, has_latent_groups, spread_group_counts
+from .groups import GroupActiveUnits, group_active_units, group_diagnostics, has_latent_groups, spread_group_counts
 from .latent import ActiveUnits, active_units, kl_per_dimension, mutual_information
 from .likelihood import (
     ELBOEstimate,
@@ -50,7 +51,8 @@ __all__ = [
     "bits_per_dim", "ActiveUnits", "active_units", "kl_per_dimension", "mutual_information",
     "as_images", "image_grid", "save_image_grid", "save_samples", "save_reconstructions",
     "save_latent_traversals", "plot_kl_per_dim", "read_training_curves", "plot_training_curves",
-    "save_pictures", "has_latent_groups", "group_diagnostics", "spread_group_counts", "plot_kl_per_group",
+    "save_pictures", "has_latent_groups", "GroupActiveUnits", "group_active_units",
+    "group_diagnostics", "spread_group_counts", "plot_kl_per_group",
     "save_samples_by_temperature", "save_group_reconstructions", "encode_png", "write_png", "to_uint8",
     "RatePoint", "rate_distortion_point",
     "sweep_betas", "plot_rate_distortion", "evaluate", "provenance", "device_name", "write_report",

@@ -3,19 +3,23 @@ VAE such as :class:`fastvae.models.DeepVAE`): how much KL each group carries and
 groups the posterior uses at all (posterior collapse, group by group)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
 
+from ._common import check_model, check_nonnegative_float, evaluating, iterate_batches, num_data_points
+from .latent import _StreamingVariance
+
 # The attributes that make a model's latent a stack of groups for the evaluation.
-GROUP_ATTRIBUTES = ("num_groups", "latent_channels", "group_resolutions", "kl_per_group")
+GROUP_ATTRIBUTES = ("num_groups", "latent_channels", "group_resolutions", "kl_per_group", "posterior_mean_groups")
 
 
 def has_latent_groups(model) -> bool:
     """Whether the evaluation sees ``model``'s latent as groups: it has ``num_groups``,
-    ``latent_channels``, ``group_resolutions`` and ``kl_per_group`` (as
-    :class:`fastvae.models.DeepVAE`).
+    ``latent_channels``, ``group_resolutions``, ``kl_per_group`` and
+    ``posterior_mean_groups`` (as :class:`fastvae.models.DeepVAE`).
 
     Example::
 
@@ -25,37 +29,138 @@ def has_latent_groups(model) -> bool:
     return all(hasattr(model, name) for name in GROUP_ATTRIBUTES)
 
 
+def units_per_group(model) -> list:
+    """[G] ints: the units of each group, C·r², the elements of its [C, r, r] latent map
+    (C = ``model.latent_channels``, r its resolution), the top group first."""
+    channels = int(model.latent_channels)
+    return [channels * int(side) ** 2 for side in model.group_resolutions]
+
+
+# Holds tensors: no field-wise ==, which would be ambiguous.
+@dataclass(frozen=True, eq=False)
+class GroupActiveUnits:
+    """The active units of each latent group (Burda et al., 2016, element by element).
+
+    Attributes:
+        variances: G float64 tensors [C, r, r], the top group first: Cov_x E_q[z|x] of
+            each element of the group's latent map (the unbiased variance over the data
+            points of its posterior mean).
+        threshold: an element is active when its variance exceeds this.
+
+    Properties: ``active_units_per_group`` ([G] ints, the active elements of each
+    group), ``units_per_group`` ([G] ints, C·r²) and ``active_groups`` (the groups with
+    at least one active unit).
+    """
+
+    variances: tuple
+    threshold: float
+
+    @property
+    def active_units_per_group(self) -> list:
+        return [int((variance > self.threshold).sum()) for variance in self.variances]
+
+    @property
+    def units_per_group(self) -> list:
+        return [variance.numel() for variance in self.variances]
+
+    @property
+    def active_groups(self) -> int:
+        return sum(1 for count in self.active_units_per_group if count > 0)
+
+
+def group_active_units(
+    model,
+    data,
+    threshold: float = 0.01,
+    batch_size: int = 256,
+    num_points: Optional[int] = None,
+) -> GroupActiveUnits:
+    r"""Count the active units of each latent group, a unit being one element of the
+    group's [C, r, r] latent map: A = Cov_x(E_q[z|x]) > threshold element by element
+    (Burda et al., 2016, whose definition applies to each latent dimension; each element
+    of a map is one).  A group above 1×1 can carry its information in its spatial
+    pattern while each channel's mean over the map stays put, which
+    :func:`fastvae.eval.active_units` (on ``model.posterior_mean``, channel means) cannot
+    see; this counts it.
+
+    Streams over the data: each batch's ``model.posterior_mean_groups(x)`` (G tensors
+    [B, C, r, r], the top group first) is folded, flattened, into a running mean and
+    sum of squared deviations per element in float64; nothing per data point is kept.
+
+    Args:
+        model: a model with latent groups (:func:`fastvae.eval.has_latent_groups`).
+        data: a tensor [N, *data_shape] in [0, 1] or a Dataset (see
+            :func:`fastvae.eval.iwae_estimate`); N >= 2.
+        threshold: the variance above which an element is active (default 0.01).
+        batch_size: data points per call.
+        num_points: the first ``num_points`` data points only (default all).
+
+    Returns:
+        A :class:`GroupActiveUnits`: the per-element variances of each group and the
+        counts ``active_units_per_group``, ``units_per_group`` and ``active_groups``.
+
+    Example::
+
+        >>> units = fastvae.eval.group_active_units(model, test_images)
+        >>> units.active_units_per_group, units.units_per_group
+        ([16, 0, 201], [16, 256, 1024])
+    """
+    function = "group_active_units"
+    model = check_model(function, model)
+    if not has_latent_groups(model):
+        raise TypeError(f"fastvae.eval.{function}: model has no latent groups (it needs {', '.join(GROUP_ATTRIBUTES)})")
+    threshold = check_nonnegative_float(function, "threshold", threshold)
+    if num_data_points(function, data, num_points) < 2:
+        raise ValueError(f"fastvae.eval.{function}: a variance over the data needs at least 2 data points")
+    channels = int(model.latent_channels)
+    shapes = [(channels, int(side), int(side)) for side in model.group_resolutions]
+    stats = [_StreamingVariance() for _ in shapes]
+    # The posterior means are deterministic; the seed only keeps any model-side noise fixed.
+    with evaluating(model, seed=0) as device:
+        for x in iterate_batches(function, data, batch_size, device, num_points, getattr(model, "data_shape", None)):
+            means = list(model.posterior_mean_groups(x))
+            got = [tuple(mean.shape) for mean in means]
+            if got != [(x.shape[0],) + shape for shape in shapes]:
+                raise ValueError(f"fastvae.eval.{function}: model.posterior_mean_groups returned shapes {got}; the "
+                                 f"model's groups are {[(x.shape[0],) + shape for shape in shapes]} "
+                                 f"([batch, latent_channels, r, r], the top group first)")
+            for group, mean in zip(stats, means):
+                group.add(mean.flatten(1).cpu())
+    variances = tuple(group.variance().view(shape) for group, shape in zip(stats, shapes))
+    return GroupActiveUnits(variances, threshold)
+
+
 def group_diagnostics(
     model,
     kl_per_dim: Tensor,
-    posterior_mean_variance: Optional[Tensor] = None,
-    threshold: float = 0.01,
+    active_units_per_group: Optional[Sequence[int]] = None,
 ) -> dict:
-    r"""The KL and the active units of each latent group, from the per-channel numbers the
-    evaluation already has (no model pass).
+    r"""The KL of each latent group from the per-channel KL the evaluation already has (no
+    model pass), with the groups' active units when they were counted
+    (:func:`group_active_units`).
 
     Args:
         model: a model with latent groups (:func:`has_latent_groups`): its
-            ``kl_per_group`` sums the channels of each group; ``kl_per_dim`` and the
-            posterior mean are group-major, the top group first.
+            ``kl_per_group`` sums the channels of each group; ``kl_per_dim`` is
+            group-major, the top group first.
         kl_per_dim: [num_groups · latent_channels] the mean KL of each channel, nats (as
             ``VAEOutput.kl_per_dim`` or :func:`fastvae.eval.kl_per_dimension`).
-        posterior_mean_variance: [num_groups · latent_channels] Cov_x E_q[z_d|x] of each
-            channel (:class:`fastvae.eval.ActiveUnits`' ``variance``), or None when it
-            was not measured.
-        threshold: a channel is active when its variance exceeds this.
+        active_units_per_group: [G] the active elements of each group
+            (:class:`GroupActiveUnits`' ``active_units_per_group``), or None when they
+            were not measured.
 
     Returns:
         A JSON-ready dict (see :data:`fastvae.eval.report.FIELDS`): ``num_groups``,
         ``group_resolutions`` ([G] ints, the top group first), ``kl_per_group`` ([G]
         floats, nats), ``kl_per_group_fraction`` ([G] floats summing to 1; None entries
-        when the total KL is not positive), ``active_units_per_group`` ([G] ints) and
-        ``active_groups`` (groups with at least one active unit), the last two None
-        without a variance.
+        when the total KL is not positive), ``units_per_group`` ([G] ints, C·r²),
+        ``active_units_per_group`` ([G] ints) and ``active_groups`` (groups with at
+        least one active unit), the last two None without the counts.
 
     Example::
 
-        >>> diagnostics = fastvae.eval.group_diagnostics(model, results_kl_per_dim, units.variance)
+        >>> units = fastvae.eval.group_active_units(model, test_images)
+        >>> diagnostics = fastvae.eval.group_diagnostics(model, kl_per_dim, units.active_units_per_group)
         >>> diagnostics["active_groups"], diagnostics["kl_per_group"]
     """
     function = "fastvae.eval.group_diagnostics"
@@ -69,18 +174,19 @@ def group_diagnostics(
     kl = torch.as_tensor(model.kl_per_group(kl_per_dim), dtype=torch.float64)
     total = kl.sum().item()
     fractions = (kl / total).tolist() if total > 0 else [None] * num_groups
+    units = units_per_group(model)
     per_group: Optional[list] = None
-    if posterior_mean_variance is not None:
-        variance = torch.as_tensor(posterior_mean_variance, dtype=torch.float64).flatten()
-        if variance.numel() != num_groups * channels:
-            raise ValueError(f"{function}: posterior_mean_variance has {variance.numel()} entries, the model's "
-                             f"groups {num_groups} × {channels} channels")
-        per_group = (variance.view(num_groups, channels) > threshold).sum(dim=1).tolist()
+    if active_units_per_group is not None:
+        per_group = [int(count) for count in active_units_per_group]
+        if len(per_group) != num_groups or any(not 0 <= count <= limit for count, limit in zip(per_group, units)):
+            raise ValueError(f"{function}: active_units_per_group {per_group} must be {num_groups} counts, each "
+                             f"between 0 and its group's units {units}")
     return {
         "num_groups": num_groups,
         "group_resolutions": [int(r) for r in model.group_resolutions],
         "kl_per_group": kl.tolist(),
         "kl_per_group_fraction": fractions,
+        "units_per_group": units,
         "active_units_per_group": per_group,
         "active_groups": None if per_group is None else sum(1 for count in per_group if count > 0),
     }
@@ -113,12 +219,8 @@ def resolution_label(side: int) -> str:
 
 def levels_sentence(resolutions: Sequence[int], active: Sequence[Optional[bool]]) -> str:
     """The sentences of report.md naming the levels (resolutions, with their groups) that
-    carry information and those without an active unit.
-
-    A unit is a channel's posterior mean averaged over its group's map (the model's
-    ``posterior_mean``), so a group above 1×1 can carry information in its spatial
-    pattern while that mean stays put: the sentence says so where such a group has no
-    active unit, rather than calling it collapsed (its KL tells)."""
+    carry information (a group with an active unit, an element of its latent map whose
+    posterior mean moves with x) and those without an active unit."""
     def named(chosen) -> str:
         by_side: dict = {}
         for index, side in enumerate(resolutions):
@@ -131,14 +233,10 @@ def levels_sentence(resolutions: Sequence[int], active: Sequence[Optional[bool]]
         return "Which groups carry information is not known: the active units were not measured (fewer than 2 points)."
     carrying = {index for index, flag in enumerate(active) if flag}
     silent = {index for index, flag in enumerate(active) if not flag}
-    spatial = {index for index in silent if resolutions[index] != 1}
     if carrying:
         sentence = f"The levels that carry information (a group with an active unit): {named(carrying)}."
     else:
         sentence = "No level has an active unit."
-    if silent - spatial:
-        sentence += f" Carrying no information (no active unit, a 1×1 map): {named(silent - spatial)}."
-    if spatial:
-        sentence += (f" Without an active unit at a larger map: {named(spatial)}; a unit is a channel's mean over "
-                     f"its map, so these may still carry information in their spatial pattern (read their KL).")
+    if silent:
+        sentence += f" Carrying no information (no active unit): {named(silent)}."
     return sentence

@@ -21,8 +21,14 @@ import torch
 from torch import Tensor
 
 from ._common import check_model, check_nonnegative_float, check_positive_int, check_seed, evaluating, iterate_batches
-from .groups import group_diagnostics, has_latent_groups, resolution_label, spread_group_counts
-from .latent import active_units
+from .groups import (
+    GROUP_ATTRIBUTES,
+    group_active_units,
+    group_diagnostics,
+    has_latent_groups,
+    resolution_label,
+    spread_group_counts,
+)
 from .likelihood import elbo_estimate
 from .png import to_uint8, write_png
 
@@ -303,8 +309,8 @@ def save_latent_traversals(
 
 def _check_groups(function: str, model) -> None:
     if not has_latent_groups(model):
-        raise TypeError(f"fastvae.eval.{function}: the model has no latent groups (num_groups, latent_channels, "
-                        f"group_resolutions and kl_per_group), as fastvae.models.DeepVAE has")
+        raise TypeError(f"fastvae.eval.{function}: the model has no latent groups ({', '.join(GROUP_ATTRIBUTES)}), "
+                        f"as fastvae.models.DeepVAE has")
 
 
 def _temperature_label(value: float) -> str:
@@ -583,11 +589,13 @@ def plot_kl_per_group(
         kl_per_group: [G] KL per group (a tensor or a sequence of floats), the top first.
         path: the PNG to write.
         resolutions: [G] the side of each group's latent map.
-        active: [G] whether each group has an active unit (None: not marked).
+        active: [G] whether each group has an active unit, an element of its latent map
+            (:func:`fastvae.eval.group_active_units`; None: not marked).
 
     Example::
 
-        >>> d = fastvae.eval.group_diagnostics(model, results["kl_per_dim"], results["posterior_mean_variance"])
+        >>> units = fastvae.eval.group_active_units(model, test_images)
+        >>> d = fastvae.eval.group_diagnostics(model, results["kl_per_dim"], units.active_units_per_group)
         >>> fastvae.eval.plot_kl_per_group(d["kl_per_group"], "run/kl_per_group.png", d["group_resolutions"],
         ...                                [n > 0 for n in d["active_units_per_group"]])
     """
@@ -795,7 +803,7 @@ def save_pictures(
     num_reconstructions: int = 16,
     seed: Optional[int] = 0,
     image_shape: Optional[Sequence[int]] = None,
-    posterior_mean_variance: Optional[Tensor] = None,
+    active_units_per_group: Optional[Sequence[int]] = None,
     active_threshold: float = 0.01,
 ) -> Dict[str, Path]:
     r"""Write a run's pictures into ``out_dir``: ``samples.png``, ``reconstructions.png``
@@ -810,8 +818,10 @@ def save_pictures(
     ``group_reconstructions.png`` (:func:`save_group_reconstructions` of the first
     6 data points) and ``kl_per_group.png`` (:func:`plot_kl_per_group`: the groups'
     sums of ``kl_per_dim``, or of the KL of the first 256 points without it; a group is
-    marked inactive when none of its channels' ``posterior_mean_variance`` exceeds
-    ``active_threshold``, that variance over the first 256 points when not given), and
+    marked inactive when ``active_units_per_group`` (:func:`fastvae.eval.evaluate`'s,
+    the active elements of each group's latent map) gives it none, or without it when
+    no element of its map has a posterior mean whose variance over the first 256 points
+    exceeds ``active_threshold``, :func:`fastvae.eval.group_active_units`), and
     no ``traversals.png``: its ``decode`` holds each channel constant over its group's
     map with the other channels at their spatial means, which neither reconstructs a
     data point nor shows what a level encodes; ``group_reconstructions.png`` shows that.
@@ -856,10 +866,10 @@ def save_pictures(
         written["kl_per_dim"] = plot_kl_per_dim(kl_per_dim, out_dir / "kl_per_dim.png")
     if grouped:
         group_kl = kl_per_dim if ranks_dims else elbo_estimate(model, points, seed=seed).kl_per_dim
-        variance = posterior_mean_variance
-        if variance is None and points.shape[0] >= 2:
-            variance = active_units(model, points, active_threshold).variance
-        groups = group_diagnostics(model, group_kl, variance, active_threshold)
+        counts = active_units_per_group
+        if counts is None and points.shape[0] >= 2:
+            counts = group_active_units(model, points, active_threshold).active_units_per_group
+        groups = group_diagnostics(model, group_kl, counts)
         units = groups["active_units_per_group"]
         written["kl_per_group"] = plot_kl_per_group(
             groups["kl_per_group"], out_dir / "kl_per_group.png", groups["group_resolutions"],

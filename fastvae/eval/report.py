@@ -19,7 +19,7 @@ import torch
 from .. import __version__ as fastvae_version
 from .. import backends
 from ._common import check_model, mean_and_stderr, model_device, num_data_points
-from .groups import group_diagnostics, has_latent_groups, levels_sentence, resolution_label
+from .groups import group_active_units, group_diagnostics, has_latent_groups, levels_sentence, resolution_label
 from .latent import active_units, mutual_information
 from .likelihood import bits_per_dim, elbo_estimate, elbo_gap, iwae_estimate
 
@@ -72,16 +72,18 @@ FIELDS = {
     "mutual_information_num_points": "the points the mutual information covers (the first ones)",
     # models with latent groups (a deep hierarchical VAE): the groups from the top down
     "num_groups": "G, the latent groups of a model with groups (kl_per_dim and posterior_mean_variance are per "
-                  "channel of each group, group-major, the top group first)",
+                  "channel of each group, group-major, the top group first; posterior_mean_variance and "
+                  "active_units take each channel's mean over its map)",
     "group_resolutions": "[G] the side of each group's square latent map, the top group first",
     "kl_per_group": "[G] the KL of each group (the sum of its channels' kl_per_dim), mean over all points, nats",
     "kl_per_group_fraction": "[G] each group's share of the total KL (the sum of kl_per_group); null entries when "
                              "that total is not positive",
-    "active_units_per_group": "[G] the active units of each group: its channels with posterior_mean_variance above "
-                              "active_threshold (all points; null with fewer than 2)",
-    "active_groups": "how many groups have at least one active unit: groups whose channels' posterior means "
-                     "move with x (a unit is a channel's mean over its map, so a group above 1×1 can carry "
-                     "information in its spatial pattern without one: read its KL)",
+    "units_per_group": "[G] the units of each group: C·r², the elements of its [C, r, r] latent map",
+    "active_units_per_group": "[G] the active units of each group: the elements of its latent map whose posterior "
+                              "mean E_q[z|x] (model.posterior_mean_groups) has a variance over all points above "
+                              "active_threshold (a posterior pass of its own; null with fewer than 2 points)",
+    "active_groups": "how many groups have at least one active unit (an element of their latent map whose "
+                     "posterior mean moves with x)",
     # the run
     "step": "the training step of the weights evaluated (fastvae train / eval)",
     "evaluated": "which weights: 'ema' (the moving average of the weights, --ema-decay) or 'weights' (the trained "
@@ -220,11 +222,13 @@ def evaluate(
         ``active_threshold``, ``posterior_mean_variance``, ``kl_per_dim``;
         ``mutual_information``, ``mutual_information_num_points``.  For a model with
         latent groups (:func:`fastvae.eval.has_latent_groups`, e.g.
-        :class:`fastvae.models.DeepVAE`), from the same KL per dimension and active units
-        (no further model pass): ``num_groups``, ``group_resolutions``,
-        ``kl_per_group``, ``kl_per_group_fraction``, ``active_units_per_group``,
-        ``active_groups``.  Where and how: :func:`provenance`'s keys, ``eval_seed`` and
-        ``eval_seconds``.
+        :class:`fastvae.models.DeepVAE`), from the same KL per dimension (no further
+        model pass): ``num_groups``, ``group_resolutions``, ``kl_per_group``,
+        ``kl_per_group_fraction``, ``units_per_group`` (C·r² per group); and from one
+        more posterior pass over the same points as the active units
+        (:func:`fastvae.eval.group_active_units`, a unit being an element of a group's
+        latent map): ``active_units_per_group``, ``active_groups``.  Where and how:
+        :func:`provenance`'s keys, ``eval_seed`` and ``eval_seconds``.
 
     Example::
 
@@ -247,9 +251,15 @@ def evaluate(
     units = active_units(model, data, active_threshold, batch_size, count) if count >= 2 else None
     information = mutual_information(model, data, batch_size, mi_count, seed)
 
-    # The groups' numbers sum the per-channel ones of the passes above (no further model pass).
-    groups = group_diagnostics(model, elbo.kl_per_dim, None if units is None else units.variance,
-                               active_threshold) if has_latent_groups(model) else {}
+    groups = {}
+    if has_latent_groups(model):
+        # The KL per group sums the ELBO pass's kl_per_dim; the active units per group need
+        # one more posterior pass, element by element over each group's map, on the points
+        # of the active units (posterior_mean averages each channel over its map, which a
+        # spatial pattern leaves unmoved).
+        group_units = group_active_units(model, data, active_threshold, batch_size, count) if count >= 2 else None
+        groups = group_diagnostics(model, elbo.kl_per_dim,
+                                   None if group_units is None else group_units.active_units_per_group)
     elbo_mean, elbo_stderr = mean_and_stderr(elbo.elbo)
     return {
         "num_points": count,
@@ -346,7 +356,8 @@ def _results_table(results: Mapping) -> list:
     if results.get("num_groups") is not None:
         groups = results.get("active_groups")
         rows.append(("active groups", "n/a" if groups is None else
-                     f"{groups} of {results['num_groups']} (groups with an active unit)", every))
+                     f"{groups} of {results['num_groups']} (groups with an active unit, an element of their "
+                     f"latent map: see KL per group)", every))
     information = results.get("mutual_information")
     if information is not None:
         mi_n = results.get("mutual_information_num_points")
@@ -423,17 +434,20 @@ def _group_table(results: Mapping) -> list:
 
     sides, fractions, units = entries("group_resolutions"), entries("kl_per_group_fraction"), \
         entries("active_units_per_group")
-    channels = results["latent_dim"] // count if results.get("latent_dim") else "?"
+    sizes = entries("units_per_group")
     active = [None if unit is None else unit > 0 for unit in units]
     rows = [(str(index), "n/a" if side is None else resolution_label(side), f"{value:.4f}",
              "n/a" if fraction is None else f"{100 * fraction:.1f}%",
-             "n/a" if unit is None else f"{unit} of {channels}", {True: "yes", False: "no", None: "n/a"}[flag])
-            for index, (side, value, fraction, unit, flag) in enumerate(zip(sides, kl, fractions, units, active))]
+             "n/a" if unit is None else f"{unit} of {'?' if size is None else size}",
+             {True: "yes", False: "no", None: "n/a"}[flag])
+            for index, (side, value, fraction, unit, size, flag)
+            in enumerate(zip(sides, kl, fractions, units, sizes, active))]
     lines = _table(("group", "resolution", "KL (nats)", "fraction of the KL", "active units", "active"), rows)
     lines[1] = "|---:|---:|---:|---:|---:|:---:|"
     threshold = results.get("active_threshold", 0.01)
-    note = (f"Groups from the top down (group 0 is the top). A group is active when at least one of its "
-            f"channels is (Cov_x E_q[z_d|x] > {threshold:g}).")
+    note = (f"Groups from the top down (group 0 is the top). A unit is one element of a group's C×r×r latent "
+            f"map (a group has C·r²); it is active when its posterior mean moves with x (Cov_x E_q[z|x] > "
+            f"{threshold:g}), and a group is active when at least one of its units is.")
     known = [side if side is not None else "?" for side in sides]
     return lines + ["", note + " " + levels_sentence(known, active)]
 
@@ -461,9 +475,9 @@ PICTURE_CAPTIONS = {
                   "top, the others held at the posterior mean of the first data point",
     "kl_per_dim": "the KL of each latent dimension",
     "kl_per_group": "the KL of each latent group (x: group index and resolution, the top group first), its share "
-                    "of the total KL above each bar; hatched grey bars are groups without an active unit "
-                    "(over the first 256 points unless save_pictures was given the evaluation's "
-                    "posterior_mean_variance)",
+                    "of the total KL above each bar; hatched grey bars are groups without an active unit, an "
+                    "element of their latent map whose posterior mean moves with x (over the first 256 points "
+                    "unless save_pictures was given the evaluation's active_units_per_group)",
     "training_curves": "training curves from metrics.jsonl",
 }
 
@@ -482,8 +496,9 @@ def write_report(
     the mutual information; the active groups of a model with latent groups); where
     and how the model ran (backend, device, versions, parameters, times, seeds, from the
     keys present); for a model with latent groups the KL per group (a table of each
-    group's resolution, KL, share of the KL and active units, and a sentence naming the
-    levels that carry information); the KL per dimension; the pictures
+    group's resolution, KL, share of the KL and active units as "a of C·r²", a unit
+    being an element of its latent map, and a sentence naming the levels that carry
+    information); the KL per dimension; the pictures
     with captions; the configuration; and the meaning of every key of ``results``
     (:data:`FIELDS`).
 
