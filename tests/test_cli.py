@@ -508,7 +508,7 @@ def test_settings_defaults_per_data_set():
     (["sample", "run", "--nmu", "3"], "fastvae sample", "unrecognized arguments: --nmu 3"),
     (["train", "--batch-size", "many"], "fastvae train", "invalid int value: 'many'"),
     (["train", "--model", "resnet"], "fastvae train", "invalid choice: 'resnet' (choose from mlp, conv, "
-                                                      "hierarchical, discrete)"),
+                                                      "hierarchical, discrete, deep)"),
     (["train", "--data", "mnsit"], "fastvae train", "invalid choice: 'mnsit' (choose from sprites, mnist, "
                                                     "fashion_mnist, binarized_mnist, cifar10, image_folder); did "
                                                     "you mean mnist?"),
@@ -638,3 +638,126 @@ def test_import_and_help_load_no_compiler_or_plotting_stack():
     completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.strip() == "[]", completed.stdout
+
+
+# --------------------------------------------------------------------------------------
+# The deep hierarchical model (--model deep) on tiny binarized-MNIST files
+# --------------------------------------------------------------------------------------
+
+# A deep model small enough that a step takes milliseconds: one block and one latent
+# group of 2 channels at each resolution of the MNIST default (28, 14, 7, 1).
+TINY_DEEP = ["--model", "deep", "--width", "8", "--encoder-blocks", "1,1,1,1", "--decoder-groups", "1,1,1,1",
+             "--latent-channels", "2"]
+
+
+@pytest.fixture(scope="module")
+def binarized_mnist_root(tmp_path_factory):
+    """A data folder of tiny binarized-MNIST .amat files (48 training, 16 valid and 16
+    test images): noisy copies of two fixed random prototypes, so a model has something
+    to learn, and no real data set is needed."""
+    root = tmp_path_factory.mktemp("data")
+    generator = torch.Generator().manual_seed(0)
+    prototypes = (torch.rand(2, 784, generator=generator) < 0.3).int()
+    for split, count in (("train", 48), ("valid", 16), ("test", 16)):
+        flips = (torch.rand(count, 784, generator=generator) < 0.05).int()
+        images = prototypes[torch.arange(count) % 2] ^ flips
+        (root / f"binarized_mnist_{split}.amat").write_text(
+            "".join(" ".join(map(str, row)) + "\n" for row in images.tolist()))
+    return root
+
+
+def deep_train(out: Path, root: Path, *extra: str) -> list[str]:
+    return ["train", "--data", "binarized_mnist", "--data-root", str(root), *TINY_DEEP, "--batch-size", "8",
+            *TINY_EVAL, *QUIET, "--out", str(out), *extra]
+
+
+@pytest.fixture(scope="module")
+def deep_run(binarized_mnist_root, tmp_path_factory):
+    """A 4-step run of the tiny deep model, pictures and all."""
+    out = tmp_path_factory.mktemp("deep") / "run"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert cli.main(deep_train(out, binarized_mnist_root, "--steps", "4", "--log-every", "2")) == 0
+    return out
+
+
+def test_deep_model_trains_from_the_command_line(deep_run):
+    saved = read_toml(deep_run / "config.toml")
+    # From the data set's defaults: the resolutions; from the model: its resolved sizes.
+    assert (saved["model"], saved["resolutions"], saved["width"], saved["bottleneck"]) == ("deep", [28, 14, 7, 1],
+                                                                                           8, 2)
+    assert (saved["encoder_blocks"], saved["decoder_groups"], saved["latent_channels"]) == ([1, 1, 1, 1],
+                                                                                           [1, 1, 1, 1], 2)
+    assert (saved["logvar_bound"], saved["kl_balancing"], saved["spectral_coeff"]) == (10.0, False, 0.0)
+    assert saved["likelihood"] == "bernoulli" and saved["activation"] == "gelu"
+    results = json.loads((deep_run / "results.json").read_text())
+    assert results["step"] == 4 and results["latent_dim"] == 4 * 2 and len(results["kl_per_dim"]) == 8
+    assert results["iwae"] >= results["iwae_mean_log_weight"] and results["num_points"] == 16
+    checkpoint = load_checkpoint(deep_run / "checkpoints" / "step_00000004.pt")
+    assert type(checkpoint.model).__name__ == "DeepVAE" and checkpoint.model.num_groups == 4
+    for name in PICTURES:
+        assert (deep_run / f"{name}.png").is_file(), name
+
+
+def test_deep_run_config_toml_reruns_the_run(deep_run, tmp_path):
+    """config.toml holds every setting of the deep model: rerunning it gives the same
+    weights bit for bit."""
+    again = tmp_path / "again"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert cli.main(["train", "--config", str(deep_run / "config.toml"), "--out", str(again), "--no-pictures"]) == 0
+    assert_same_checkpoint(deep_run / "checkpoints" / "step_00000004.pt", again / "checkpoints" / "step_00000004.pt")
+    assert read_toml(again / "config.toml") == {**read_toml(deep_run / "config.toml"), "pictures": False}
+
+
+def test_deep_model_defaults_per_data_set():
+    """Each data set's deep defaults resolve to a model that builds for its images."""
+    from fastvae.cli.build import model_config
+    from fastvae.models import build_model
+
+    shapes = {"binarized_mnist": (1, 28, 28), "mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28),
+              "cifar10": (3, 32, 32), "sprites": (1, 64, 64)}
+    top = {"cifar10": [32, 16, 8, 4, 1], "sprites": [64, 32, 16, 8, 1]}
+    for data, shape in shapes.items():
+        settings = resolve_settings({"data": data, "model": "deep"}, {})
+        assert settings["resolutions"] == top.get(data, [28, 14, 7, 1]), data
+        model = build_model(model_config(settings, shape))
+        assert model.resolutions[0] == shape[1] and model.num_groups == sum(settings["decoder_groups"])
+    cifar = resolve_settings({"data": "cifar10", "model": "deep"}, {})
+    assert cifar["likelihood"] == "discretized_logistic_mixture"
+
+
+def test_a_deep_model_option_given_to_another_model_is_an_error(binarized_mnist_root, tmp_path):
+    data = ["--data", "binarized_mnist", "--data-root", str(binarized_mnist_root), "--out", str(tmp_path / "r")]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "--model", "mlp", "--width", "8", *data])
+    assert "--width does not apply to the 'mlp' model" in str(exit_info.value.code)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "--model", "deep", "--resolutions", "32,16,8,1", *data])
+    assert "resolutions[0] must be the data's side 28" in str(exit_info.value.code)
+
+
+def test_eval_and_tempered_samples_of_a_deep_checkpoint(deep_run, tmp_path, capsys):
+    assert cli.main(["eval", str(deep_run), "--iwae-samples", "3", "--num-points", "4", "--batch-size", "2"]) == 0
+    results = json.loads((deep_run / "eval-test-k3" / "results.json").read_text())
+    assert results["iwae_num_samples"] == 3 and results["num_points"] == 4 and results["latent_dim"] == 8
+    assert results["iwae"] >= results["iwae_mean_log_weight"]
+
+    def sample(*flags):
+        out = tmp_path / f"{len(list(tmp_path.iterdir()))}.png"
+        assert cli.main(["sample", str(deep_run), "--num", "4", "--ncol", "2", "--seed", "3", "--out", str(out),
+                         *flags]) == 0
+        return out.read_bytes()
+
+    plain, one, half, again, cold = (sample(), sample("--temperature", "1"), sample("--temperature", "0.5"),
+                                     sample("--temperature", "0.5"), sample("--temperature", "0"))
+    assert one == plain  # temperature 1 is the model's own sample
+    assert half == again and half != plain and cold != half
+    # The default file name says the temperature.
+    assert cli.main(["sample", str(deep_run), "--num", "2", "--temperature", "0.5"]) == 0
+    assert (deep_run / "samples-seed0-t0.5.png").is_file()
+
+
+def test_sample_temperature_of_a_model_without_one_is_an_error(run):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["sample", str(run), "--num", "2", "--temperature", "0.5"])
+    message = str(exit_info.value.code)
+    assert message.startswith("fastvae sample: --temperature: the 'conv' model's sample() takes no temperature")

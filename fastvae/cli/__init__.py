@@ -4,7 +4,7 @@ Commands::
 
     fastvae train [FLAGS] [--config FILE.toml] [--resume] [--stop-at STEP]
     fastvae eval CHECKPOINT [--iwae-samples 5000] [--num-points N] [--split test] ...
-    fastvae sample CHECKPOINT [--num 64] [--seed 0] [--out FILE.png]
+    fastvae sample CHECKPOINT [--num 64] [--seed 0] [--temperature 1.0] [--out FILE.png]
     fastvae sweep --betas 0.25,1,4 [FLAGS of train] [--config FILE.toml]
     fastvae bench [latent|likelihood|train|all] [ARGUMENTS of the benchmark]
 
@@ -46,6 +46,16 @@ def _positive_int(text: str) -> int:
 _positive_int.__name__ = "positive int"
 
 
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise ValueError(text)
+    return value
+
+
+_non_negative_float.__name__ = "non-negative float"
+
+
 def _did_you_mean(text: str, candidates) -> str:
     """"; did you mean X?" for the candidate closest to ``text`` (flags compared without
     their dashes), or nothing when none is close."""
@@ -75,7 +85,8 @@ class _Parser(argparse.ArgumentParser):
 _TRAIN_USAGE = f"{PROGRAM} train [--config FILE.toml] [--resume] [--stop-at STEP] [--FLAG VALUE ...]"
 _SWEEP_USAGE = f"{PROGRAM} sweep --betas B,B,... [--config FILE.toml] [--FLAG VALUE ...]"
 _EVAL_USAGE = f"{PROGRAM} eval CHECKPOINT [--iwae-samples K] [--num-points N] [--split SPLIT] [--FLAG VALUE ...]"
-_SAMPLE_USAGE = f"{PROGRAM} sample CHECKPOINT [--num N] [--seed SEED] [--out FILE.png] [--FLAG VALUE ...]"
+_SAMPLE_USAGE = (f"{PROGRAM} sample CHECKPOINT [--num N] [--seed SEED] [--temperature T] [--out FILE.png] "
+                 f"[--FLAG VALUE ...]")
 _TRAIN_EPILOG = (
     "Ctrl-C (SIGINT) or SIGTERM stops training after the step in progress with a checkpoint, prints how to "
     "continue (--resume) and exits with status 130 for SIGINT, 143 for SIGTERM: 128 + the signal's number, as a "
@@ -136,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint file or a run folder (its last one)")
     sample.add_argument("--num", type=_positive_int, default=64, help="samples (default: 64)")
     sample.add_argument("--ncol", type=_positive_int, default=8, help="columns of the grid (default: 8)")
+    sample.add_argument("--temperature", type=_non_negative_float, default=None, metavar="T",
+                        help="scale the prior's standard deviations by T (default: 1, the prior itself; 0: its "
+                        "means); for models whose sample() takes a temperature, such as --model deep")
     _add_checkpoint_flags(sample)
     sample.add_argument("--out", help="the PNG (default: RUN/samples-seed<seed>.png)")
 
@@ -207,7 +221,7 @@ def _run_sample(args) -> int:
     from .checkpoints import sample_checkpoint
 
     sample_checkpoint(args.checkpoint, num=args.num, ncol=args.ncol, seed=args.seed, use_ema=args.ema,
-                      device=args.device, backend=args.backend, out=args.out)
+                      device=args.device, backend=args.backend, out=args.out, temperature=args.temperature)
     return 0
 
 
