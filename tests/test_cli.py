@@ -761,3 +761,36 @@ def test_sample_temperature_of_a_model_without_one_is_an_error(run):
         cli.main(["sample", str(run), "--num", "2", "--temperature", "0.5"])
     message = str(exit_info.value.code)
     assert message.startswith("fastvae sample: --temperature: the 'conv' model's sample() takes no temperature")
+
+
+def test_time_limit_ends_the_run_with_its_report_and_resume_goes_on(tmp_path, capsys):
+    """--time-limit (minutes) far below one step's time: the run stops after its first
+    step with the final checkpoint, evaluation and report, which say why; --resume
+    with the limit has nothing to do; --resume --time-limit 0 trains to the end."""
+    out = tmp_path / "limited"
+    assert cli.main(tiny_train(out, "--steps", "3", "--batch-size", "8", "--no-pictures", "--time-limit", "1e-9")) == 0
+    printed = capsys.readouterr().out
+    assert ("stopped at step 1 of 3: the time limit of 1e-09 minutes of training is reached; evaluating this step "
+            "as the last") in printed
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step_00000001.pt"]
+    results = json.loads((out / "results.json").read_text())
+    assert results["step"] == 1 and results["stopped_by"] == "time_limit"
+    assert "Training stopped at its time limit (--time-limit 1e-09 minutes of training) at step 1 of the 3 planned" in (
+        (out / "report.md").read_text())
+    assert read_toml(out / "config.toml")["time_limit"] == 1e-9
+    limit = load_checkpoint(out / "checkpoints" / "step_00000001.pt").train_config.time_limit
+    assert limit == pytest.approx(60e-9, rel=1e-12)  # seconds
+    assert [e["step"] for e in read_metrics(out / "metrics.jsonl") if e.get("stopped_by") == "time_limit"] == [1]
+
+    assert cli.main(["train", "--out", str(out), "--resume"]) == 0
+    assert "stopped at its time limit (1e-09 minutes of training) at step 1 of 3" in capsys.readouterr().out
+    assert json.loads((out / "results.json").read_text()) == results
+
+    assert cli.main(["train", "--out", str(out), "--resume", "--time-limit", "0"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["step"] == 3 and "stopped_by" not in results
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000001.pt", "step_00000003.pt"]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(tiny_train(tmp_path / "bad", "--steps", "3", "--time-limit", "-1"))
+    assert "--time-limit is minutes of training, >= 0 (0: no limit), got -1.0" in str(exit_info.value.code)
+

@@ -110,6 +110,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("lr", "float", 1e-3, TRAINING, "learning rate (Adam)"),
     Option("lr_warmup_steps", "int", 0, TRAINING, "linear learning-rate warm-up steps"),
     Option("optimizer", "str", "adam", TRAINING, "adam or adamw", ("adam", "adamw")),
+    Option("adam_betas", "floats", None, TRAINING, "the optimizer's (β1, β2), e.g. 0.9,0.9 (VDVAE's; default: "
+           "0.9,0.999)"),
     Option("weight_decay", "float", 0.0, TRAINING, "weight decay"),
     Option("beta", "schedule", 1.0, TRAINING, "the KL weight: a number (β-VAE), linear:STEPS (KL warm-up) or "
            "cyclical:CYCLES[:RATIO] (cyclical annealing)"),
@@ -119,6 +121,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("grad_clip", "float", None, TRAINING, "clip the gradient's global norm to this (default: off)"),
     Option("skip_threshold", "float", None, TRAINING, "skip updates whose gradient norm is above this "
            "(default: off; a NaN/inf norm is always skipped)"),
+    Option("time_limit", "float", None, TRAINING, "stop training once it has run this many MINUTES (wall time "
+           "in training, summed over --resume), then evaluate and report as at the last step; a resumed run goes on "
+           "until its total reaches the limit (default: none; 0: none)"),
     Option("max_consecutive_skips", "int", 20, TRAINING, "stop with an error after this many skipped updates "
            "in a row"),
     Option("ema_decay", "float", None, TRAINING, "keep an exponential moving average of the weights (e.g. 0.999); "
