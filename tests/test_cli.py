@@ -794,3 +794,90 @@ def test_time_limit_ends_the_run_with_its_report_and_resume_goes_on(tmp_path, ca
         cli.main(tiny_train(tmp_path / "bad", "--steps", "3", "--time-limit", "-1"))
     assert "--time-limit is minutes of training, >= 0 (0: no limit), got -1.0" in str(exit_info.value.code)
 
+
+# --------------------------------------------------------------------------------------
+# Presets (fastvae/presets/*.toml)
+# --------------------------------------------------------------------------------------
+
+PRESET_SHAPES = {"binarized_mnist": (1, 28, 28), "mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28),
+                 "cifar10": (3, 32, 32), "sprites": (1, 64, 64)}
+
+
+def test_the_shipped_presets():
+    from fastvae.cli.build import model_config
+    from fastvae.cli.presets import PRESETS_DIR, preset_names, read_preset
+    from fastvae.models import build_model
+
+    assert {"deep-mnist-cpu", "deep-mnist-gpu", "deep-cifar10-gpu"} <= set(preset_names())
+    for name in preset_names():
+        text = (PRESETS_DIR / f"{name}.toml").read_text()
+        assert text.startswith(f"# {name}: "), name  # the header says what it is
+        settings = read_preset(name)  # parses, and names only known keys (else ConfigError)
+        resolved = resolve_settings({}, settings)
+        # Built on the meta device: the GPU models' parameters are counted, not allocated.
+        with torch.device("meta"):
+            model = build_model(model_config(resolved, PRESET_SHAPES[resolved["data"]]))
+        count = sum(parameter.numel() for parameter in model.parameters())
+        stated = re.search(r"^# Cost: ([\d,]+) parameters", text, re.MULTILINE)
+        assert stated and int(stated.group(1).replace(",", "")) == count, (name, count)
+        assert train_config_of(resolved).steps == resolved["steps"]
+
+
+def train_config_of(settings):
+    from fastvae.cli.build import train_config
+
+    return train_config(settings, None, "cpu")
+
+
+def test_the_vdvae_cifar10_preset_keeps_vdvaes_numbers():
+    from fastvae.cli.presets import read_preset
+
+    settings = read_preset("deep-cifar10-gpu")
+    config = train_config_of(resolve_settings({}, settings))
+    assert (settings["width"], settings["bottleneck"], settings["latent_channels"]) == (384, 96, 16)
+    # VDVAE's "32x11,32d2,16x6,16d2,8x6,8d2,4x3,4d4,1x3" and "1x1,4m1,4x2,8m4,8x5,16m8,16x10,32m16,32x21".
+    assert settings["encoder_blocks"] == [12, 7, 7, 4, 3] and settings["decoder_groups"] == [22, 11, 6, 3, 1]
+    assert (config.optimizer, config.adam_betas, config.weight_decay, config.lr) == ("adamw", (0.9, 0.9), 0.01, 2e-4)
+    assert (config.lr_warmup_steps, config.ema_decay) == (100, 0.9999)
+    # VDVAE's thresholds are on the gradient of nats per dimension; fastvae's loss is per image.
+    assert (config.grad_clip, config.skip_threshold) == (200.0 * 3072, 400.0 * 3072)
+
+
+def test_preset_layers_and_errors(tmp_path):
+    from fastvae.cli.presets import preset_names, read_config, read_preset
+
+    # --config NAME reads the preset when no file NAME exists.
+    assert read_config("deep-mnist-cpu") == read_preset("deep-mnist-cpu")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "--preset", "deep-mnist"])
+    assert exit_info.value.code == 2
+    with pytest.raises(FileNotFoundError, match="no config file 'nothing.toml' .*presets: .*deep-mnist-cpu"):
+        read_config("nothing.toml")
+    with pytest.raises(ValueError, match="unknown preset 'deep-mnist'; known presets: deep-cifar10-gpu, "):
+        read_preset("deep-mnist")
+    # --help lists them (argparse wraps lines at hyphens too: compare without the breaks).
+    help_text = "".join(cli.build_parser().command_parsers["train"].format_help().split())
+    assert "shippedwithfastvae:" in help_text and all(name in help_text for name in preset_names())
+
+
+def test_train_with_the_cpu_preset_made_tiny(binarized_mnist_root, tmp_path, capsys):
+    """`fastvae train --preset deep-mnist-cpu` with flags that make it tiny, and a --config
+    file between the two (the preset under the file, the flags over both)."""
+    config = tmp_path / "smaller.toml"
+    config.write_text("width = 8\nbottleneck = 2\nsteps = 5\nlr = 0.001\n")
+    out = tmp_path / "preset"
+    assert cli.main(["train", "--preset", "deep-mnist-cpu", "--config", str(config), "--data-root",
+                     str(binarized_mnist_root), "--steps", "2", "--batch-size", "8", "--num-train", "48",
+                     "--num-test", "16", "--iwae-samples", "2", "--iwae-points", "4", *QUIET, "--no-pictures",
+                     "--out", str(out)]) == 0
+    saved = read_toml(out / "config.toml")
+    # The preset's, the file's over it, and the flags' over both.
+    assert (saved["data"], saved["model"], saved["activation"], saved["decoder_groups"]) == (
+        "binarized_mnist", "deep", "silu", [1, 2, 2, 1])
+    assert (saved["beta"], saved["ema_decay"], saved["skip_threshold"], saved["lr_warmup_steps"]) == (
+        "linear:1000", 0.999, 2000.0, 100)
+    assert (saved["width"], saved["bottleneck"], saved["lr"], saved["steps"], saved["batch_size"]) == (8, 2, 0.001,
+                                                                                                     2, 8)
+    results = json.loads((out / "results.json").read_text())
+    assert results["step"] == 2 and results["iwae_num_samples"] == 2 and results["latent_dim"] == 6 * 4
+    assert "run folder:" in capsys.readouterr().out

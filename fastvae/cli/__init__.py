@@ -2,7 +2,7 @@
 
 Commands::
 
-    fastvae train [FLAGS] [--config FILE.toml] [--resume] [--stop-at STEP]
+    fastvae train [FLAGS] [--preset NAME] [--config FILE.toml] [--resume] [--stop-at STEP]
     fastvae eval CHECKPOINT [--iwae-samples 5000] [--num-points N] [--split test] ...
     fastvae sample CHECKPOINT [--num 64] [--seed 0] [--temperature 1.0] [--out FILE.png]
     fastvae sweep --betas 0.25,1,4 [FLAGS of train] [--config FILE.toml]
@@ -27,7 +27,8 @@ import signal
 import sys
 from typing import Optional, Sequence
 
-from .options import PROGRAM, add_option_flags, given_flags, normalize_settings, read_toml
+from .options import PROGRAM, add_option_flags, given_flags, normalize_settings, overlay, read_toml
+from .presets import preset_names, read_config, read_preset
 
 __all__ = ["main", "build_parser"]
 
@@ -82,7 +83,8 @@ class _Parser(argparse.ArgumentParser):
         self.error(f"unrecognized arguments: {' '.join(arguments)}{hint}")
 
 
-_TRAIN_USAGE = f"{PROGRAM} train [--config FILE.toml] [--resume] [--stop-at STEP] [--FLAG VALUE ...]"
+_TRAIN_USAGE = (f"{PROGRAM} train [--preset NAME] [--config FILE.toml] [--resume] [--stop-at STEP] "
+                f"[--FLAG VALUE ...]")
 _SWEEP_USAGE = f"{PROGRAM} sweep --betas B,B,... [--config FILE.toml] [--FLAG VALUE ...]"
 _EVAL_USAGE = f"{PROGRAM} eval CHECKPOINT [--iwae-samples K] [--num-points N] [--split SPLIT] [--FLAG VALUE ...]"
 _SAMPLE_USAGE = (f"{PROGRAM} sample CHECKPOINT [--num N] [--seed SEED] [--temperature T] [--out FILE.png] "
@@ -111,8 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
         "report.md (final ELBO, IWAE estimate, ELBO gap, active units, KL per dimension). With no flags: the "
         "default conv VAE on the embedded sprites, about two minutes on a CPU.",
     )
+    presets = preset_names()
+    train.add_argument("--preset", choices=presets, metavar="NAME",
+                       help=f"settings of a preset shipped with fastvae: {', '.join(presets)} (each file's header "
+                       f"says what it trains, how it departs from its paper and what it costs); --config and the "
+                       f"flags given override it")
     train.add_argument("--config", metavar="FILE.toml", help="settings from a TOML file whose keys are these flags "
-                       "(without --); flags given override it")
+                       "(without --), or the name of a preset when no such file exists; over --preset's, and flags "
+                       "given override it")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint "
                        "(bit for bit on the same device); flags given override its config.toml")
     train.add_argument("--stop-at", type=_positive_int, metavar="STEP", help="stop at this step with a checkpoint "
@@ -185,7 +193,9 @@ def _add_checkpoint_flags(parser: argparse.ArgumentParser) -> None:
 def _run_train(args) -> int:
     from .train import resolve_settings, train_run
 
-    file_settings = read_toml(args.config, "train") if args.config else {}
+    # Layers, later ones winning: the preset, the --config file (or preset), the flags.
+    file_settings = overlay(read_preset(args.preset, "train") if args.preset else {},
+                            read_config(args.config, "train") if args.config else {})
     settings = resolve_settings(given_flags(args), file_settings, resume=args.resume)
     train_run(settings, resume=args.resume, stop_at=args.stop_at)
     return 0
