@@ -735,6 +735,23 @@ def test_a_deep_model_option_given_to_another_model_is_an_error(binarized_mnist_
     assert "resolutions[0] must be the data's side 28" in str(exit_info.value.code)
 
 
+def test_deep_run_stopped_and_resumed_is_the_uninterrupted_run(deep_run, binarized_mnist_root, tmp_path):
+    """--stop-at 2 then --resume: the deep model's weights, optimizer state and
+    metrics.jsonl are the uninterrupted 4-step run's, bit for bit."""
+    parts = tmp_path / "parts"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert cli.main(deep_train(parts, binarized_mnist_root, "--steps", "4", "--log-every", "2", "--stop-at",
+                                   "2")) == 0
+        assert [p.name for p in (parts / "checkpoints").iterdir()] == ["step_00000002.pt"]
+        assert cli.main(["train", "--out", str(parts), "--resume", "--no-pictures"]) == 0
+    assert_same_checkpoint(deep_run / "checkpoints" / "step_00000004.pt", parts / "checkpoints" / "step_00000004.pt")
+    assert without_timings(parts) == without_timings(deep_run)
+    ignored = ("train_seconds", "eval_seconds")
+    results = [{k: v for k, v in json.loads((f / "results.json").read_text()).items() if k not in ignored}
+               for f in (deep_run, parts)]
+    assert results[0] == results[1]
+
+
 def test_eval_and_tempered_samples_of_a_deep_checkpoint(deep_run, tmp_path, capsys):
     assert cli.main(["eval", str(deep_run), "--iwae-samples", "3", "--num-points", "4", "--batch-size", "2"]) == 0
     results = json.loads((deep_run / "eval-test-k3" / "results.json").read_text())
