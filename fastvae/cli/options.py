@@ -3,7 +3,8 @@ command-line flags and the keys of a ``--config`` TOML file, so the two can neve
 
 A run's settings are resolved in layers, later ones winning: the built-in defaults, the
 defaults of the data set (its model and likelihood), the run folder's ``config.toml``
-when resuming, the ``--config`` file, then the flags given on the command line.  The
+when resuming, the ``--preset`` (:mod:`fastvae.cli.presets`), the ``--config`` file, then
+the flags given on the command line.  The
 resolved settings, every one of them, are written to the run folder's ``config.toml``,
 so ``fastvae train --config RUN/config.toml`` reruns the run.
 """
