@@ -228,6 +228,8 @@ if __name__ == "__main__":
         packages=["fastvae", "fastvae.ops", "fastvae.native", "fastvae.kernels", "fastvae.nn", "fastvae.models",
                   "fastvae.train", "fastvae.eval", "fastvae.data", "fastvae.cli"],
         package_dir={"fastvae": "fastvae", "fastvae.kernels": "kernels"},
+        # The presets of `fastvae train --preset` (fastvae/presets/*.toml), in wheels too.
+        package_data={"fastvae": ["presets/*.toml"]},
         ext_modules=extensions(),
         cmdclass={"build_ext": BuildExtensions},
     )

@@ -508,7 +508,7 @@ def test_settings_defaults_per_data_set():
     (["sample", "run", "--nmu", "3"], "fastvae sample", "unrecognized arguments: --nmu 3"),
     (["train", "--batch-size", "many"], "fastvae train", "invalid int value: 'many'"),
     (["train", "--model", "resnet"], "fastvae train", "invalid choice: 'resnet' (choose from mlp, conv, "
-                                                      "hierarchical, discrete)"),
+                                                      "hierarchical, discrete, deep)"),
     (["train", "--data", "mnsit"], "fastvae train", "invalid choice: 'mnsit' (choose from sprites, mnist, "
                                                     "fashion_mnist, binarized_mnist, cifar10, image_folder); did "
                                                     "you mean mnist?"),
@@ -638,3 +638,263 @@ def test_import_and_help_load_no_compiler_or_plotting_stack():
     completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.strip() == "[]", completed.stdout
+
+
+# --------------------------------------------------------------------------------------
+# The deep hierarchical model (--model deep) on tiny binarized-MNIST files
+# --------------------------------------------------------------------------------------
+
+# A deep model small enough that a step takes milliseconds: one block and one latent
+# group of 2 channels at each resolution of the MNIST default (28, 14, 7, 1).
+TINY_DEEP = ["--model", "deep", "--width", "8", "--encoder-blocks", "1,1,1,1", "--decoder-groups", "1,1,1,1",
+             "--latent-channels", "2"]
+
+
+@pytest.fixture(scope="module")
+def binarized_mnist_root(tmp_path_factory):
+    """A data folder of tiny binarized-MNIST .amat files (48 training, 16 valid and 16
+    test images): noisy copies of two fixed random prototypes, so a model has something
+    to learn, and no real data set is needed."""
+    root = tmp_path_factory.mktemp("data")
+    generator = torch.Generator().manual_seed(0)
+    prototypes = (torch.rand(2, 784, generator=generator) < 0.3).int()
+    for split, count in (("train", 48), ("valid", 16), ("test", 16)):
+        flips = (torch.rand(count, 784, generator=generator) < 0.05).int()
+        images = prototypes[torch.arange(count) % 2] ^ flips
+        (root / f"binarized_mnist_{split}.amat").write_text(
+            "".join(" ".join(map(str, row)) + "\n" for row in images.tolist()))
+    return root
+
+
+def deep_train(out: Path, root: Path, *extra: str) -> list[str]:
+    return ["train", "--data", "binarized_mnist", "--data-root", str(root), *TINY_DEEP, "--batch-size", "8",
+            *TINY_EVAL, *QUIET, "--out", str(out), *extra]
+
+
+@pytest.fixture(scope="module")
+def deep_run(binarized_mnist_root, tmp_path_factory):
+    """A 4-step run of the tiny deep model, pictures and all."""
+    out = tmp_path_factory.mktemp("deep") / "run"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert cli.main(deep_train(out, binarized_mnist_root, "--steps", "4", "--log-every", "2")) == 0
+    return out
+
+
+def test_deep_model_trains_from_the_command_line(deep_run):
+    saved = read_toml(deep_run / "config.toml")
+    # From the data set's defaults: the resolutions; from the model: its resolved sizes.
+    assert (saved["model"], saved["resolutions"], saved["width"], saved["bottleneck"]) == ("deep", [28, 14, 7, 1],
+                                                                                           8, 2)
+    assert (saved["encoder_blocks"], saved["decoder_groups"], saved["latent_channels"]) == ([1, 1, 1, 1],
+                                                                                           [1, 1, 1, 1], 2)
+    assert (saved["logvar_bound"], saved["kl_balancing"], saved["spectral_coeff"]) == (10.0, False, 0.0)
+    assert saved["likelihood"] == "bernoulli" and saved["activation"] == "gelu"
+    results = json.loads((deep_run / "results.json").read_text())
+    assert results["step"] == 4 and results["latent_dim"] == 4 * 2 and len(results["kl_per_dim"]) == 8
+    assert results["iwae"] >= results["iwae_mean_log_weight"] and results["num_points"] == 16
+    checkpoint = load_checkpoint(deep_run / "checkpoints" / "step_00000004.pt")
+    assert type(checkpoint.model).__name__ == "DeepVAE" and checkpoint.model.num_groups == 4
+    for name in PICTURES:
+        assert (deep_run / f"{name}.png").is_file(), name
+
+
+def test_deep_run_config_toml_reruns_the_run(deep_run, tmp_path):
+    """config.toml holds every setting of the deep model: rerunning it gives the same
+    weights bit for bit."""
+    again = tmp_path / "again"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert cli.main(["train", "--config", str(deep_run / "config.toml"), "--out", str(again), "--no-pictures"]) == 0
+    assert_same_checkpoint(deep_run / "checkpoints" / "step_00000004.pt", again / "checkpoints" / "step_00000004.pt")
+    assert read_toml(again / "config.toml") == {**read_toml(deep_run / "config.toml"), "pictures": False}
+
+
+def test_deep_model_defaults_per_data_set():
+    """Each data set's deep defaults resolve to a model that builds for its images."""
+    from fastvae.cli.build import model_config
+    from fastvae.models import build_model
+
+    shapes = {"binarized_mnist": (1, 28, 28), "mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28),
+              "cifar10": (3, 32, 32), "sprites": (1, 64, 64)}
+    top = {"cifar10": [32, 16, 8, 4, 1], "sprites": [64, 32, 16, 8, 1]}
+    for data, shape in shapes.items():
+        settings = resolve_settings({"data": data, "model": "deep"}, {})
+        assert settings["resolutions"] == top.get(data, [28, 14, 7, 1]), data
+        model = build_model(model_config(settings, shape))
+        assert model.resolutions[0] == shape[1] and model.num_groups == sum(settings["decoder_groups"])
+    cifar = resolve_settings({"data": "cifar10", "model": "deep"}, {})
+    assert cifar["likelihood"] == "discretized_logistic_mixture"
+
+
+def test_a_deep_model_option_given_to_another_model_is_an_error(binarized_mnist_root, tmp_path):
+    data = ["--data", "binarized_mnist", "--data-root", str(binarized_mnist_root), "--out", str(tmp_path / "r")]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "--model", "mlp", "--width", "8", *data])
+    assert "--width does not apply to the 'mlp' model" in str(exit_info.value.code)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "--model", "deep", "--resolutions", "32,16,8,1", *data])
+    assert "resolutions[0] must be the data's side 28" in str(exit_info.value.code)
+
+
+def test_deep_run_stopped_and_resumed_is_the_uninterrupted_run(deep_run, binarized_mnist_root, tmp_path):
+    """--stop-at 2 then --resume: the deep model's weights, optimizer state and
+    metrics.jsonl are the uninterrupted 4-step run's, bit for bit."""
+    parts = tmp_path / "parts"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert cli.main(deep_train(parts, binarized_mnist_root, "--steps", "4", "--log-every", "2", "--stop-at",
+                                   "2")) == 0
+        assert [p.name for p in (parts / "checkpoints").iterdir()] == ["step_00000002.pt"]
+        assert cli.main(["train", "--out", str(parts), "--resume", "--no-pictures"]) == 0
+    assert_same_checkpoint(deep_run / "checkpoints" / "step_00000004.pt", parts / "checkpoints" / "step_00000004.pt")
+    assert without_timings(parts) == without_timings(deep_run)
+    ignored = ("train_seconds", "eval_seconds")
+    results = [{k: v for k, v in json.loads((f / "results.json").read_text()).items() if k not in ignored}
+               for f in (deep_run, parts)]
+    assert results[0] == results[1]
+
+
+def test_eval_and_tempered_samples_of_a_deep_checkpoint(deep_run, tmp_path, capsys):
+    assert cli.main(["eval", str(deep_run), "--iwae-samples", "3", "--num-points", "4", "--batch-size", "2"]) == 0
+    results = json.loads((deep_run / "eval-test-k3" / "results.json").read_text())
+    assert results["iwae_num_samples"] == 3 and results["num_points"] == 4 and results["latent_dim"] == 8
+    assert results["iwae"] >= results["iwae_mean_log_weight"]
+
+    def sample(*flags):
+        out = tmp_path / f"{len(list(tmp_path.iterdir()))}.png"
+        assert cli.main(["sample", str(deep_run), "--num", "4", "--ncol", "2", "--seed", "3", "--out", str(out),
+                         *flags]) == 0
+        return out.read_bytes()
+
+    plain, one, half, again, cold = (sample(), sample("--temperature", "1"), sample("--temperature", "0.5"),
+                                     sample("--temperature", "0.5"), sample("--temperature", "0"))
+    assert one == plain  # temperature 1 is the model's own sample
+    assert half == again and half != plain and cold != half
+    # The default file name says the temperature.
+    assert cli.main(["sample", str(deep_run), "--num", "2", "--temperature", "0.5"]) == 0
+    assert (deep_run / "samples-seed0-t0.5.png").is_file()
+
+
+def test_sample_temperature_of_a_model_without_one_is_an_error(run):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["sample", str(run), "--num", "2", "--temperature", "0.5"])
+    message = str(exit_info.value.code)
+    assert message.startswith("fastvae sample: --temperature: the 'conv' model's sample() takes no temperature")
+
+
+def test_time_limit_ends_the_run_with_its_report_and_resume_goes_on(tmp_path, capsys):
+    """--time-limit (minutes) far below one step's time: the run stops after its first
+    step with the final checkpoint, evaluation and report, which say why; --resume
+    with the limit has nothing to do; --resume --time-limit 0 trains to the end."""
+    out = tmp_path / "limited"
+    assert cli.main(tiny_train(out, "--steps", "3", "--batch-size", "8", "--no-pictures", "--time-limit", "1e-9")) == 0
+    printed = capsys.readouterr().out
+    assert ("stopped at step 1 of 3: the time limit of 1e-09 minutes of training is reached; evaluating this step "
+            "as the last") in printed
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step_00000001.pt"]
+    results = json.loads((out / "results.json").read_text())
+    assert results["step"] == 1 and results["stopped_by"] == "time_limit"
+    assert "Training stopped at its time limit (--time-limit 1e-09 minutes of training) at step 1 of the 3 planned" in (
+        (out / "report.md").read_text())
+    assert read_toml(out / "config.toml")["time_limit"] == 1e-9
+    limit = load_checkpoint(out / "checkpoints" / "step_00000001.pt").train_config.time_limit
+    assert limit == pytest.approx(60e-9, rel=1e-12)  # seconds
+    assert [e["step"] for e in read_metrics(out / "metrics.jsonl") if e.get("stopped_by") == "time_limit"] == [1]
+
+    assert cli.main(["train", "--out", str(out), "--resume"]) == 0
+    assert "stopped at its time limit (1e-09 minutes of training) at step 1 of 3" in capsys.readouterr().out
+    assert json.loads((out / "results.json").read_text()) == results
+
+    assert cli.main(["train", "--out", str(out), "--resume", "--time-limit", "0"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["step"] == 3 and "stopped_by" not in results
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000001.pt", "step_00000003.pt"]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(tiny_train(tmp_path / "bad", "--steps", "3", "--time-limit", "-1"))
+    assert "--time-limit is minutes of training, >= 0 (0: no limit), got -1.0" in str(exit_info.value.code)
+
+
+# --------------------------------------------------------------------------------------
+# Presets (fastvae/presets/*.toml)
+# --------------------------------------------------------------------------------------
+
+PRESET_SHAPES = {"binarized_mnist": (1, 28, 28), "mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28),
+                 "cifar10": (3, 32, 32), "sprites": (1, 64, 64)}
+
+
+def test_the_shipped_presets():
+    from fastvae.cli.build import model_config
+    from fastvae.cli.presets import PRESETS_DIR, preset_names, read_preset
+    from fastvae.models import build_model
+
+    assert {"deep-mnist-cpu", "deep-mnist-gpu", "deep-cifar10-gpu"} <= set(preset_names())
+    for name in preset_names():
+        text = (PRESETS_DIR / f"{name}.toml").read_text()
+        assert text.startswith(f"# {name}: "), name  # the header says what it is
+        settings = read_preset(name)  # parses, and names only known keys (else ConfigError)
+        resolved = resolve_settings({}, settings)
+        # Built on the meta device: the GPU models' parameters are counted, not allocated.
+        with torch.device("meta"):
+            model = build_model(model_config(resolved, PRESET_SHAPES[resolved["data"]]))
+        count = sum(parameter.numel() for parameter in model.parameters())
+        stated = re.search(r"^# Cost: ([\d,]+) parameters", text, re.MULTILINE)
+        assert stated and int(stated.group(1).replace(",", "")) == count, (name, count)
+        assert train_config_of(resolved).steps == resolved["steps"]
+
+
+def train_config_of(settings):
+    from fastvae.cli.build import train_config
+
+    return train_config(settings, None, "cpu")
+
+
+def test_the_vdvae_cifar10_preset_keeps_vdvaes_numbers():
+    from fastvae.cli.presets import read_preset
+
+    settings = read_preset("deep-cifar10-gpu")
+    config = train_config_of(resolve_settings({}, settings))
+    assert (settings["width"], settings["bottleneck"], settings["latent_channels"]) == (384, 96, 16)
+    # VDVAE's "32x11,32d2,16x6,16d2,8x6,8d2,4x3,4d4,1x3" and "1x1,4m1,4x2,8m4,8x5,16m8,16x10,32m16,32x21".
+    assert settings["encoder_blocks"] == [12, 7, 7, 4, 3] and settings["decoder_groups"] == [22, 11, 6, 3, 1]
+    assert (config.optimizer, config.adam_betas, config.weight_decay, config.lr) == ("adamw", (0.9, 0.9), 0.01, 2e-4)
+    assert (config.lr_warmup_steps, config.ema_decay) == (100, 0.9999)
+    # VDVAE's thresholds are on the gradient of nats per dimension; fastvae's loss is per image.
+    assert (config.grad_clip, config.skip_threshold) == (200.0 * 3072, 400.0 * 3072)
+
+
+def test_preset_layers_and_errors(tmp_path):
+    from fastvae.cli.presets import preset_names, read_config, read_preset
+
+    # --config NAME reads the preset when no file NAME exists.
+    assert read_config("deep-mnist-cpu") == read_preset("deep-mnist-cpu")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "--preset", "deep-mnist"])
+    assert exit_info.value.code == 2
+    with pytest.raises(FileNotFoundError, match="no config file 'nothing.toml' .*presets: .*deep-mnist-cpu"):
+        read_config("nothing.toml")
+    with pytest.raises(ValueError, match="unknown preset 'deep-mnist'; known presets: deep-cifar10-gpu, "):
+        read_preset("deep-mnist")
+    # --help lists them (argparse wraps lines at hyphens too: compare without the breaks).
+    help_text = "".join(cli.build_parser().command_parsers["train"].format_help().split())
+    assert "shippedwithfastvae:" in help_text and all(name in help_text for name in preset_names())
+
+
+def test_train_with_the_cpu_preset_made_tiny(binarized_mnist_root, tmp_path, capsys):
+    """`fastvae train --preset deep-mnist-cpu` with flags that make it tiny, and a --config
+    file between the two (the preset under the file, the flags over both)."""
+    config = tmp_path / "smaller.toml"
+    config.write_text("width = 8\nbottleneck = 2\nsteps = 5\nlr = 0.001\n")
+    out = tmp_path / "preset"
+    assert cli.main(["train", "--preset", "deep-mnist-cpu", "--config", str(config), "--data-root",
+                     str(binarized_mnist_root), "--steps", "2", "--batch-size", "8", "--num-train", "48",
+                     "--num-test", "16", "--iwae-samples", "2", "--iwae-points", "4", *QUIET, "--no-pictures",
+                     "--out", str(out)]) == 0
+    saved = read_toml(out / "config.toml")
+    # The preset's, the file's over it, and the flags' over both.
+    assert (saved["data"], saved["model"], saved["activation"], saved["decoder_groups"]) == (
+        "binarized_mnist", "deep", "silu", [1, 2, 2, 1])
+    assert (saved["beta"], saved["ema_decay"], saved["skip_threshold"], saved["lr_warmup_steps"]) == (
+        "linear:1000", 0.999, 2000.0, 100)
+    assert (saved["width"], saved["bottleneck"], saved["lr"], saved["steps"], saved["batch_size"]) == (8, 2, 0.001,
+                                                                                                     2, 8)
+    results = json.loads((out / "results.json").read_text())
+    assert results["step"] == 2 and results["iwae_num_samples"] == 2 and results["latent_dim"] == 6 * 4
+    assert "run folder:" in capsys.readouterr().out

@@ -1,7 +1,8 @@
 """fastvae.train under torchrun: 2 CPU processes on gloo (tests/train_ddp_worker.py).
 
-Checks that both processes end with identical weights, that DDP on two halves of each
-global batch equals one process on the whole batch (up to float summation order), that
+Checks that both processes end with identical weights (the deep hierarchical model's
+too), that DDP on two halves of each global batch equals one process on the whole batch
+(up to float summation order), that
 a DDP run stopped and resumed from a checkpoint continues bit for bit, and that only
 rank 0 writes files.  Also the single-process helpers of fastvae.train.distributed."""
 import os
@@ -44,7 +45,7 @@ def load(results: Path, name: str, rank: int) -> dict:
     return torch.load(results / f"{name}_rank{rank}.pt", weights_only=True)
 
 
-@pytest.mark.parametrize("name", ["deterministic", "full", "resumed"])
+@pytest.mark.parametrize("name", ["deterministic", "full", "resumed", "deep"])
 def test_ranks_end_identical(ddp_results, name):
     first, second = load(ddp_results, name, 0), load(ddp_results, name, 1)
     assert first["world_size"] == 2 and first["wrapped"] == "DistributedDataParallel"
@@ -52,6 +53,17 @@ def test_ranks_end_identical(ddp_results, name):
         assert torch.equal(value, second["weights"][key]), key
     # Logged metrics are averaged over the processes: the same numbers on both.
     assert first["metrics"]["loss"] == second["metrics"]["loss"]
+
+
+def test_the_deep_model_trains_under_ddp(ddp_results):
+    from fastvae.models import build_model
+    from tests.train_ddp_worker import DEEP_MODEL
+
+    torch.manual_seed(0)
+    initial = build_model(DEEP_MODEL).state_dict()
+    trained = load(ddp_results, "deep", 0)
+    assert trained["metrics"]["step"] == 4 and trained["metrics"]["skipped_total"] == 0
+    assert any(not torch.equal(value, trained["weights"][key]) for key, value in initial.items())
 
 
 def test_ddp_equals_one_process_on_the_global_batch(ddp_results):

@@ -123,12 +123,13 @@ def test_schedule_bad_specs(spec, error):
 def test_config_round_trip():
     original = TrainConfig(epochs=3, batch_size=64, lr=3e-4, optimizer="AdamW", adam_betas=(0.9, 0.95),
                            beta_schedule="cyclical:4", temperature_schedule="exponential:1:0.01:0.5",
-                           grad_clip=100.0, skip_threshold=400.0, ema_decay=0.999, out_dir="runs/x")
+                           grad_clip=100.0, skip_threshold=400.0, ema_decay=0.999, time_limit=90, out_dir="runs/x")
     values = json.loads(json.dumps(original.to_dict()))
     assert TrainConfig.from_dict(values) == original
     assert original.optimizer == "adamw"
     assert original.beta_schedule == {"kind": "cyclical", "cycles": 4, "ratio": 0.5, "value": 1.0, "start": 0.0}
     assert original.replace(steps=5).steps == 5 and original.replace(steps=5).epochs is None
+    assert original.time_limit == 90.0 and isinstance(original.time_limit, float)
 
 
 @pytest.mark.parametrize(
@@ -136,7 +137,9 @@ def test_config_round_trip():
     [({}, "exactly one of steps and epochs"), ({"steps": 5, "epochs": 1}, "exactly one"), ({"steps": 0}, "steps"),
      ({"steps": 5, "lr": -1.0}, "lr"), ({"steps": 5, "optimizer": "sgd"}, "optimizer"),
      ({"steps": 5, "ema_decay": 1.0}, "ema_decay"), ({"steps": 5, "grad_clip": 0.0}, "grad_clip"),
-     ({"steps": 5, "batch_size": 2.5}, "batch_size"), ({"steps": 5, "autocast": "yes"}, "autocast")],
+     ({"steps": 5, "batch_size": 2.5}, "batch_size"), ({"steps": 5, "autocast": "yes"}, "autocast"),
+     ({"steps": 5, "time_limit": 0}, "time_limit"), ({"steps": 5, "time_limit": math.inf}, "time_limit"),
+     ({"steps": 5, "time_limit": "1h"}, "time_limit")],
 )
 def test_config_errors(values, match):
     with pytest.raises(ValueError, match=match):
@@ -418,6 +421,65 @@ def test_request_stop_stops_between_steps_with_a_checkpoint(tmp_path):
     assert all_equal(parameters(resumed.model), parameters(whole.model))
     assert all_equal(parameters(resumed.ema.module), parameters(whole.ema.module))
     assert without_time(trainer_events(resumed)) == without_time(trainer_events(whole))
+
+
+def step_clock(trainer, seconds_per_step=10.0):
+    """Replace the trainer's wall clock by one that advances ``seconds_per_step`` per step
+    this trainer takes, so that the time limit's tests depend on steps, not on timing."""
+    start = trainer.step
+    trainer._elapsed = lambda: trainer.elapsed + seconds_per_step * (trainer.step - start)
+    return trainer
+
+
+def test_time_limit_stops_the_run_as_its_last_step_would(tmp_path):
+    """A 12-step run with a time limit of 35 s at 10 s a step stops after step 4 with the
+    final logging, evaluation and checkpoint; resumed with a limit of 75 s it stops at
+    step 8 (the limit is on the total), with the weights of an unlimited run at step 8;
+    resumed again with the same limit it takes no step; without a limit it ends at 12
+    as the run that never had one."""
+    data = TensorData(make_data(100), binarize=True)
+    settings = dict(steps=12, batch_size=16, ema_decay=0.8, log_every=5, eval_every=6)
+    eval_data = make_data(40, seed=1)
+    whole = Trainer(make_model(), data, config(**settings, out_dir=str(tmp_path / "whole")), eval_data=eval_data)
+    step_clock(whole).fit(stop_at=8)
+    at_eight = parameters(whole.model)
+    whole.fit()
+    assert not whole.stopped_by_time_limit and whole.step == 12
+    assert not [e for e in trainer_events(whole) if "stopped_by" in e]  # no limit: the old behaviour
+
+    limited = Trainer(make_model(), data, config(**settings, time_limit=35.0, out_dir=str(tmp_path / "limited")),
+                      eval_data=eval_data)
+    metrics = step_clock(limited).fit()
+    assert limited.stopped_by_time_limit and limited.step == 4 and limited.elapsed == 40.0
+    assert [p.name for p in list_checkpoints(tmp_path / "limited")] == ["step_00000004.pt"]
+    events = trainer_events(limited)
+    # Step 4 is logged and evaluated as a last step is, then the stop is recorded.
+    assert [e["step"] for e in events if "loss" in e] == [4] and [e["step"] for e in events if "eval/elbo" in e] == [4]
+    assert events[-1] == {"step": 4, "epoch": round(4 / 6, 4), "stopped_by": "time_limit", "time_limit": 35.0,
+                          "time": 40.0}
+    assert metrics["stopped_by"] == "time_limit" and "eval_ema/elbo" in metrics
+    checkpoint = read_checkpoint(latest_checkpoint(tmp_path / "limited"))
+    assert checkpoint["trainer"]["elapsed"] == 40.0 and checkpoint["train_config"]["time_limit"] == 35.0
+
+    resumed = Trainer.from_checkpoint(latest_checkpoint(tmp_path / "limited"), data, eval_data=eval_data,
+                                      time_limit=75.0)
+    assert resumed.step == 4 and not resumed.time_limit_reached
+    step_clock(resumed).fit()
+    assert resumed.stopped_by_time_limit and resumed.step == 8 and resumed.elapsed == 80.0
+    assert all_equal(parameters(resumed.model), at_eight)
+
+    again = Trainer.from_checkpoint(latest_checkpoint(tmp_path / "limited"), data, eval_data=eval_data)
+    assert again.step == 8 and again.time_limit_reached
+    before = len(trainer_events(again))
+    step_clock(again).fit()
+    assert again.stopped_by_time_limit and again.step == 8 and len(trainer_events(again)) == before
+
+    unlimited = Trainer.from_checkpoint(latest_checkpoint(tmp_path / "limited"), data, eval_data=eval_data,
+                                        time_limit=None)
+    step_clock(unlimited).fit()
+    assert not unlimited.stopped_by_time_limit and unlimited.step == 12
+    assert all_equal(parameters(unlimited.model), parameters(whole.model))
+    assert all_equal(parameters(unlimited.ema.module), parameters(whole.ema.module))
 
 
 def _rng_after(trainer):

@@ -8,7 +8,9 @@ RESULTS (the test compares them):
    one process training on the same global batches;
 2. ``full``: the stochastic model, 10 steps in one go;
 3. ``resumed``: the same run stopped at step 4, the generators scrambled, and continued
-   from the step-4 checkpoint by a new trainer.
+   from the step-4 checkpoint by a new trainer;
+4. ``deep``: a tiny deep hierarchical VAE (fastvae.models.DeepVAE, its latent groups'
+   fused ops and convolutions under DistributedDataParallel) on binary 8×8 images.
 """
 import os
 import sys
@@ -16,10 +18,18 @@ from pathlib import Path
 
 import torch
 
+from fastvae.models import build_model
 from fastvae.train import TrainConfig, Trainer, distributed, latest_checkpoint
 from tests.train_models import make_data, make_model
 
 CONFIG = dict(steps=10, batch_size=16, lr=1e-2, log_every=2, progress=False, seed=3, device="cpu")
+DEEP_MODEL = {"name": "deep", "data_shape": [1, 8, 8], "resolutions": [8, 4, 1], "width": 8,
+              "encoder_blocks": [1, 1, 1], "decoder_groups": [1, 1, 1], "latent_channels": 2}
+
+
+def deep_images(num_items: int) -> torch.Tensor:
+    """[num_items, 1, 8, 8] binary images, the same on every process."""
+    return (torch.rand(num_items, 1, 8, 8, generator=torch.Generator().manual_seed(7)) < 0.3).float()
 
 
 def save_weights(trainer: Trainer, results: Path, name: str) -> None:
@@ -56,6 +66,11 @@ def main(results: Path) -> None:
     resumed = Trainer.from_checkpoint(checkpoint, data)
     resumed.fit()
     save_weights(resumed, results, "resumed")
+
+    torch.manual_seed(0)  # the same initial weights on both processes (DDP also broadcasts rank 0's)
+    deep = Trainer(build_model(DEEP_MODEL), deep_images(32), TrainConfig(**{**CONFIG, "steps": 4}))
+    deep.fit()
+    save_weights(deep, results, "deep")
     distributed.cleanup()
 
 

@@ -2,9 +2,9 @@
 
 Commands::
 
-    fastvae train [FLAGS] [--config FILE.toml] [--resume] [--stop-at STEP]
+    fastvae train [FLAGS] [--preset NAME] [--config FILE.toml] [--resume] [--stop-at STEP]
     fastvae eval CHECKPOINT [--iwae-samples 5000] [--num-points N] [--split test] ...
-    fastvae sample CHECKPOINT [--num 64] [--seed 0] [--out FILE.png]
+    fastvae sample CHECKPOINT [--num 64] [--seed 0] [--temperature 1.0] [--out FILE.png]
     fastvae sweep --betas 0.25,1,4 [FLAGS of train] [--config FILE.toml]
     fastvae bench [latent|likelihood|train|all] [ARGUMENTS of the benchmark]
 
@@ -27,7 +27,8 @@ import signal
 import sys
 from typing import Optional, Sequence
 
-from .options import PROGRAM, add_option_flags, given_flags, normalize_settings, read_toml
+from .options import PROGRAM, add_option_flags, given_flags, normalize_settings, overlay, read_toml
+from .presets import preset_names, read_config, read_preset
 
 __all__ = ["main", "build_parser"]
 
@@ -44,6 +45,16 @@ def _positive_int(text: str) -> int:
 
 
 _positive_int.__name__ = "positive int"
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise ValueError(text)
+    return value
+
+
+_non_negative_float.__name__ = "non-negative float"
 
 
 def _did_you_mean(text: str, candidates) -> str:
@@ -72,10 +83,12 @@ class _Parser(argparse.ArgumentParser):
         self.error(f"unrecognized arguments: {' '.join(arguments)}{hint}")
 
 
-_TRAIN_USAGE = f"{PROGRAM} train [--config FILE.toml] [--resume] [--stop-at STEP] [--FLAG VALUE ...]"
+_TRAIN_USAGE = (f"{PROGRAM} train [--preset NAME] [--config FILE.toml] [--resume] [--stop-at STEP] "
+                f"[--FLAG VALUE ...]")
 _SWEEP_USAGE = f"{PROGRAM} sweep --betas B,B,... [--config FILE.toml] [--FLAG VALUE ...]"
 _EVAL_USAGE = f"{PROGRAM} eval CHECKPOINT [--iwae-samples K] [--num-points N] [--split SPLIT] [--FLAG VALUE ...]"
-_SAMPLE_USAGE = f"{PROGRAM} sample CHECKPOINT [--num N] [--seed SEED] [--out FILE.png] [--FLAG VALUE ...]"
+_SAMPLE_USAGE = (f"{PROGRAM} sample CHECKPOINT [--num N] [--seed SEED] [--temperature T] [--out FILE.png] "
+                 f"[--FLAG VALUE ...]")
 _TRAIN_EPILOG = (
     "Ctrl-C (SIGINT) or SIGTERM stops training after the step in progress with a checkpoint, prints how to "
     "continue (--resume) and exits with status 130 for SIGINT, 143 for SIGTERM: 128 + the signal's number, as a "
@@ -100,8 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
         "report.md (final ELBO, IWAE estimate, ELBO gap, active units, KL per dimension). With no flags: the "
         "default conv VAE on the embedded sprites, about two minutes on a CPU.",
     )
+    presets = preset_names()
+    train.add_argument("--preset", choices=presets, metavar="NAME",
+                       help=f"settings of a preset shipped with fastvae: {', '.join(presets)} (each file's header "
+                       f"says what it trains, how it departs from its paper and what it costs); --config and the "
+                       f"flags given override it")
     train.add_argument("--config", metavar="FILE.toml", help="settings from a TOML file whose keys are these flags "
-                       "(without --); flags given override it")
+                       "(without --), or the name of a preset when no such file exists; over --preset's, and flags "
+                       "given override it")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint "
                        "(bit for bit on the same device); flags given override its config.toml")
     train.add_argument("--stop-at", type=_positive_int, metavar="STEP", help="stop at this step with a checkpoint "
@@ -136,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint file or a run folder (its last one)")
     sample.add_argument("--num", type=_positive_int, default=64, help="samples (default: 64)")
     sample.add_argument("--ncol", type=_positive_int, default=8, help="columns of the grid (default: 8)")
+    sample.add_argument("--temperature", type=_non_negative_float, default=None, metavar="T",
+                        help="scale the prior's standard deviations by T (default: 1, the prior itself; 0: its "
+                        "means); for models whose sample() takes a temperature, such as --model deep")
     _add_checkpoint_flags(sample)
     sample.add_argument("--out", help="the PNG (default: RUN/samples-seed<seed>.png)")
 
@@ -171,7 +193,9 @@ def _add_checkpoint_flags(parser: argparse.ArgumentParser) -> None:
 def _run_train(args) -> int:
     from .train import resolve_settings, train_run
 
-    file_settings = read_toml(args.config, "train") if args.config else {}
+    # Layers, later ones winning: the preset, the --config file (or preset), the flags.
+    file_settings = overlay(read_preset(args.preset, "train") if args.preset else {},
+                            read_config(args.config, "train") if args.config else {})
     settings = resolve_settings(given_flags(args), file_settings, resume=args.resume)
     train_run(settings, resume=args.resume, stop_at=args.stop_at)
     return 0
@@ -207,7 +231,7 @@ def _run_sample(args) -> int:
     from .checkpoints import sample_checkpoint
 
     sample_checkpoint(args.checkpoint, num=args.num, ncol=args.ncol, seed=args.seed, use_ema=args.ema,
-                      device=args.device, backend=args.backend, out=args.out)
+                      device=args.device, backend=args.backend, out=args.out, temperature=args.temperature)
     return 0
 
 

@@ -3,6 +3,7 @@ trainer's config, the device."""
 from __future__ import annotations
 
 import inspect
+import math
 import os
 from typing import Mapping, Optional
 
@@ -103,6 +104,16 @@ def model_settings(model) -> dict:
     return {key: value for key, value in model.config.items() if key in MODEL_KEYS}
 
 
+def time_limit_seconds(settings: Mapping) -> Optional[float]:
+    """The ``time_limit`` setting (minutes; None or 0: none) as the trainer's seconds."""
+    minutes = settings.get("time_limit")
+    if minutes is None:
+        return None
+    if not math.isfinite(minutes) or minutes < 0:
+        raise ConfigError(f"{PROGRAM} train: --time-limit is minutes of training, >= 0 (0: no limit), got {minutes}")
+    return 60.0 * minutes if minutes > 0 else None
+
+
 def train_config(settings: Mapping, out_dir, device: Optional[str]) -> TrainConfig:
     """The trainer's :class:`fastvae.train.TrainConfig` from the settings."""
     return TrainConfig(
@@ -112,10 +123,12 @@ def train_config(settings: Mapping, out_dir, device: Optional[str]) -> TrainConf
         lr=settings["lr"],
         lr_warmup_steps=settings["lr_warmup_steps"],
         optimizer=settings["optimizer"],
+        adam_betas=tuple(settings.get("adam_betas") or TrainConfig.adam_betas),
         weight_decay=settings["weight_decay"],
         grad_clip=settings.get("grad_clip") or None,
         skip_threshold=settings.get("skip_threshold") or None,
         max_consecutive_skips=settings["max_consecutive_skips"],
+        time_limit=time_limit_seconds(settings),
         beta_schedule=settings["beta"],
         temperature_schedule=settings.get("temperature_schedule"),
         free_bits=settings["free_bits"],

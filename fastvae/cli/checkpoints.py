@@ -3,6 +3,7 @@ trained model.  CHECKPOINT is a checkpoint file or a run folder (its last checkp
 the data set of a run folder is read from its config.toml."""
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 from typing import Mapping, Optional, Tuple
@@ -10,7 +11,8 @@ from typing import Mapping, Optional, Tuple
 import torch
 
 from .. import backends
-from ..eval import evaluate, save_samples, write_report
+from ..eval import evaluate, save_image_grid, save_samples, write_report
+from ..eval._common import evaluating
 from ..train import latest_checkpoint, load_checkpoint
 from .build import DEFAULT_EVAL_BATCH, load_split
 from .options import PROGRAM, ConfigError, builtin_defaults, fill_data_defaults, overlay, read_toml
@@ -105,18 +107,37 @@ def eval_checkpoint(path, split: str = "test", num_samples: int = PAPER_IWAE_SAM
     return results
 
 
+def takes_temperature(model) -> bool:
+    """Whether the model's ``sample`` takes a ``temperature`` (e.g. DeepVAE's)."""
+    return "temperature" in inspect.signature(model.sample).parameters
+
+
 def sample_checkpoint(path, num: int = 64, ncol: int = 8, seed: int = 0, use_ema: Optional[bool] = None,
-                      device: Optional[str] = None, backend: str = "auto", out: Optional[str] = None) -> Path:
+                      device: Optional[str] = None, backend: str = "auto", out: Optional[str] = None,
+                      temperature: Optional[float] = None) -> Path:
     """Write a PNG grid of ``num`` samples of a checkpoint's model (z ~ p(z), the
-    decoder's mean); the same seed gives the same picture."""
+    decoder's mean); the same seed gives the same picture.  ``temperature`` (None: the
+    model's own default) is passed to the model's ``sample``, which must take one."""
     where = "sample"
     checkpoint_path, run = find_checkpoint(path, where)
     checkpoint = load_checkpoint(checkpoint_path, map_location=_device(device))
     model, _ = _pick_model(checkpoint, use_ema, where)
+    if temperature is not None and not takes_temperature(model):
+        name = model.config.get("name", type(model).__name__)
+        raise ConfigError(f"{PROGRAM} {where}: --temperature: the {name!r} model's sample() takes no temperature "
+                          f"(the deep model's does); leave the flag out")
     if out is None:
-        name = f"samples-seed{seed}.png"
+        tempered = "" if temperature is None else f"-t{temperature:g}"
+        name = f"samples-seed{seed}{tempered}.png"
         out = (run / name) if run is not None else checkpoint_path.with_name(f"{checkpoint_path.stem}-{name}")
     with backends.use_backend(backend):
-        written = save_samples(model, out, num_samples=num, ncol=ncol, seed=seed)
+        if temperature is None:
+            written = save_samples(model, out, num_samples=num, ncol=ncol, seed=seed)
+        else:
+            # save_samples's seeding (fastvae.eval), with the temperature passed on.
+            with evaluating(model, seed) as model_device:
+                generator = torch.Generator(model_device).manual_seed(seed)
+                samples = model.sample(num, generator=generator, temperature=temperature)
+            written = save_image_grid(samples, out, ncol=ncol)
     print(f"wrote {written}")
     return Path(written)

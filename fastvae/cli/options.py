@@ -3,7 +3,8 @@ command-line flags and the keys of a ``--config`` TOML file, so the two can neve
 
 A run's settings are resolved in layers, later ones winning: the built-in defaults, the
 defaults of the data set (its model and likelihood), the run folder's ``config.toml``
-when resuming, the ``--config`` file, then the flags given on the command line.  The
+when resuming, the ``--preset`` (:mod:`fastvae.cli.presets`), the ``--config`` file, then
+the flags given on the command line.  The
 resolved settings, every one of them, are written to the run folder's ``config.toml``,
 so ``fastvae train --config RUN/config.toml`` reruns the run.
 """
@@ -25,7 +26,7 @@ PROGRAM = "fastvae"
 # Settings that name one run length: giving one in a later layer drops the other.
 LENGTH_KEYS = ("steps", "epochs")
 BINARIZATIONS = ("none", "static", "dynamic")
-MODEL_NAMES = ("mlp", "conv", "hierarchical", "discrete")
+MODEL_NAMES = ("mlp", "conv", "hierarchical", "discrete", "deep")
 LIKELIHOOD_NAMES = ("bernoulli", "continuous_bernoulli", "gaussian", "discretized_logistic",
                     "discretized_logistic_mixture")
 
@@ -67,8 +68,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("eval_split", "str", "test", DATA, "the split evaluated: test or valid", ("test", "valid")),
     Option("image_size", "int", None, DATA, "image_folder: the side images are resized to"),
     # ---- model
-    Option("model", "str", None, MODEL, "mlp, conv, hierarchical or discrete (default: conv for sprites, cifar10 "
-           "and image folders, mlp for the MNISTs)", MODEL_NAMES),
+    Option("model", "str", None, MODEL, "mlp, conv, hierarchical, discrete or deep (a VDVAE/NVAE-class hierarchy of "
+           "latent groups over resolutions; default: conv for sprites, cifar10 and image folders, mlp for the "
+           "MNISTs)", MODEL_NAMES),
     Option("likelihood", "str", None, MODEL, "the decoder's distribution (default: bernoulli for binary data, "
            "discretized_logistic_mixture for 8-bit images)", LIKELIHOOD_NAMES),
     Option("latent_dim", "int", None, MODEL, "latent dimensions (mlp, conv)"),
@@ -88,6 +90,18 @@ OPTIONS: tuple[Option, ...] = (
     Option("num_categories", "int", None, MODEL, "categories per variable (discrete)"),
     Option("temperature", "float", None, MODEL, "Gumbel-softmax temperature (discrete)"),
     Option("hard", "bool", None, MODEL, "straight-through Gumbel-softmax (discrete)"),
+    Option("resolutions", "ints", None, MODEL, "the hierarchy's resolutions from the data's side down, each dividing "
+           "the one before, e.g. 28,14,7,1 (deep)"),
+    Option("width", "int", None, MODEL, "channels of the bottom-up and top-down states (deep)"),
+    Option("bottleneck", "int", None, MODEL, "channels inside the residual blocks (deep; default: width/4)"),
+    Option("encoder_blocks", "ints", None, MODEL, "residual blocks of the bottom-up path per resolution, the data's "
+           "first (deep)"),
+    Option("decoder_groups", "ints", None, MODEL, "latent groups (top-down blocks) per resolution, the data's first "
+           "(deep)"),
+    Option("latent_channels", "int", None, MODEL, "channels of every latent group (deep)"),
+    Option("logvar_bound", "float", None, MODEL, "log-variances of q and p soft-clamped to (-b, b) (deep)"),
+    Option("kl_balancing", "bool", None, MODEL, "NVAE's KL balancing of the groups during a KL warm-up (deep)"),
+    Option("spectral_coeff", "float", None, MODEL, "weight of NVAE's spectral regularization (deep; 0: off)"),
     # ---- training
     Option("steps", "int", None, TRAINING, "updates to take (give steps or epochs; default: 1500 on sprites, "
            "else 10 epochs)"),
@@ -97,6 +111,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("lr", "float", 1e-3, TRAINING, "learning rate (Adam)"),
     Option("lr_warmup_steps", "int", 0, TRAINING, "linear learning-rate warm-up steps"),
     Option("optimizer", "str", "adam", TRAINING, "adam or adamw", ("adam", "adamw")),
+    Option("adam_betas", "floats", None, TRAINING, "the optimizer's (β1, β2), e.g. 0.9,0.9 (VDVAE's; default: "
+           "0.9,0.999)"),
     Option("weight_decay", "float", 0.0, TRAINING, "weight decay"),
     Option("beta", "schedule", 1.0, TRAINING, "the KL weight: a number (β-VAE), linear:STEPS (KL warm-up) or "
            "cyclical:CYCLES[:RATIO] (cyclical annealing)"),
@@ -106,6 +122,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("grad_clip", "float", None, TRAINING, "clip the gradient's global norm to this (default: off)"),
     Option("skip_threshold", "float", None, TRAINING, "skip updates whose gradient norm is above this "
            "(default: off; a NaN/inf norm is always skipped)"),
+    Option("time_limit", "float", None, TRAINING, "stop training once it has run this many MINUTES (wall time "
+           "in training, summed over --resume), then evaluate and report as at the last step; a resumed run goes on "
+           "until its total reaches the limit (default: none; 0: none)"),
     Option("max_consecutive_skips", "int", 20, TRAINING, "stop with an error after this many skipped updates "
            "in a row"),
     Option("ema_decay", "float", None, TRAINING, "keep an exponential moving average of the weights (e.g. 0.999); "
@@ -144,7 +163,8 @@ OPTION_BY_KEY: Dict[str, Option] = {option.key: option for option in OPTIONS}
 # Settings of the model constructors (fastvae.models), passed when the model takes them.
 MODEL_KEYS = ("likelihood", "latent_dim", "hidden_sizes", "channels", "hidden_dim", "latent_dims", "activation",
               "num_mixtures", "prior", "prior_components", "objective", "num_samples", "dreg", "num_variables",
-              "num_categories", "temperature", "hard")
+              "num_categories", "temperature", "hard", "resolutions", "width", "bottleneck", "encoder_blocks",
+              "decoder_groups", "latent_channels", "logvar_bound", "kl_balancing", "spectral_coeff")
 # Settings that belong to one invocation, not to the run: never written to config.toml.
 INVOCATION_KEYS = ("out", "overwrite")
 
@@ -159,10 +179,21 @@ DATA_DEFAULTS: Dict[str, dict] = {
     "cifar10": {"model": "conv", "binarize": "none"},
     "image_folder": {"model": "conv", "binarize": "none"},
 }
+DEEP_MNIST = {"resolutions": [28, 14, 7, 1], "width": 32, "encoder_blocks": [2, 2, 2, 2],
+              "decoder_groups": [2, 2, 2, 1], "latent_channels": 4}
 MODEL_DEFAULTS: Dict[tuple, dict] = {
     ("sprites", "conv"): {"channels": [16, 32, 64], "hidden_dim": 256, "latent_dim": 10},
     ("cifar10", "conv"): {"channels": [64, 128], "hidden_dim": 512, "latent_dim": 64},
     ("image_folder", "conv"): {"channels": [64, 128], "hidden_dim": 512, "latent_dim": 64},
+    # The deep model: one resolution per halving down to 7 (4 on CIFAR-10, 8 on sprites),
+    # then 1×1; small enough to train on a CPU (presets hold the larger ones).
+    ("binarized_mnist", "deep"): DEEP_MNIST,
+    ("mnist", "deep"): DEEP_MNIST,
+    ("fashion_mnist", "deep"): DEEP_MNIST,
+    ("cifar10", "deep"): {"resolutions": [32, 16, 8, 4, 1], "width": 64, "encoder_blocks": [2, 2, 2, 2, 2],
+                          "decoder_groups": [1, 2, 2, 2, 1], "latent_channels": 8},
+    ("sprites", "deep"): {"resolutions": [64, 32, 16, 8, 1], "width": 32, "encoder_blocks": [1, 1, 1, 1, 1],
+                          "decoder_groups": [1, 1, 2, 2, 1], "latent_channels": 4},
 }
 LENGTH_DEFAULTS: Dict[str, dict] = {"sprites": {"steps": 1500}}
 DEFAULT_EPOCHS = 10

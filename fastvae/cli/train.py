@@ -194,6 +194,12 @@ def finish_run(trainer: Trainer, eval_data, settings: Mapping, folder: Path, con
     results.update(step=trainer.step, evaluated=which, split=settings["eval_split"], data=settings["data"],
                    seed=settings["seed"], train_seconds=round(trainer.elapsed, 1),
                    training_log_elbo=logged if isinstance(logged, float) else None)
+    notes = []
+    if trainer.stopped_by_time_limit:
+        results["stopped_by"] = "time_limit"
+        notes.append(f"Training stopped at its time limit (--time-limit {settings['time_limit']:g} minutes of "
+                     f"training) at step {trainer.step} of the {trainer.total_steps} planned; `{PROGRAM} train --out "
+                     f"{folder} --resume --time-limit MINUTES` with a larger limit (0: none) trains on.")
     (folder / RESULTS_FILE).write_text(json.dumps(results, indent=1, allow_nan=True) + "\n")
     split = settings["eval_split"]
     logger = MetricsLogger(folder, tensorboard=False)
@@ -207,8 +213,9 @@ def finish_run(trainer: Trainer, eval_data, settings: Mapping, folder: Path, con
     title = f"fastvae report: {settings['name']} ({settings['data']}, {settings['model']}, step {trainer.step}" + (
         ", weight average)" if which == "ema" else ")")
     note = training_log_note(trainer, results, which)
+    notes += [note] if note else []
     write_report(folder / REPORT_FILE, results, config=full_config(settings, module, config), title=title,
-                 notes=[note] if note else ())
+                 notes=notes)
     return results
 
 
@@ -280,12 +287,18 @@ def _train(settings: dict, context, device: Optional[str], resume: bool, stop_at
         if resume:
             load_latest_checkpoint(trainer, folder, context)
             signals.checkpoint_step = trainer.step
-            if trainer.step >= trainer.total_steps:
+            if trainer.step >= trainer.total_steps or trainer.time_limit_reached:
                 # Finished: say so and write nothing (not even config.toml).
                 results = finished_results(folder, trainer.step, RESULTS_FILE, REPORT_FILE)
-                if results is not None:
+                if results is not None and trainer.step >= trainer.total_steps:
                     say(f"{PROGRAM} train: the run in {folder} is finished at step {trainer.step} (its {REPORT_FILE} "
                         f"is written); nothing to do. To train it longer: --resume --steps N", context)
+                    return results
+                if results is not None:
+                    say(f"{PROGRAM} train: the run in {folder} stopped at its time limit "
+                        f"({settings['time_limit']:g} minutes of training) at step {trainer.step} of "
+                        f"{trainer.total_steps} (its {REPORT_FILE} is written); nothing to do. To train on: --resume "
+                        f"--time-limit MINUTES (a larger limit) or --time-limit 0 (none)", context)
                     return results
                 forget_final_evaluation(folder, trainer.step, split, context)
             say(f"resuming {folder} from step {trainer.step} of {trainer.total_steps}", context)
@@ -311,6 +324,9 @@ def _train(settings: dict, context, device: Optional[str], resume: bool, stop_at
             if math.isfinite(metrics.get("elbo", math.nan)):
                 say(f"step {trainer.step}: train ELBO {metrics['elbo']:.3f}"
                     + (f", {split} ELBO {metrics['eval/elbo']:.3f}" if "eval/elbo" in metrics else ""), context)
+            if trainer.stopped_by_time_limit:
+                # The final evaluation below makes this step's IWAE estimate.
+                break
             if _estimates_at(milestone, every, trainer.total_steps) and context.is_main:
                 event = _iwae_event(trainer, eval_data, settings, split)
                 logger = MetricsLogger(folder, tensorboard=False)
@@ -319,7 +335,10 @@ def _train(settings: dict, context, device: Optional[str], resume: bool, stop_at
                 say(f"step {trainer.step}: {split} IWAE NLL {event[f'{split}/iwae_nll']:.3f} nats "
                     f"(K={settings['iwae_samples']}, {event[f'{split}/iwae_num_points']} points)", context)
             distributed.barrier(context)
-        if trainer.step < trainer.total_steps:
+        if trainer.stopped_by_time_limit:
+            say(f"stopped at step {trainer.step} of {trainer.total_steps}: the time limit of "
+                f"{settings['time_limit']:g} minutes of training is reached; evaluating this step as the last", context)
+        elif trainer.step < trainer.total_steps:
             say(f"stopped at step {trainer.step} of {trainer.total_steps}; continue with "
                 f"`{PROGRAM} train --out {folder} --resume`", context)
             return None

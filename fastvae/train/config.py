@@ -48,6 +48,11 @@ class TrainConfig:
         max_consecutive_skips: after this many skipped updates in a row the run stops
             with :class:`fastvae.train.TooManySkippedUpdates`, so it can never skip
             forever.
+        time_limit: seconds of training wall time (the time inside :meth:`Trainer.fit`,
+            summed over a run's stops and resumes) after which the run stops taking
+            updates and ends as at its last step: the final evaluation and checkpoint
+            (None: off).  It is checked after each step, so the step in progress and
+            the final evaluation run past it.
 
     Objective:
         beta_schedule: the KL weight β per step: a number, or a schedule spec of
@@ -107,6 +112,7 @@ class TrainConfig:
     grad_clip: Optional[float] = None
     skip_threshold: Optional[float] = None
     max_consecutive_skips: int = 20
+    time_limit: Optional[float] = None
     beta_schedule: ScheduleSpec = 1.0
     temperature_schedule: Optional[ScheduleSpec] = None
     free_bits: float = 0.0
@@ -164,6 +170,10 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and (not _is_number(value) or value <= 0):
                 _fail(name, "None or a positive number", value)
+        if self.time_limit is not None:
+            if not _is_number(self.time_limit) or self.time_limit <= 0:
+                _fail("time_limit", "None or a positive number of seconds", self.time_limit)
+            self.time_limit = float(self.time_limit)
         if self.ema_decay is not None and (not _is_number(self.ema_decay) or not 0 <= self.ema_decay < 1):
             _fail("ema_decay", "None or a number in [0, 1)", self.ema_decay)
         for name in ("autocast", "compile", "find_unused_parameters", "overwrite", "progress", "tensorboard"):

@@ -182,6 +182,7 @@ class Trainer:
         self._logger: Optional[MetricsLogger] = None
         self.stop_requested = False  # set by request_stop, read between steps
         self.stopped_on_request = False  # whether the last fit ended on a request
+        self.stopped_by_time_limit = False  # whether the last fit ended at config.time_limit
 
     # ---------------------------------------------------------------- setup helpers
 
@@ -505,6 +506,26 @@ class Trainer:
         flag = torch.tensor([1.0 if self.stop_requested else 0.0], device=self.device)
         return distributed.all_reduce_sum(flag, self.context).item() > 0
 
+    @property
+    def time_limit_reached(self) -> bool:
+        """Whether the run's training time (summed over its stops and resumes) has
+        reached ``config.time_limit`` (never when the limit is off)."""
+        limit = self.config.time_limit
+        elapsed = self._elapsed() if hasattr(self, "_session_start") else self.elapsed
+        return limit is not None and elapsed >= limit
+
+    def _time_is_up(self) -> bool:
+        """:attr:`time_limit_reached`, the same on every process: any process's clock
+        past the limit stops them all at the same step (one small all-reduce per step
+        under DDP, only when the limit is set)."""
+        if self.config.time_limit is None:
+            return False
+        reached = self.time_limit_reached
+        if not self.context.enabled:
+            return reached
+        flag = torch.tensor([1.0 if reached else 0.0], device=self.device)
+        return distributed.all_reduce_sum(flag, self.context).item() > 0
+
     def _claim_out_dir(self) -> Optional[str]:
         """A fresh run's folder must not hold another run's metrics or checkpoints: clear
         them (overwrite=True) or return why the run cannot start."""
@@ -529,7 +550,12 @@ class Trainer:
         so that a later :meth:`from_checkpoint` continues exactly.
 
         A :meth:`request_stop` ends it earlier, between two steps, also with a checkpoint
-        (:attr:`stopped_on_request` tells).
+        (:attr:`stopped_on_request` tells).  So does ``config.time_limit``: once the
+        run's training time reaches it, the step just taken is treated as the last one
+        (its metrics logged, the eval data evaluated, a checkpoint written), an event
+        ``{"step", "stopped_by": "time_limit", "time_limit", "time"}`` is logged, and
+        :attr:`stopped_by_time_limit` is set; a fit that starts past the limit (a resumed
+        run that reached it) takes no step.
 
         Returns:
             The last logged metrics: the training ones (step, epoch, loss, elbo, nll, kl,
@@ -548,6 +574,8 @@ class Trainer:
         refusal = distributed.all_gather_objects(claimed, self.context)[0]
         if refusal is not None:
             raise FileExistsError(refusal)
+        # Before this fit's clock starts: only a run that reached its limit before stops here.
+        self.stopped_by_time_limit = self.step < end and self._time_is_up()
         self._session_start = time.perf_counter()
         self._logger = MetricsLogger(
             self.out_dir if self.context.is_main else None,
@@ -558,7 +586,7 @@ class Trainer:
         self.stopped_on_request = False
         self.model.train()
         try:
-            while self.step < end:
+            while self.step < end and not self.stopped_by_time_limit:
                 record = self._train_step(self._next_batch())
                 self.step += 1
                 self.window.append(record)
@@ -566,7 +594,9 @@ class Trainer:
                 if self.consecutive_skips >= config.max_consecutive_skips:
                     self._log_window(progress)
                     raise self._too_many_skips(record)
-                at_end = self.step == self.total_steps
+                # The time limit ends the run at this step as its last step would.
+                self.stopped_by_time_limit = self.step < self.total_steps and self._time_is_up()
+                at_end = self.step == self.total_steps or self.stopped_by_time_limit
                 if self.step % config.log_every == 0 or at_end:
                     self._log_window(progress)
                 if self.eval_source is not None and ((config.eval_every and self.step % config.eval_every == 0) or at_end):
@@ -575,6 +605,10 @@ class Trainer:
                 # Checked after the step's logging and evaluation, so that the checkpoint
                 # holds the step complete and the resumed run logs what this one did not.
                 stopping = self._stop_agreed()
+                if self.stopped_by_time_limit:
+                    self._emit({"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 4),
+                                "stopped_by": "time_limit", "time_limit": config.time_limit,
+                                "time": round(self._elapsed(), 3)})
                 if self.out_dir is not None and (wants_checkpoint or self.step == end or stopping):
                     self.save_checkpoint()
                 if stopping:
