@@ -9,6 +9,8 @@ The folder holds, when the run is done::
     results.json       the final evaluation (fastvae.eval.evaluate), with the run's step, seed,
                        training time, backend, device and versions; report.md explains each key
     samples.png, reconstructions.png, traversals.png, kl_per_dim.png, training_curves.png
+                       (a model with latent groups: kl_per_group.png, samples_by_temperature.png
+                       and group_reconstructions.png instead of traversals.png)
     report.md          the IWAE estimate beside the ELBO of the same points and their gap, the
                        ELBO over all evaluated points, active units, KL per dimension (each
                        number with the data points it covers), where and how the run ran, the
@@ -46,7 +48,8 @@ REPORT_FILE = "report.md"
 RUNS_DIR = "runs"
 # The mutual-information estimate costs the square of its points.
 MI_POINTS = 1000
-PICTURES = ("samples.png", "reconstructions.png", "traversals.png", "kl_per_dim.png", "training_curves.png")
+PICTURES = ("samples.png", "reconstructions.png", "traversals.png", "kl_per_dim.png", "training_curves.png",
+            "kl_per_group.png", "samples_by_temperature.png", "group_reconstructions.png")
 
 
 def resolve_settings(flags: Mapping, file_settings: Optional[Mapping] = None, resume: bool = False,
@@ -209,7 +212,8 @@ def finish_run(trainer: Trainer, eval_data, settings: Mapping, folder: Path, con
     logger.close()
     if settings["pictures"]:
         save_pictures(module, eval_data, folder, kl_per_dim=torch.tensor(results["kl_per_dim"]),
-                      metrics_path=folder / METRICS_FILE, seed=settings["seed"])
+                      metrics_path=folder / METRICS_FILE, seed=settings["seed"],
+                      active_units_per_group=results.get("active_units_per_group"))
     title = f"fastvae report: {settings['name']} ({settings['data']}, {settings['model']}, step {trainer.step}" + (
         ", weight average)" if which == "ema" else ")")
     note = training_log_note(trainer, results, which)

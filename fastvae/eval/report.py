@@ -96,6 +96,8 @@ FIELDS = {
     "train_seconds": "training time, wall clock, in Trainer.fit (summed over a run's stops and resumes; without the "
                      "pauses of --iwae-every) (fastvae train / eval)",
     "eval_seconds": "the time evaluate() took, wall clock",
+    "stopped_by": "'time_limit' when training ended at its time limit (fastvae train --time-limit) before its planned "
+                  "steps; absent otherwise",
     "backend": "the fastvae backend the float32 ops ran on (resolved: 'auto' picks one)",
     "device": "the device the model ran on",
     "device_name": "the CPU's or GPU's name",
