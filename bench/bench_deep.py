@@ -465,21 +465,26 @@ def markdown_report(payload: dict) -> str:
     versions = f"torch {meta['torch']}, Triton {meta['triton']}, Python {meta['python']}, fastvae {meta['fastvae']}"
     if device["type"] == "cuda":
         versions += f", CUDA {device.get('cuda_runtime')}, driver {device.get('driver')}"
-    start, end = meta.get("load_average_start"), meta.get("load_average_end")
     cpus = device.get("logical_cpus")
+    runs = meta.get("previous_runs", []) + [meta]
     lines = [
         f"# fastvae deep hierarchical VAE training step: {device['name']}",
         "",
         f"- date (UTC): {meta['date_utc']}; commit: {meta['git_commit'] or 'none'}",
         f"- versions: {versions}",
-        f"- command: `{meta['command']}`",
     ]
-    if device["type"] != "cuda":
-        lines.append(f"- machine load: load average (1, 5, 15 min) {start} at the start, {end} at the end, on "
-                     f"{cpus} logical CPUs, {device.get('torch_threads')} torch threads"
-                     + ("; the machine was shared and loaded, so the times are noisy: compare them with care. "
-                        "The memory figures are exact counts and do not depend on the load."
-                        if max((start or [0])[0], (end or [0])[0]) >= 0.5 * (cpus or 1) else "."))
+    loaded = False
+    for run in runs:
+        start, end = run.get("load_average_start"), run.get("load_average_end")
+        line = f"- command: `{run['command']}`"
+        if device["type"] != "cuda":
+            line += (f" (at {run['date_utc']}; load average (1, 5, 15 min) {start} at its start, {end} at its end, "
+                     f"on {cpus} logical CPUs, {device.get('torch_threads')} torch threads)")
+            loaded = loaded or max((start or [0])[0], (end or [0])[0]) >= 0.5 * (cpus or 1)
+        lines.append(line)
+    if loaded:
+        lines.append("- the machine was shared and loaded during the run: the times are noisy, compare them with "
+                     "care. The memory figures are exact counts and do not depend on the load.")
     lines += [
         "- a step = zero_grad, forward, backward and an Adam update at a fixed batch; median and the 20th-80th "
         "percentiles over the timed steps after the warm-up ones.",
