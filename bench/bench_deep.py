@@ -47,7 +47,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-# bench/ is a folder of scripts, not a package: make its shared helpers importable
+# bench/ is a folder of scripts, not a package: make its shared code importable
 # whether this file runs as a script or is loaded by path (tests/test_bench.py).
 _BENCH_DIR = str(Path(__file__).resolve().parent)
 if _BENCH_DIR not in sys.path:
@@ -128,7 +128,7 @@ MODELS = {
         "16 groups of 8 channels, gelu",
         _deep(data_shape=[1, 28, 28], resolutions=[28, 14, 7, 1], width=128, bottleneck=32,
               encoder_blocks=[3, 3, 3, 2], decoder_groups=[6, 6, 3, 1], latent_channels=8, activation="gelu")),
-    # Smoke sizes (tests, the GPU session's dry run): a few milliseconds a step.
+    # Smoke sizes (tests, gpu_session.py --dry-run): a few milliseconds a step.
     "tiny_bernoulli": DeepCase(
         "tiny_bernoulli", "tiny 1x8x8, Bernoulli; resolutions 8-4-1, width 8, 3 groups of 2 channels",
         _deep(data_shape=[1, 8, 8], resolutions=[8, 4, 1], width=8, bottleneck=4, encoder_blocks=[1, 1, 1],
