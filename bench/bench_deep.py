@@ -511,9 +511,10 @@ def markdown_report(payload: dict) -> str:
             "", "## Where fastvae's ops matter", "",
             "latent / likelihood held MiB (CPU, uncompiled) = the bytes the latent ops' (sample_gaussian per group) "
             "and the likelihood's forward calls leave allocated in one step, summed over the calls: allocations "
-            "minus frees inside each call, i.e. its outputs and the tensors it saves for its backward, all alive "
-            "when the backward starts; % of step = that over step MiB. likelihood head fwd+bwd MiB = the peak "
-            "memory of the likelihood's loss forward and backward alone on the decoder's output, beyond that "
+            "minus frees inside each call, i.e. its outputs and the tensors it saves for its backward (the saved ones "
+            "live until the backward; an output may be freed sooner); % of step = that over step MiB. "
+            "likelihood head fwd+bwd MiB = the peak memory of the likelihood's loss forward and backward alone on "
+            "the decoder's output, beyond that "
             "input and its outputs (the nll and the gradient), counted twice and equal both times on the CPU. "
             "ops % of step time (CPU) = the time in those ops' forward and backward over the step's, from a "
             "profile of a few more steps (bench_train.py's op share).",
