@@ -409,7 +409,8 @@ def load_average() -> Optional[list[float]]:
 
 
 def sort_records(records: list[dict], providers: Sequence[str]) -> list[dict]:
-    order = list(BASELINES) + [p for p in providers if p not in BASELINES]
+    canonical = list(BASELINES) + [FUSED, FUSED + COMPILE_SUFFIX]
+    order = canonical + [p for p in providers if p not in canonical]  # merged runs: the same order
     models = list(MODELS)
 
     def key(record):
