@@ -651,7 +651,20 @@ def bench_deep():
     return load_bench_script("bench_deep")
 
 
-def test_bench_deep_tiny_mixture_every_cpu_provider(bench_deep, tmp_path, capsys):
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine two threads' spinning makes each of
+    the tiny model's steps tens of times slower.  (The cpu backend's scratch grows with the
+    thread count, so its memory counts are exact for a given thread count.)"""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# About 30 s on the 2-core machine, most of it dynamo tracing the model for the two compiled providers.
+@pytest.mark.slow
+def test_bench_deep_tiny_mixture_every_cpu_provider(bench_deep, tmp_path, capsys, one_thread):
     """Every CPU provider trains the tiny mixture DeepVAE: timed, checked against eager,
     its step's peak memory counted twice with equal results, and the fused model's peak
     below eager's (the eager mixture's saved temporaries dominate it; bench/README.md,
