@@ -105,7 +105,7 @@ class BenchPiece:
     benchmark measures the same cases, so one merged piece suffices to check merging)."""
 
     name: str
-    benchmark: str  # latent, likelihood, train
+    benchmark: str  # latent, likelihood, train, deep
     args: list
     budget_s: int
     core: bool
@@ -119,7 +119,12 @@ class BenchPiece:
 # kernel providers, ~90 s.  The extra pieces: the smaller latent sizes (4 cases, ~45 s),
 # bfloat16 likelihoods (~55 s), the fwd and bwd modes alone (timing only, compiles
 # cached: ~30 s each), the MLP VAE (~70 s), bf16 autocast of the conv VAE (~80 s), the
-# conv VAE's kernel providers under torch.compile (~70 s).  In --providers, KERNELS stands
+# conv VAE's kernel providers under torch.compile (~70 s); the deep hierarchical VAE
+# (bench_deep.py) at VDVAE's CIFAR-10 size, batch 16, eager and the fused model without
+# torch.compile (inductor compiling a 43-group model's step cold would take minutes): a
+# process and CUDA start (~10 s), the Triton specializations of the latent op at five
+# resolutions and of the mixture (~15 s cold), then steps of a 39M-parameter model,
+# about ten per provider at tenths of a second each, ~45 s.  In --providers, KERNELS stands
 # for the device's kernel backends (triton, and cuda if it was built) and
 # COMPILED_KERNELS for each of them under torch.compile; without --providers a benchmark
 # runs every provider for the device.
@@ -134,6 +139,8 @@ BENCH_PIECES = [
                90, True, True),
     BenchPiece("latent: smaller sizes", "latent",
                ["--sizes", "4096x64,65536x256", "--dtypes", "float32,bfloat16", "--modes", "fwd+bwd"], 45, False, True),
+    BenchPiece("deep: VDVAE CIFAR-10 size", "deep",
+               ["--sizes", "cifar_vdvae:16", "--dtypes", "float32", "--providers", "eager,fastvae"], 60, False, True),
     BenchPiece("likelihood: bfloat16", "likelihood",
                ["--sizes", "65536x784,65536x3072,64x10x3x32x32,16x10x3x64x64", "--dtypes", "bfloat16",
                 "--modes", "fwd+bwd"], 55, False),
@@ -153,7 +160,7 @@ BENCH_PIECES = [
                70, False),
 ]
 SCRIPTS = {"latent": "bench/bench_latent.py", "likelihood": "bench/bench_likelihood.py",
-           "train": "bench/bench_train.py"}
+           "train": "bench/bench_train.py", "deep": "bench/bench_deep.py"}
 
 # Pytest's selection of the two test groups (tests whose name says past 2**31 elements
 # allocate tens of GiB; they run last).
@@ -430,9 +437,13 @@ def bench_command(piece: BenchPiece, out: Path, merge: bool, dry_run: bool, kern
         providers = ",".join(["eager", "triton"] + [k for k in kernel_providers if k == "cpu"])
         if piece.benchmark == "train":  # a whole model under the interpreter takes a minute: one kernel backend
             providers = "eager," + ("cpu" if "cpu" in kernel_providers else "triton")
+        if piece.benchmark == "deep":  # fastvae = the cpu backend where built, else Triton's interpreter
+            providers = "eager,fastvae"
         args = ["--device", "cpu", "--sizes", "tiny", "--reps", "2", "--min-reps", "1", "--warmup", "1",
                 "--dtypes", "float32", "--providers", providers]
-        if piece.benchmark != "train":
+        if piece.benchmark == "deep":
+            args += ["--op-share-steps", "0"]
+        if piece.benchmark not in ("train", "deep"):
             args += ["--copy-mib", "8"]
             modes = piece.args[piece.args.index("--modes") + 1] if "--modes" in piece.args else None
             if modes:
@@ -458,6 +469,8 @@ def bench_bar_rows(benchmark: str, payload: dict) -> list:
     device_type = payload["metadata"]["device"]["type"]
     result = module.bar_rows(payload["records"], device_type)
     rows = result[1] if isinstance(result, tuple) else result
+    if not rows:  # bench_deep.py sets no bar
+        return []
     criteria = {
         "latent": lambda r: module.GPU_BAR if device_type == "cuda" else module.CPU_BAR,
         "likelihood": lambda r: (module.GPU_BARS if device_type == "cuda" else module.CPU_BARS)[r["op"]],

@@ -639,3 +639,113 @@ def test_bench_train_routing_check_and_arguments(bench_train):
     assert [(r["provider"], r["verdict"]) for r in bench_train.bar_rows(records, "cuda")] == [
         ("triton", "met"), ("triton+compile", "missed: speedup_vs_eager")]
     assert bench_train.bar_rows(records, "cpu") == []
+
+
+# --------------------------------------------------------------------------------------
+# bench/bench_deep.py
+# --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bench_deep():
+    return load_bench_script("bench_deep")
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine two threads' spinning makes each of
+    the tiny model's steps tens of times slower.  (The cpu backend's scratch grows with the
+    thread count, so its memory counts are exact for a given thread count.)"""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# About 30 s on the 2-core machine, most of it dynamo tracing the model for the two compiled providers.
+@pytest.mark.slow
+def test_bench_deep_tiny_mixture_every_cpu_provider(bench_deep, tmp_path, capsys, one_thread):
+    """Every CPU provider trains the tiny mixture DeepVAE: timed, checked against eager,
+    its step's peak memory counted twice with equal results, and the fused model's peak
+    below eager's (the eager mixture's saved temporaries dominate it; bench/README.md,
+    "The deep model's training step")."""
+    fused = bench_deep.fused_backend(torch.device("cpu"))
+    providers = ["eager", "compile"] + (["fastvae", "fastvae+compile"] if fused else [])
+    out = tmp_path / "deep.json"
+    # aot_eager: the compile path (dynamo, AOTAutograd) without inductor's slow CPU code generation.
+    argv = ["--device", "cpu", "--sizes", "tiny_mixture:2", "--reps", "1", "--min-reps", "1", "--warmup", "1",
+            "--budget-ms", "1", "--op-share-steps", "1", "--compile-backend", "aot_eager",
+            "--providers", ",".join(providers), "--out", str(out)]
+    assert bench_deep.main(argv) == 0
+
+    payload = json.loads(out.read_text())
+    assert payload["benchmark"] == "deep"
+    meta = payload["metadata"]
+    assert meta["command"].startswith("python bench/bench_deep.py --device cpu --sizes tiny_mixture:2")
+    assert meta["fused_backend"] == fused and meta["providers"] == providers
+    assert len(meta["load_average_start"]) == 3 and len(meta["load_average_end"]) == 3
+    records = {r["provider"]: r for r in payload["records"]}
+    assert sorted(records) == sorted(providers)
+    for provider, record in records.items():
+        compiled = provider.endswith("compile")
+        assert record["error"] is None, f"{provider}: {record['error']}"
+        assert (record["model"], record["batch"], record["input"], record["dtype"]) == (
+            "tiny_mixture", 2, "3x8x8", "float32")
+        assert (record["groups"], record["latent_channels"], record["group_resolutions"]) == (3, 2, [1, 4, 8])
+        assert record["parameters"] == sum(p.numel() for p in bench_deep.new_model(
+            bench_deep.MODELS["tiny_mixture"], torch.device("cpu")).parameters())
+        for field in ("median_ms", "min_ms", "p20_ms", "p80_ms", "steps_per_s", "samples_per_s",
+                      "speedup_vs_eager", "speedup_vs_compile", "peak_extra_mib", "peak_extra_vs_eager"):
+            assert is_positive_finite(record[field]), f"{provider}: {field} = {record[field]}"
+        assert record["min_ms"] <= record["median_ms"] and record["peak_mib"] is None
+        # Exact and repeatable: the second count of the step's memory is the first.
+        assert record["peak_extra_repeat_mib"] == record["peak_extra_mib"] and record["memory_repeatable"] is True
+        assert record["rel_err_vs_eager"] < 1e-3, provider
+        assert record["backend"] == ("torch" if provider in ("eager", "compile") else fused)
+        assert bool(record["fastvae_ops"]) == (record["backend"] != "torch"), provider
+        if compiled:
+            assert record["held_mib"] is None and record["likelihood_head_mib"] is None, provider
+        else:
+            assert record["op_calls"] == {"latent": 3, "likelihood": 1}, provider
+            assert record["likelihood_head_repeat_mib"] == record["likelihood_head_mib"] > 0, provider
+            for term in ("latent", "likelihood"):
+                assert record["held_mib"][term] > 0, (provider, term)
+                assert record["held_share"][term] == pytest.approx(record["held_mib"][term] / record["peak_extra_mib"])
+            assert 0 < record["op_share"] < 1, provider
+    if fused:
+        eager = records["eager"]
+        for provider in ("fastvae", "fastvae+compile"):
+            assert records[provider]["peak_extra_mib"] < eager["peak_extra_mib"], provider
+        assert any("mixture" in op for op in records["fastvae"]["fastvae_ops"])
+        # Where: the mixture's forward holds less for the backward, and its loss
+        # forward+backward alone needs a fraction of eager's.
+        assert records["fastvae"]["held_mib"]["likelihood"] < eager["held_mib"]["likelihood"]
+        assert records["fastvae"]["likelihood_head_mib"] < eager["likelihood_head_mib"] / 10
+    printed = capsys.readouterr().out
+    assert "| model | batch | dtype | provider | median ms |" in printed
+    assert "## Where fastvae's ops matter" in printed and "load average" in printed
+    assert out.with_suffix(".md").read_text().strip() == printed.strip()
+
+
+def test_bench_deep_sizes_and_providers(bench_deep):
+    cpu = torch.device("cpu")
+    assert bench_deep.parse_sizes("cpu") == [("mnist_cpu", 64), ("cifar_mixture_cpu", 16)]
+    assert bench_deep.parse_sizes("mnist_gpu:8,tiny_bernoulli:2") == [("mnist_gpu", 8), ("tiny_bernoulli", 2)]
+    for bad in ("resnet:4", "mnist_cpu:0", "mnist_cpu", "mnist_cpu:x"):
+        with pytest.raises(SystemExit, match="--sizes"):
+            bench_deep.parse_sizes(bad)
+    # The GPU sizes are constructible here (not run): VDVAE's CIFAR-10 model has 43 groups
+    # of 16 channels and about 38M parameters.
+    assert {name for name, _ in bench_deep.SIZE_PRESETS["gpu"]} == {"cifar_vdvae", "mnist_gpu"}
+    vdvae = bench_deep.model_facts(bench_deep.MODELS["cifar_vdvae"])
+    assert (vdvae["groups"], vdvae["latent_channels"]) == (43, 16) and 30e6 < vdvae["parameters"] < 45e6
+    cpu_mnist = bench_deep.model_facts(bench_deep.MODELS["mnist_cpu"])
+    assert cpu_mnist["groups"] == 6 and cpu_mnist["group_resolutions"] == [1, 7, 7, 14, 14, 28]
+    assert bench_deep.provider_backend("compile", cpu) == "torch"
+    assert bench_deep.provider_backend("cpu+compile", cpu) == "cpu"
+    if bench_deep.fused_backend(cpu) is not None:
+        assert bench_deep.parse_providers(None, cpu) == ["eager", "compile", "fastvae", "fastvae+compile"]
+        assert bench_deep.provider_backend("fastvae+compile", cpu) == bench_deep.fused_backend(cpu)
+    with pytest.raises(SystemExit, match="not available"):
+        bench_deep.parse_providers("eager,cuda", cpu)
+    assert bench_deep.bar_rows([], "cuda") == []

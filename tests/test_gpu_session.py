@@ -153,6 +153,15 @@ def test_gpu_benchmark_commands(tmp_path, session):
     dry = session.bench_command(pieces["latent: bars"], tmp_path / "l.json", False, True, ["cpu", "triton"])
     assert dry[dry.index("--providers") + 1] == "eager,triton,cpu" and dry[dry.index("--sizes") + 1] == "tiny"
     assert dry[dry.index("--modes") + 1] == "fwd+bwd"
+    # The deep model: VDVAE's CIFAR-10 size, eager and the fused model (fastvae's fastest backend).
+    deep = session.bench_command(pieces["deep: VDVAE CIFAR-10 size"], tmp_path / "d.json", False, False,
+                                 ["triton", "cuda"])
+    assert deep[1] == "bench/bench_deep.py" and deep[deep.index("--sizes") + 1] == "cifar_vdvae:16"
+    assert deep[deep.index("--providers") + 1] == "eager,fastvae" and deep[deep.index("--device") + 1] == "cuda"
+    dry = session.bench_command(pieces["deep: VDVAE CIFAR-10 size"], tmp_path / "d.json", True, True, ["cpu"])
+    assert dry[dry.index("--sizes") + 1] == "tiny" and "--copy-mib" not in dry and "--merge" in dry
+    # It sets no performance bar: no rows in the summary.
+    assert session.bench_bar_rows("deep", {"metadata": {"device": {"type": "cuda"}}, "records": []}) == []
 
 
 def gpu_record(**fields):
