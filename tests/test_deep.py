@@ -406,3 +406,23 @@ def test_a_tiny_deep_model_learns():
     after, kl = evaluate()
     assert after > -23 and after > before + 40, (before, after)
     assert kl > 2, kl
+
+
+def test_the_iwae_evaluation_takes_the_models_rows_per_call():
+    """A convolutional hierarchy's K·B rows are costly: the IWAE estimate calls the model
+    with at most ``iwae_rows_per_call`` rows (2^24 elements of its widest activation)."""
+    from fastvae.eval import iwae_estimate
+
+    model = make(MNIST_KWARGS)
+    assert model.iwae_rows_per_call == (1 << 24) // (8 * 28 * 28)
+    model.iwae_rows_per_call = 12
+    chunks = []
+    weights = model.log_importance_weights
+
+    def recorded(x, num_samples):
+        chunks.append(num_samples * x.shape[0])
+        return weights(x, num_samples)
+
+    model.log_importance_weights = recorded
+    iwae_estimate(model, binary_images(8), num_samples=7, batch_size=4)
+    assert max(chunks) <= 12 and sum(chunks) == 7 * 8

@@ -151,7 +151,8 @@ def iwae_estimate(
         num_samples: K (5000 is the papers' setting).
         batch_size: data points per call.
         sample_chunk: samples per call (default: as many as keep
-            ``batch_size · sample_chunk`` at 65536, at most K).
+            ``batch_size · sample_chunk`` at 65536, or at the model's
+            ``iwae_rows_per_call`` when it has one, at least 1 and at most K).
         num_points: evaluate the first ``num_points`` data points only (default all).
         seed: seeds the random streams for the evaluation, so the same seed gives the
             same estimate bit for bit; the caller's random state is left as it was.
@@ -174,7 +175,10 @@ def iwae_estimate(
     sample_chunk = check_positive_int(function, "sample_chunk", sample_chunk, allow_none=True)
     seed = check_seed(function, seed)
     if sample_chunk is None:
-        sample_chunk = max(1, _ROWS_PER_CALL // batch_size)
+        # A model whose rows are costly (a convolutional hierarchy's activations) says how
+        # many it takes per call.
+        rows = getattr(model, "iwae_rows_per_call", None) or _ROWS_PER_CALL
+        sample_chunk = max(1, rows // batch_size)
     sample_chunk = min(sample_chunk, num_samples)
 
     log_likelihood, mean_log_weight = [], []

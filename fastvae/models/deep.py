@@ -275,6 +275,10 @@ class DeepVAE(VAE):
                 vector = torch.randn(conv.weight.shape[0])
                 conv.register_buffer("spectral_u", vector / vector.norm())
         self.elbo_loss = ELBO()
+        # The IWAE evaluation's rows per model call (fastvae.eval.iwae_estimate): about
+        # 2^24 elements of the widest activation, 64 MiB in float32, rather than the
+        # 65536 rows that suit a vector latent's decoder.
+        self.iwae_rows_per_call = max(1, (1 << 24) // (width * self.data_shape[1] * self.data_shape[2]))
         self.config = {
             "name": "deep",
             "data_shape": list(self.data_shape),
