@@ -187,8 +187,11 @@ def test_every_results_json_key_is_explained_in_the_report(run):
     results = json.loads((run / "results.json").read_text())
     undocumented = set(results) - set(FIELDS)
     assert not undocumented, f"add these results.json keys to fastvae.eval.report.FIELDS: {sorted(undocumented)}"
-    # Only `fastvae eval`'s checkpoint is not a key of a training run's results.
-    assert set(FIELDS) - set(results) == {"checkpoint"}
+    # Not keys of this run's results: `fastvae eval`'s checkpoint, a run stopped by its time
+    # limit's stopped_by, and a model with latent groups' numbers (tests/test_eval_groups.py).
+    group_keys = {"num_groups", "group_resolutions", "kl_per_group", "kl_per_group_fraction", "units_per_group",
+                  "active_units_per_group", "active_groups"}
+    assert set(FIELDS) - set(results) == {"checkpoint", "stopped_by"} | group_keys
     fields = (run / "report.md").read_text().split("## Fields of results.json")[1]
     for key in results:
         assert f"| `{key}` | " in fields, key
@@ -694,8 +697,13 @@ def test_deep_model_trains_from_the_command_line(deep_run):
     assert results["iwae"] >= results["iwae_mean_log_weight"] and results["num_points"] == 16
     checkpoint = load_checkpoint(deep_run / "checkpoints" / "step_00000004.pt")
     assert type(checkpoint.model).__name__ == "DeepVAE" and checkpoint.model.num_groups == 4
-    for name in PICTURES:
+    # A model with latent groups: its group pictures instead of a traversal of channels.
+    group_pictures = ("kl_per_group", "samples_by_temperature", "group_reconstructions")
+    for name in set(PICTURES) - {"traversals"} | set(group_pictures):
         assert (deep_run / f"{name}.png").is_file(), name
+    assert not (deep_run / "traversals.png").exists()
+    assert "## KL per group" in (deep_run / "report.md").read_text()
+    assert results["num_groups"] == 4 and len(results["active_units_per_group"]) == 4
 
 
 def test_deep_run_config_toml_reruns_the_run(deep_run, tmp_path):
@@ -892,7 +900,7 @@ def test_train_with_the_cpu_preset_made_tiny(binarized_mnist_root, tmp_path, cap
     assert (saved["data"], saved["model"], saved["activation"], saved["decoder_groups"]) == (
         "binarized_mnist", "deep", "silu", [1, 2, 2, 1])
     assert (saved["beta"], saved["ema_decay"], saved["skip_threshold"], saved["lr_warmup_steps"]) == (
-        "linear:1000", 0.999, 2000.0, 100)
+        "linear:1000", 0.99, 2000.0, 100)
     assert (saved["width"], saved["bottleneck"], saved["lr"], saved["steps"], saved["batch_size"]) == (8, 2, 0.001,
                                                                                                      2, 8)
     results = json.loads((out / "results.json").read_text())
