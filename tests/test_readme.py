@@ -10,6 +10,7 @@ import torch
 
 from fastvae import cli
 from fastvae.cli.options import given_flags
+from fastvae.cli.presets import read_preset
 from fastvae.cli.train import resolve_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,7 +50,7 @@ def parsed_settings(command: str) -> dict:
     argv = shlex.split(command)
     assert argv[:2] == ["fastvae", "train"], command
     args = cli.build_parser().parse_args(argv[1:])
-    return resolve_settings(given_flags(args), {})
+    return resolve_settings(given_flags(args), read_preset(args.preset, "train") if args.preset else {})
 
 
 def test_main_command_is_one_fastvae_train_line_on_the_embedded_data():
@@ -89,3 +90,22 @@ def test_drop_in_example_matches_torch_distributions():
     torch.testing.assert_close(scope["kl"], kl_before, rtol=1e-5, atol=1e-5)
     assert scope["z"].shape == z_before.shape and decoded["z"] is scope["z"]
     assert scope["loss"].shape == ()
+
+
+def test_deep_comparison_commands_train_both_models_for_the_same_time():
+    """The deep-versus-MLP comparison: two `fastvae train` lines (each on one thread), the
+    deep preset and the MLP VAE, on the same data with the same time limit and the same
+    IWAE estimate, and the section names that time."""
+    text = section("A deep hierarchical VAE")
+    commands = [c for c in code_blocks(text, "bash") if "fastvae train" in c]
+    assert len(commands) == 2, commands
+    settings = {}
+    for command in commands:
+        assert command.startswith("OMP_NUM_THREADS=1 fastvae train"), command
+        parsed = parsed_settings(command.removeprefix("OMP_NUM_THREADS=1 "))
+        settings[parsed["model"]] = parsed
+    deep, mlp = settings["deep"], settings["mlp"]
+    assert deep["resolutions"] == [28, 14, 7, 1] and deep["data"] == mlp["data"] == "binarized_mnist"
+    for key in ("time_limit", "iwae_samples", "iwae_points", "eval_split"):
+        assert deep[key] == mlp[key], key
+    assert f"{deep['time_limit']:g} minutes" in text
