@@ -47,7 +47,7 @@ from ..nn.latent import GaussianLatentOutput, kl_per_dimension, sample_latent
 from .base import VAE, VAEOutput, register_model
 from .layers import activation as make_activation
 from .layers import check_batch, check_number, data_shape_of, positive_int, positive_ints
-from .objectives import check_forward_args, check_objective, repeat_batch, tempered_iwae_bound
+from .objectives import check_forward_args, check_objective, layered_iwae_output, repeat_batch
 from .priors import draw_normal
 from .single import build_likelihood
 
@@ -417,15 +417,7 @@ class DeepVAE(VAE):
         return out
 
     def _iwae_forward(self, x: Tensor, beta: float) -> VAEOutput:
-        log_px_z, log_p, log_q, kls = self._weight_terms(x, self.num_samples, with_kl=True)
-        bound = tempered_iwae_bound(log_px_z, log_p, log_q, beta)
-        with torch.no_grad():
-            nll = -log_px_z.mean(0)
-            kl_by_dim = torch.cat(kls, dim=1)
-            kl = kl_by_dim.sum(1)
-            iwae = bound.detach() if beta == 1.0 else ops.iwae_bound(log_px_z, log_p, log_q)
-        return VAEOutput(loss=-bound.mean(), elbo=(-(nll + kl)).float(), nll=nll.float(), kl=kl.float(),
-                         kl_per_dim=kl_by_dim.mean(0).float(), extras={"iwae": iwae.float()})
+        return layered_iwae_output(*self._weight_terms(x, self.num_samples, with_kl=True), beta)
 
     def kl_balance_weights(self, kl: Tensor) -> Tensor:
         r"""[G] NVAE's KL-balancing weights from the per-group KL [B, G]:

@@ -27,7 +27,7 @@ from ..nn.latent import GaussianLatent, GaussianLatentOutput, kl_per_dimension, 
 from .base import VAE, VAEOutput, register_model
 from .layers import activation as make_activation
 from .layers import check_batch, data_shape_of, mlp, positive_int, positive_ints
-from .objectives import check_forward_args, check_objective, repeat_batch, tempered_iwae_bound
+from .objectives import check_forward_args, check_objective, layered_iwae_output, repeat_batch
 from .priors import draw_normal
 from .single import build_likelihood, flat_size
 
@@ -217,15 +217,7 @@ class HierarchicalVAE(VAE):
         return self.elbo_loss(nll, kl, kl_objective, kl_per_dim, beta)
 
     def _iwae_forward(self, x: Tensor, beta: float) -> VAEOutput:
-        log_px_z, log_p, log_q, kls = self._weight_terms(x, self.num_samples, with_kl=True)
-        bound = tempered_iwae_bound(log_px_z, log_p, log_q, beta)
-        with torch.no_grad():
-            nll = -log_px_z.mean(0)
-            kl_by_dim = torch.cat(kls, dim=1)
-            kl = kl_by_dim.sum(1)
-            iwae = bound.detach() if beta == 1.0 else ops.iwae_bound(log_px_z, log_p, log_q)
-        return VAEOutput(loss=-bound.mean(), elbo=(-(nll + kl)).float(), nll=nll.float(), kl=kl.float(),
-                         kl_per_dim=kl_by_dim.mean(0).float(), extras={"iwae": iwae.float()})
+        return layered_iwae_output(*self._weight_terms(x, self.num_samples, with_kl=True), beta)
 
     # -- evaluation ---------------------------------------------------------------------
 

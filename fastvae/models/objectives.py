@@ -22,6 +22,7 @@ from torch import Tensor
 
 from .. import ops
 from ..reference import LOG_2PI
+from .base import VAEOutput
 from .layers import check_number, positive_int
 
 OBJECTIVES = ("elbo", "iwae")
@@ -64,6 +65,22 @@ def tempered_iwae_bound(log_px_z: Tensor, log_p: Tensor, log_q: Tensor, beta: fl
     if beta != 1.0:
         log_p, log_q = beta * log_p, beta * log_q
     return ops.iwae_bound(log_px_z, log_p, log_q)
+
+
+def layered_iwae_output(log_px_z: Tensor, log_p: Tensor, log_q: Tensor, kls: list, beta: float) -> VAEOutput:
+    """The IWAE objective's :class:`fastvae.models.VAEOutput` of a model with several
+    latent layers or groups, from its [K, B] log p(x|z), log p(z), log q(z|x) (summed over
+    the layers) and ``kls``, each layer's [B, D_i] analytic KL per dimension averaged over
+    the K samples: the loss is the tempered bound's batch mean; elbo, nll and kl report the
+    mean reconstruction term and the analytic KL; extras["iwae"] the bound at β = 1."""
+    bound = tempered_iwae_bound(log_px_z, log_p, log_q, beta)
+    with torch.no_grad():
+        nll = -log_px_z.mean(0)
+        kl_by_dim = torch.cat(kls, dim=1)
+        kl = kl_by_dim.sum(1)
+        iwae = bound.detach() if beta == 1.0 else ops.iwae_bound(log_px_z, log_p, log_q)
+    return VAEOutput(loss=-bound.mean(), elbo=(-(nll + kl)).float(), nll=nll.float(), kl=kl.float(),
+                     kl_per_dim=kl_by_dim.mean(0).float(), extras={"iwae": iwae.float()})
 
 
 def log_density_fixed_params(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
