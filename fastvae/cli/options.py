@@ -83,9 +83,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("prior", "str", None, MODEL, "standard_normal, mixture or vamp (mlp, conv)",
            ("standard_normal", "mixture", "vamp")),
     Option("prior_components", "int", None, MODEL, "components of the mixture prior / pseudo-inputs of the VampPrior"),
-    Option("objective", "str", None, MODEL, "elbo or iwae", ("elbo", "iwae")),
+    Option("objective", "str", None, MODEL, "elbo, iwae or score_function (the ELBO, the encoder trained by the "
+           "REINFORCE gradient; mlp, conv, discrete)", ("elbo", "iwae", "score_function")),
     Option("num_samples", "int", None, MODEL, "K of the iwae objective"),
     Option("dreg", "bool", None, MODEL, "the doubly reparameterized gradient for the encoder (objective iwae)"),
+    Option("baseline", "str", None, MODEL, "control variate of --objective score_function: none, running_mean (a "
+           "moving average of the learning signal) or learned (NVIL's input-dependent baseline)",
+           ("none", "running_mean", "learned")),
     Option("num_variables", "int", None, MODEL, "categorical variables (discrete)"),
     Option("num_categories", "int", None, MODEL, "categories per variable (discrete)"),
     Option("temperature", "float", None, MODEL, "Gumbel-softmax temperature (discrete)"),
@@ -164,7 +168,8 @@ OPTION_BY_KEY: Dict[str, Option] = {option.key: option for option in OPTIONS}
 MODEL_KEYS = ("likelihood", "latent_dim", "hidden_sizes", "channels", "hidden_dim", "latent_dims", "activation",
               "num_mixtures", "prior", "prior_components", "objective", "num_samples", "dreg", "num_variables",
               "num_categories", "temperature", "hard", "resolutions", "width", "bottleneck", "encoder_blocks",
-              "decoder_groups", "latent_channels", "logvar_bound", "kl_balancing", "spectral_coeff")
+              "decoder_groups", "latent_channels", "logvar_bound", "kl_balancing", "spectral_coeff",
+              "baseline")
 # Settings that belong to one invocation, not to the run: never written to config.toml.
 INVOCATION_KEYS = ("out", "overwrite")
 

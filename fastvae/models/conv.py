@@ -34,7 +34,7 @@ class ConvVAE(SingleLatentVAE):
         latent_dim: D of the latent.
         activation: as :class:`fastvae.models.MLPVAE` ('relu' by default).
         likelihood, num_mixtures, likelihood_kwargs, prior, prior_components, objective,
-        num_samples, dreg: as :class:`fastvae.models.MLPVAE`.
+        num_samples, dreg, baseline: as :class:`fastvae.models.MLPVAE`.
 
     Example::
 
@@ -59,6 +59,7 @@ class ConvVAE(SingleLatentVAE):
         objective: str = "elbo",
         num_samples: int = 5,
         dreg: bool = False,
+        baseline: str = "none",
     ):
         super().__init__()
         where = "fastvae.models.ConvVAE"
@@ -69,7 +70,8 @@ class ConvVAE(SingleLatentVAE):
         hidden_dim = positive_int(where, "hidden_dim", hidden_dim)
         self.latent_dim = positive_int(where, "latent_dim", latent_dim)
         make_activation(where, activation)
-        objective, num_samples, dreg = check_objective(where, objective, num_samples, dreg)
+        objective, num_samples, dreg = check_objective(where, objective, num_samples, dreg,
+                                                        score_function_supported=True)
         data_channels, height, width = self.data_shape
         factor = 2 ** len(channels)
         if height % factor or width % factor:
@@ -98,7 +100,7 @@ class ConvVAE(SingleLatentVAE):
             if index < len(outputs) - 1:
                 up.append(make_activation(where, activation))
         self.decoder = nn.Sequential(*up)
-        self._setup(where, prior, prior_components, objective, num_samples, dreg)
+        self._setup(where, prior, prior_components, objective, num_samples, dreg, baseline)
         self.config = {
             "name": "conv",
             "data_shape": list(self.data_shape),
@@ -114,6 +116,7 @@ class ConvVAE(SingleLatentVAE):
             "objective": objective,
             "num_samples": num_samples,
             "dreg": dreg,
+            "baseline": baseline,
         }
 
     def decoder_params(self, z: Tensor) -> Tensor:

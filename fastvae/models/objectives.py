@@ -25,13 +25,17 @@ from ..reference import LOG_2PI
 from .base import VAEOutput
 from .layers import check_number, positive_int
 
-OBJECTIVES = ("elbo", "iwae")
+OBJECTIVES = ("elbo", "iwae", "score_function")
 
 
-def check_objective(where: str, objective, num_samples, dreg, dreg_supported: bool = True) -> tuple[str, int, bool]:
-    """Validate (objective, num_samples, dreg) of a model's config."""
-    if objective not in OBJECTIVES:
-        raise ValueError(f"{where}: objective must be one of {list(OBJECTIVES)}, got {objective!r}")
+def check_objective(where: str, objective, num_samples, dreg, dreg_supported: bool = True,
+                    score_function_supported: bool = False) -> tuple[str, int, bool]:
+    """Validate (objective, num_samples, dreg) of a model's config; 'score_function' (the
+    REINFORCE gradient of the ELBO, :mod:`fastvae.models.score_function`) only where the
+    model implements it."""
+    supported = OBJECTIVES if score_function_supported else tuple(o for o in OBJECTIVES if o != "score_function")
+    if objective not in supported:
+        raise ValueError(f"{where}: objective must be one of {list(supported)}, got {objective!r}")
     num_samples = positive_int(where, "num_samples", num_samples)
     if not isinstance(dreg, bool):
         raise TypeError(f"{where}: dreg must be a bool, got {type(dreg).__name__}")

@@ -24,6 +24,8 @@ from .layers import check_batch, positive_int
 from .objectives import (check_forward_args, doubly_reparameterize, log_density_fixed_params, repeat_batch,
                          tempered_iwae_bound)
 from .priors import make_prior
+from .score_function import LearningSignalBaseline, check_baseline, gaussian_log_density, score_function_loss
+from .score_function import learning_signal
 
 
 def build_likelihood(where: str, name: str, data_shape: tuple, num_mixtures: int,
@@ -53,14 +55,18 @@ class SingleLatentVAE(VAE):
     """Base of the models with one Gaussian latent vector (see the module's docstring).
 
     Set by :meth:`_setup`: ``data_shape``, ``latent_dim``, ``likelihood``, ``prior``,
-    ``objective``, ``num_samples``, ``dreg``.
+    ``objective``, ``num_samples``, ``dreg``, ``baseline`` and, for the 'score_function'
+    objective, ``control_variate`` (a :class:`fastvae.models.LearningSignalBaseline`).
     """
 
     def _setup(self, where: str, prior: str, prior_components: int, objective: str, num_samples: int,
-               dreg: bool) -> None:
+               dreg: bool, baseline: str = "none") -> None:
         self._where = where
         self.prior = make_prior(prior, self.latent_dim, prior_components, self.data_shape, self.encode)
         self.objective, self.num_samples, self.dreg = objective, num_samples, dreg
+        self.baseline = check_baseline(where, baseline, objective)
+        if objective == "score_function":
+            self.control_variate = LearningSignalBaseline(baseline, self.data_shape)
         self.elbo_loss = ELBO()
 
     # -- the networks -------------------------------------------------------------------
@@ -85,12 +91,56 @@ class SingleLatentVAE(VAE):
     def forward(self, x: Tensor, beta: float = 1.0, free_bits: float = 0.0) -> VAEOutput:
         check_batch(self._where, x, self.data_shape)
         beta, free_bits = check_forward_args(self._where, beta, free_bits, self.objective)
+        if self.objective == "score_function":
+            return self._score_function_forward(x, beta)
         mu, logvar = self.encode(x)
         if self.objective == "iwae":
             return self._iwae_forward(x, mu, logvar, beta)
+        return self._elbo_forward(x, mu, logvar, beta, free_bits)
+
+    def elbo_output(self, x: Tensor, beta: float = 1.0, free_bits: float = 0.0) -> VAEOutput:
+        """The reparameterized ELBO objective on ``x`` whatever ``self.objective`` is (what
+        ``forward`` computes with objective='elbo')."""
+        check_batch(self._where, x, self.data_shape)
+        beta, free_bits = check_forward_args(self._where, beta, free_bits, "elbo")
+        mu, logvar = self.encode(x)
+        return self._elbo_forward(x, mu, logvar, beta, free_bits)
+
+    def _elbo_forward(self, x: Tensor, mu: Tensor, logvar: Tensor, beta: float, free_bits: float) -> VAEOutput:
         latent = self.prior.posterior_sample(mu, logvar, free_bits)
         nll = self.likelihood.nll(self.decoder_params(latent.z), x)
         return self.elbo_loss(nll, latent.kl, latent.kl_objective, latent.kl_per_dim, beta)
+
+    def score_function_terms(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, dict]:
+        """One draw z ~ q(z|x) per data point, held fixed (detached), and the score-function
+        estimator's terms at it (:mod:`fastvae.models.score_function`).
+
+        Returns:
+            (log_px_z, log_p, log_q, report): [B] float32 log p(x|z) (differentiable in the
+            decoder), log p(z) (in a learned prior), log q(z|x) (in the encoder, at the
+            fixed z), and a dict of the detached [B] ``nll`` and ``kl`` and the [D]
+            ``kl_per_dim`` to report (the KL analytic where the prior allows, as the ELBO
+            objective reports it)."""
+        check_batch(self._where, x, self.data_shape)
+        mu, logvar = self.encode(x)
+        with torch.no_grad():
+            latent = self.prior.posterior_sample(mu.detach(), logvar.detach())
+        z = latent.z.detach()
+        log_q = gaussian_log_density(z, mu, logvar)
+        log_p = self.prior.log_prob(z)
+        nll = self.likelihood.nll(self.decoder_params(z), x)
+        report = {"nll": nll.detach().float(), "kl": latent.kl.detach().float(),
+                  "kl_per_dim": latent.kl_per_dim.detach().float()}
+        return -nll.float(), log_p.float(), log_q, report
+
+    def _score_function_forward(self, x: Tensor, beta: float) -> VAEOutput:
+        log_px_z, log_p, log_q, report = self.score_function_terms(x)
+        baseline, penalty = self.control_variate(x, learning_signal(log_px_z, log_p, log_q, beta))
+        # The learned baseline's squared error adds its gradient only: the loss's value
+        # stays the negated (tempered) ELBO estimate.
+        loss = score_function_loss(log_px_z, log_p, log_q, baseline, beta) + (penalty - penalty.detach())
+        nll, kl = report["nll"], report["kl"]
+        return VAEOutput(loss=loss, elbo=-(nll + kl), nll=nll, kl=kl, kl_per_dim=report["kl_per_dim"])
 
     def _iwae_forward(self, x: Tensor, mu: Tensor, logvar: Tensor, beta: float) -> VAEOutput:
         if self.dreg:
