@@ -113,11 +113,12 @@ def encoder_parameters(model) -> List[torch.nn.Parameter]:
 
 
 def _latent_kind(model) -> str:
-    if callable(getattr(model, "gumbel_softmax_output", None)) and callable(getattr(model, "score_function_terms",
-                                                                                    None)):
-        return "categorical"
-    if callable(getattr(model, "elbo_output", None)) and callable(getattr(model, "score_function_terms", None)):
-        return "gaussian"
+    """'categorical' or 'gaussian': which estimators the model offers."""
+    if callable(getattr(model, "score_function_terms", None)):
+        if callable(getattr(model, "gumbel_softmax_output", None)):
+            return "categorical"
+        if callable(getattr(model, "elbo_output", None)):
+            return "gaussian"
     name = getattr(model, "config", {}).get("name", type(model).__name__)
     raise ValueError(f"fastvae.eval.{FUNCTION}: the {name!r} model has no score-function estimator; the gradient "
                      f"variance is measured for the mlp, conv and discrete models")
@@ -257,8 +258,9 @@ def gradient_variance(model, x: Tensor, num_estimates: int = 1000,
     try:
         with torch.random.fork_rng(devices=forked, enabled=seed is not None):
             model.eval()  # no running-mean updates, no dropout
+            measured = {id(parameter) for parameter in parameters}
             for parameter in model.parameters():
-                parameter.requires_grad_(parameter in set(parameters))
+                parameter.requires_grad_(id(parameter) in measured)
 
             def reseed(index: int) -> None:
                 if seed is not None:
