@@ -132,11 +132,24 @@ class AutoregressiveBernoulliDecoder(nn.Module):
         probabilities = base.new_zeros(count, self.data_size)
         draw_device = generator.device if generator is not None else base.device
         uniforms = torch.rand((count, self.data_size), generator=generator, device=draw_device).to(base)
+        first = self.hidden[0]
+        first_weight, direct_weight = first.weight * first.mask, self.direct.weight * self.direct.mask
+        output_weight = self.output.weight * self.output.mask
+        # The first layer's and the direct connection's pre-activations at x = 0, updated
+        # by one column as each pixel is drawn: a step costs O(width) rather than a pass.
+        first_state = first.bias + self.context(z)  # [N, H1]
+        direct_state = torch.zeros_like(base)  # [N, D]
         for i in range(self.data_size):
-            # Logit i depends on x_<i only, all drawn already; the pixels from i on are 0.
-            probability = torch.sigmoid(self.logits(x, z, base)[:, i])
+            h = self.activation(first_state)
+            for layer in self.hidden[1:]:
+                h = self.activation(layer(h))
+            logit = base[:, i] + h @ output_weight[i] + self.output.bias[i] + direct_state[:, i]
+            probability = torch.sigmoid(logit)
             probabilities[:, i] = probability
-            x[:, i] = (uniforms[:, i] < probability).to(x.dtype)
+            pixel = (uniforms[:, i] < probability).to(x.dtype)
+            x[:, i] = pixel
+            first_state = first_state + pixel[:, None] * first_weight[:, i]
+            direct_state = direct_state + pixel[:, None] * direct_weight[:, i]
         return x, probabilities
 
     def extra_repr(self) -> str:
