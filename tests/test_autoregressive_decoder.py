@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from fastvae.models import MLPVAE
+from fastvae.models import MLPVAE, build_model
 from fastvae.models.autoregressive_decoder import AutoregressiveBernoulliDecoder, made_masks
 
 
@@ -88,6 +88,11 @@ def test_an_mlp_vae_with_it_keeps_the_model_contract():
     assert model.reconstruct(images[:2]).shape == (2, 1, 2, 3)
     with pytest.raises(ValueError, match=r"MLPVAE.decode: z must have shape \[N, 2\]"):
         model.decode(torch.zeros(3, 5))
+    # A checkpoint's config and state dict (the masks are rebuilt, not stored) give the same model.
+    rebuilt = build_model(model.config)
+    rebuilt.load_state_dict(model.state_dict())
+    assert not any("mask" in name for name in model.state_dict())
+    assert torch.equal(rebuilt.reconstruction_nll(z, images), model.reconstruction_nll(z, images))
 
 
 def test_bad_arguments_are_clear_errors():

@@ -16,8 +16,8 @@ than the prior, which is how a Gaussian code carries information about x (its me
 moves within the prior's mass).  The other side, σ² ≥ σ_hi² > 1, would force every
 posterior wider than the prior: the rate is paid in noise, the samples z fall where the
 prior has little mass, and the information the code carries still needs means far out
-in the tails.  The paper's standard-normal case confines the variance to one interval as
-well; for the independent prior it is this one.
+in the tails.  Like the paper's, the allowed range is an interval on one side of the
+roots: [σ_lo²·e^(−LOGVAR_SPAN), σ_lo²], the floor keeping the noise from vanishing.
 
 The parameterization.  logvar = max(L − softplus(raw), L − LOGVAR_SPAN) with L the
 bound log σ_lo², rounded down to the dtype (see :func:`committed_logvar_bound`): an
