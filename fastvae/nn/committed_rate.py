@@ -16,14 +16,16 @@ than the prior, which is how a Gaussian code carries information about x (its me
 moves within the prior's mass).  The other side, σ² ≥ σ_hi² > 1, would force every
 posterior wider than the prior: the rate is paid in noise, the samples z fall where the
 prior has little mass, and the information the code carries still needs means far out
-in the tails.  Like the paper's, the allowed range is an interval on one side of the
-roots: [σ_lo²·e^(−LOGVAR_SPAN), σ_lo²], the floor keeping the noise from vanishing.
+in the tails.  Like the paper's, the allowed range is on one side of the roots.
 
-The parameterization.  logvar = max(L − softplus(raw), L − LOGVAR_SPAN) with L the
-bound log σ_lo², rounded down to the dtype (see :func:`committed_logvar_bound`): an
-unconstrained head output ``raw`` maps onto (L − LOGVAR_SPAN, L], every value of which
-satisfies the bound.  Float rounding is monotone, so L − softplus(raw) computed in the
-dtype never exceeds L.
+The parameterization.  logvar = L − softplus(raw) with L the bound log σ_lo², rounded
+down to the dtype (see :func:`committed_logvar_bound`): an unconstrained head output
+``raw`` maps onto (−∞, L], every value of which satisfies the bound.  Float rounding is
+monotone, so L − softplus(raw) computed in the dtype never exceeds L.  There is no floor:
+a hard one (a clamp) would leave a posterior whose raw output passed it without the
+gradient that brings its variance back, stuck paying a large KL; without one, the KL's
+own gradient ½(1 − σ²) pulls a narrow posterior's log-variance up, as in a plain VAE,
+whose log-variance is not bounded below either.
 """
 from __future__ import annotations
 
@@ -32,11 +34,6 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-# Width in nats of the interval (L − LOGVAR_SPAN, L] the log-variance is confined to: the
-# posterior's standard deviation can shrink e^(LOGVAR_SPAN/2) ≈ 22000-fold below the
-# bound's, and no further, so the reparameterized noise never vanishes.
-LOGVAR_SPAN = 20.0
 
 _HALLEY_STEPS = 60
 
@@ -72,8 +69,8 @@ def committed_rate_variances(delta: float) -> tuple[float, float]:
     Example::
 
         >>> lo, hi = committed_rate_variances(0.5)
-        >>> lo - 1 - math.log(lo), hi - 1 - math.log(hi)        # both 2δ = 1.0
-        (1.0, 1.0)
+        >>> lo - 1 - math.log(lo), hi - 1 - math.log(hi)        # both 2δ = 1, to rounding
+        (1.0..., 1.0...)
     """
     delta = _check_delta("fastvae.nn.committed_rate_variances", delta)
     log_lo = _log_root(delta, lower=True)
@@ -161,8 +158,8 @@ def committed_logvar_bound(delta: float, dtype: torch.dtype = torch.float32) -> 
 
 def committed_logvar(raw: Tensor, delta: float) -> Tensor:
     r"""A posterior log-variance whose KL to N(0, 1) is at least ``delta`` per dimension,
-    from an unconstrained head output ``raw``: max(L − softplus(raw), L − LOGVAR_SPAN),
-    L = :func:`committed_logvar_bound` (δ, raw.dtype).  The bound holds for every value of
+    from an unconstrained head output ``raw``: L − softplus(raw), L =
+    :func:`committed_logvar_bound` (δ, raw.dtype).  The bound holds for every value of
     ``raw`` (±inf included; NaN stays NaN), and the KL computed in raw's dtype is >= δ.
 
     Args:
@@ -170,7 +167,7 @@ def committed_logvar(raw: Tensor, delta: float) -> Tensor:
         delta: δ, nats per latent dimension, a finite number > 0.
 
     Returns:
-        logvar, raw's shape and dtype, in [L − LOGVAR_SPAN, L].
+        logvar, raw's shape and dtype, <= L (finite for finite raw).
 
     Example::
 
@@ -182,6 +179,4 @@ def committed_logvar(raw: Tensor, delta: float) -> Tensor:
     if delta == 0.0:
         raise ValueError("fastvae.nn.committed_logvar: committed_rate must be > 0 (0 is no bound: use raw as logvar)")
     bound = committed_logvar_bound(delta, raw.dtype)
-    floor = bound - LOGVAR_SPAN
-    logvar = bound - F.softplus(raw)
-    return torch.clamp(logvar, min=floor)
+    return bound - F.softplus(raw)
