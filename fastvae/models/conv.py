@@ -34,7 +34,7 @@ class ConvVAE(SingleLatentVAE):
         latent_dim: D of the latent.
         activation: as :class:`fastvae.models.MLPVAE` ('relu' by default).
         likelihood, num_mixtures, likelihood_kwargs, prior, prior_components, objective,
-        num_samples, dreg, baseline: as :class:`fastvae.models.MLPVAE`.
+        num_samples, dreg, baseline, committed_rate: as :class:`fastvae.models.MLPVAE`.
 
     Example::
 
@@ -60,6 +60,7 @@ class ConvVAE(SingleLatentVAE):
         num_samples: int = 5,
         dreg: bool = False,
         baseline: str = "none",
+        committed_rate: float = 0.0,
     ):
         super().__init__()
         where = "fastvae.models.ConvVAE"
@@ -89,7 +90,7 @@ class ConvVAE(SingleLatentVAE):
             down += [nn.Conv2d(size_in, size_out, 4, stride=2, padding=1), make_activation(where, activation)]
         self.encoder = nn.Sequential(*down, nn.Flatten(), nn.Linear(bottom_size, hidden_dim),
                                      make_activation(where, activation))
-        self.latent = GaussianLatent(hidden_dim, self.latent_dim)
+        self.latent = GaussianLatent(hidden_dim, self.latent_dim, committed_rate=committed_rate)
 
         up = [nn.Linear(self.latent_dim, hidden_dim), make_activation(where, activation),
               nn.Linear(hidden_dim, bottom_size), make_activation(where, activation), nn.Unflatten(1, bottom)]
@@ -117,6 +118,7 @@ class ConvVAE(SingleLatentVAE):
             "num_samples": num_samples,
             "dreg": dreg,
             "baseline": baseline,
+            "committed_rate": self.latent.committed_rate,
         }
 
     def decoder_params(self, z: Tensor) -> Tensor:

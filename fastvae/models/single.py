@@ -62,6 +62,12 @@ class SingleLatentVAE(VAE):
     def _setup(self, where: str, prior: str, prior_components: int, objective: str, num_samples: int,
                dreg: bool, baseline: str = "none") -> None:
         self._where = where
+        if self.latent.committed_rate > 0 and prior != "standard_normal":
+            raise ValueError(
+                f"{where}: committed_rate={self.latent.committed_rate} bounds KL(q(z_d|x) ‖ N(0, 1)) from below by "
+                f"the posterior's variance, which holds for the 'standard_normal' prior only (a {prior!r} prior's "
+                f"KL has no such bound); use prior='standard_normal' or committed_rate=0"
+            )
         self.prior = make_prior(prior, self.latent_dim, prior_components, self.data_shape, self.encode)
         self.objective, self.num_samples, self.dreg = objective, num_samples, dreg
         self.baseline = check_baseline(where, baseline, objective)
@@ -79,11 +85,15 @@ class SingleLatentVAE(VAE):
         """The likelihood's parameters [N, P, *spatial] for latents z [N, latent_dim]."""
         raise NotImplementedError
 
+    def reconstruction_nll(self, z: Tensor, x: Tensor) -> Tensor:
+        """[N] −log p(x|z) for latents z [N, latent_dim] and data x [N, *data_shape]
+        (an autoregressive decoder reads x as well as z)."""
+        return self.likelihood.nll(self.decoder_params(z), x)
+
     def _log_likelihood(self, z: Tensor, x: Tensor) -> Tensor:
         """[K, B] log p(x|z_k) for z [K, B, D]: the decoder runs once on all K·B latents."""
         num_samples, batch = z.shape[0], z.shape[1]
-        params = self.decoder_params(z.flatten(0, 1))
-        nll = self.likelihood.nll(params, repeat_batch(x, num_samples))
+        nll = self.reconstruction_nll(z.flatten(0, 1), repeat_batch(x, num_samples))
         return -nll.view(num_samples, batch)
 
     # -- training objective -------------------------------------------------------------
@@ -108,7 +118,7 @@ class SingleLatentVAE(VAE):
 
     def _elbo_forward(self, x: Tensor, mu: Tensor, logvar: Tensor, beta: float, free_bits: float) -> VAEOutput:
         latent = self.prior.posterior_sample(mu, logvar, free_bits)
-        nll = self.likelihood.nll(self.decoder_params(latent.z), x)
+        nll = self.reconstruction_nll(latent.z, x)
         return self.elbo_loss(nll, latent.kl, latent.kl_objective, latent.kl_per_dim, beta)
 
     def score_function_terms(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, dict]:
@@ -128,7 +138,7 @@ class SingleLatentVAE(VAE):
         z = latent.z.detach()
         log_q = gaussian_log_density(z, mu, logvar)
         log_p = self.prior.log_prob(z)
-        nll = self.likelihood.nll(self.decoder_params(z), x)
+        nll = self.reconstruction_nll(z, x)
         report = {"nll": nll.detach().float(), "kl": latent.kl.detach().float(),
                   "kl_per_dim": latent.kl_per_dim.detach().float()}
         return -nll.float(), log_p.float(), log_q, report
