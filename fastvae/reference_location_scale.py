@@ -198,11 +198,9 @@ def cauchy_kl_terms(
     half_log_ratio = 0.5 * (log_scale - prior_log_scale)
     distance = (loc - prior_loc).abs()
     apart = distance != 0
-    log_t = torch.where(
-        apart,
-        torch.log(torch.where(apart, distance, torch.ones_like(distance))) - 0.5 * (log_scale + prior_log_scale) - LOG_2,
-        torch.full_like(distance, -math.inf),
-    )
+    log_distance = torch.log(torch.where(apart, distance, torch.ones_like(distance)))
+    log_t = torch.where(apart, log_distance - 0.5 * (log_scale + prior_log_scale) - LOG_2,
+                        torch.full_like(distance, -math.inf))
     log_space = ((half_log_ratio.abs() > CAUCHY_KL_LOG_SPACE) | (log_t > CAUCHY_KL_LOG_SPACE)).detach()
     # Each branch sees only the elements it is taken at (others get harmless values), so
     # neither overflows and the unused one passes no NaN into the gradient.

@@ -327,7 +327,8 @@ def test_reductions_and_dtypes(family, reduction, shape):
 BAD_CALLS = [
     (lambda f, m, v: f(m, v[:, :3]), ValueError, r"{op}: log_scale has shape \(4, 3\)"),
     (lambda f, m, v: f(m.long(), v), TypeError, r"{op}: loc must have a floating dtype"),
-    (lambda f, m, v: f(m, v, prior_loc=torch.zeros(3)), ValueError, r"{op}: prior_loc of shape \(3,\) does not broadcast"),
+    (lambda f, m, v: f(m, v, prior_loc=torch.zeros(3)), ValueError,
+     r"{op}: prior_loc of shape \(3,\) does not broadcast"),
     (lambda f, m, v: f(m, v, prior_log_scale=torch.zeros(2, 4, 5)), ValueError, r"{op}: prior_log_scale"),
     (lambda f, m, v: f(m, v, reduction="avg"), ValueError, r"{op}: reduction must be one of"),
     (lambda f, m, v: f(m, v.to("meta")), ValueError, r"{op}: log_scale is on meta"),

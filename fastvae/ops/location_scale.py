@@ -1,7 +1,12 @@
 """Location-scale latent ops: ``sample_laplace``, ``sample_logistic`` and ``sample_cauchy``.
 
-Argument checks and dispatch to a backend.  The ``torch`` backend is
-:mod:`fastvae.reference_location_scale` itself.
+Argument checks, the ``torch.library`` custom ops (with fake implementations and
+registered autograd), and dispatch to a backend.  The ``torch`` backend is
+:mod:`fastvae.reference_location_scale` itself; the others run one fused kernel forward
+(z, log q and the KL) and one backward that regenerates the noise from the call's seed
+(``kernels/location_scale.py``, csrc/cpu/location_scale.cpp, csrc/cuda/location_scale.cu).
+Free bits and the batch reductions are small torch ops on the kernel's per-element or
+per-sample outputs, so autograd routes their gradient back into the fused backward.
 """
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import torch
 from torch import Tensor
 
 from .. import reference_location_scale as reference
+from ..reference import free_bits_terms, reduce, sample_dtype
 from ..validation import (
     check_broadcastable_to,
     check_finite,
@@ -21,7 +27,147 @@ from ..validation import (
     check_same_device,
     check_same_shape,
 )
-from ._common import pick_backend, promoted_dtype, seed_for
+from ._common import (fill_absent, fused_call, kernel_module, no_double_backward, pick_backend, promoted_dtype,
+                      seed_for)
+from .latent import gaussian_grad_outputs
+
+# csrc/include/fastvae/location_scale.h, enum LocationScaleFamily.
+FAMILY_CODES = {"laplace": 0, "logistic": 1, "cauchy": 2}
+OUTPUT_MODES = ("element", "row")
+
+
+# --------------------------------------------------------------------------------------
+# Custom ops
+# --------------------------------------------------------------------------------------
+
+
+def _location_scale_fwd_outputs(loc: Tensor, log_scale: Tensor, log_q_mode: str, kl_mode: str):
+    """The outputs of ``location_scale_fwd``, allocated: z, contiguous of loc's shape in
+    the promoted dtype of loc and log_scale; log q and the KL, float32, per element of
+    loc's shape (mode 'element') or per sample [B] ('row')."""
+    shape = tuple(loc.shape)
+    z = loc.new_empty(shape, dtype=sample_dtype(loc, log_scale))
+    log_q = loc.new_empty(shape if log_q_mode == "element" else shape[:1], dtype=torch.float32)
+    kl = loc.new_empty(shape if kl_mode == "element" else shape[:1], dtype=torch.float32)
+    return z, log_q, kl
+
+
+@torch.library.custom_op("fastvae::location_scale_fwd", mutates_args=())
+def _location_scale_fwd(
+    loc: Tensor,
+    log_scale: Tensor,
+    prior_loc: Optional[Tensor],
+    prior_log_scale: Optional[Tensor],
+    seed_offset: Tensor,
+    family: int,
+    log_q_mode: str,
+    kl_mode: str,
+    backend: str,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(z, log q, KL) of the family (FAMILY_CODES), log q and the KL per their modes."""
+    z, log_q, kl = outputs = _location_scale_fwd_outputs(loc, log_scale, log_q_mode, kl_mode)
+    kernel_module(backend, "location_scale").location_scale_fwd(
+        loc.contiguous(), log_scale.contiguous(), prior_loc, prior_log_scale, seed_offset, family, log_q_mode, kl_mode,
+        z=z, log_q=log_q, kl=kl,
+    )
+    return outputs
+
+
+@_location_scale_fwd.register_fake
+def _(loc, log_scale, prior_loc, prior_log_scale, seed_offset, family, log_q_mode, kl_mode, backend):
+    return _location_scale_fwd_outputs(loc, log_scale, log_q_mode, kl_mode)
+
+
+def _location_scale_bwd_impl(grad_z, grad_log_q, grad_kl, loc, log_scale, prior_loc, prior_log_scale, seed_offset,
+                             family: int, prior_loc_grad: bool, prior_log_scale_grad: bool, backend: str):
+    """What ``location_scale_bwd`` runs: its outputs allocated (as the Gaussian family's:
+    ops/latent.py, gaussian_grad_outputs), the backend's launcher writing them."""
+    outputs = gaussian_grad_outputs(grad_kl is not None, loc, log_scale, prior_loc, prior_log_scale, prior_loc_grad,
+                                    prior_log_scale_grad)
+    grad_loc, grad_log_scale, grad_prior_loc, grad_prior_log_scale = outputs
+
+    def contiguous(tensor):
+        return None if tensor is None else tensor.contiguous()
+
+    kernel_module(backend, "location_scale").location_scale_bwd(
+        contiguous(grad_z), contiguous(grad_log_q), contiguous(grad_kl), loc.contiguous(), log_scale.contiguous(),
+        prior_loc, prior_log_scale, seed_offset, family,
+        grad_loc=grad_loc, grad_log_scale=grad_log_scale, grad_prior_loc=grad_prior_loc,
+        grad_prior_log_scale=grad_prior_log_scale,
+    )
+    return outputs
+
+
+@torch.library.custom_op("fastvae::location_scale_bwd", mutates_args=())
+def _location_scale_bwd(
+    grad_z: Optional[Tensor],
+    grad_log_q: Optional[Tensor],
+    grad_kl: Optional[Tensor],
+    loc: Tensor,
+    log_scale: Tensor,
+    prior_loc: Optional[Tensor],
+    prior_log_scale: Optional[Tensor],
+    seed_offset: Tensor,
+    family: int,
+    prior_loc_grad: bool,
+    prior_log_scale_grad: bool,
+    backend: str,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(grad_loc, grad_log_scale, grad_prior_loc, grad_prior_log_scale); the prior
+    gradients per element of loc's shape, empty when not asked for.  The noise is
+    regenerated from seed_offset."""
+    outputs = _location_scale_bwd_impl(grad_z, grad_log_q, grad_kl, loc, log_scale, prior_loc, prior_log_scale,
+                                       seed_offset, family, prior_loc_grad, prior_log_scale_grad, backend)
+    return fill_absent(outputs, loc)
+
+
+@_location_scale_bwd.register_fake
+def _(grad_z, grad_log_q, grad_kl, loc, log_scale, prior_loc, prior_log_scale, seed_offset, family, prior_loc_grad,
+      prior_log_scale_grad, backend):
+    outputs = gaussian_grad_outputs(grad_kl is not None, loc, log_scale, prior_loc, prior_log_scale, prior_loc_grad,
+                                    prior_log_scale_grad)
+    return fill_absent(outputs, loc)
+
+
+def _setup_context(ctx, inputs, output):
+    loc, log_scale, prior_loc, prior_log_scale, seed_offset, family, log_q_mode, kl_mode, backend = inputs
+    ctx.save_for_backward(loc, log_scale, prior_loc, prior_log_scale, seed_offset)
+    ctx.family, ctx.backend = family, backend
+    # An unused output gets None rather than zeros, so the kernel skips its term.
+    ctx.set_materialize_grads(False)
+
+
+def _backward(ctx, grad_z, grad_log_q, grad_kl):
+    loc, log_scale, prior_loc, prior_log_scale, seed_offset = ctx.saved_tensors
+    prior_loc_grad = prior_loc is not None and ctx.needs_input_grad[2]
+    prior_log_scale_grad = prior_log_scale is not None and ctx.needs_input_grad[3]
+    grad_loc, grad_log_scale, grad_prior_loc, grad_prior_log_scale = fused_call(
+        _location_scale_bwd, grad_z, grad_log_q, grad_kl, loc, log_scale, prior_loc, prior_log_scale, seed_offset,
+        ctx.family, prior_loc_grad, prior_log_scale_grad, ctx.backend,
+    )
+    # Only the KL depends on the prior; without its gradient the prior gets none.
+    prior_loc_grad = prior_loc_grad and grad_kl is not None
+    prior_log_scale_grad = prior_log_scale_grad and grad_kl is not None
+    # A broadcast prior's gradient is the sum over its broadcast dimensions (a torch
+    # reduction: fixed order, so bitwise repeatable).
+    if prior_loc_grad:
+        grad_prior_loc = grad_prior_loc.sum_to_size(prior_loc.shape).to(prior_loc.dtype)
+    if prior_log_scale_grad:
+        grad_prior_log_scale = grad_prior_log_scale.sum_to_size(prior_log_scale.shape).to(prior_log_scale.dtype)
+    return (
+        grad_loc,
+        grad_log_scale,
+        grad_prior_loc if prior_loc_grad else None,
+        grad_prior_log_scale if prior_log_scale_grad else None,
+        None, None, None, None, None,
+    )
+
+
+_location_scale_fwd.register_autograd(_backward, setup_context=_setup_context)
+_location_scale_bwd.register_autograd(
+    no_double_backward("sample_laplace / sample_logistic / sample_cauchy"),
+    setup_context=lambda ctx, inputs, output: None,
+)
 
 # --------------------------------------------------------------------------------------
 # Checks and dispatch
@@ -42,6 +188,18 @@ def check_location_scale_args(op: str, loc, log_scale, prior_loc=None, prior_log
     for name, tensor in named:
         if tensor is not None:
             check_finite(op, name, tensor)
+
+
+def _fused(family, loc, log_scale, prior_loc, prior_log_scale, seed_offset, free_bits, reduction, backend):
+    """(z, log q, KL) from the fused kernels, reduced by ``reduction`` (free bits on the
+    KL's per-element terms, whose batch means they need)."""
+    log_q_mode = "element" if reduction == "none" else "row"
+    kl_mode = "element" if reduction == "none" or free_bits > 0 else "row"
+    z, log_q, kl = fused_call(_location_scale_fwd, loc, log_scale, prior_loc, prior_log_scale, seed_offset,
+                              FAMILY_CODES[family], log_q_mode, kl_mode, backend)
+    if kl_mode == "element":
+        kl = free_bits_terms(kl, free_bits)
+    return z, reduce(log_q, reduction), reduce(kl, reduction)
 
 
 def _prepare(op, loc, log_scale, prior_loc, prior_log_scale, free_bits, generator, reduction):
@@ -102,7 +260,9 @@ def sample_laplace(
     """
     op = "sample_laplace"
     seed_offset, backend = _prepare(op, loc, log_scale, prior_loc, prior_log_scale, free_bits, generator, reduction)
-    return reference.sample_laplace(loc, log_scale, seed_offset, prior_loc, prior_log_scale, free_bits, reduction)
+    if backend == "torch":
+        return reference.sample_laplace(loc, log_scale, seed_offset, prior_loc, prior_log_scale, free_bits, reduction)
+    return _fused("laplace", loc, log_scale, prior_loc, prior_log_scale, seed_offset, free_bits, reduction, backend)
 
 
 def sample_logistic(
@@ -132,7 +292,9 @@ def sample_logistic(
     """
     op = "sample_logistic"
     seed_offset, backend = _prepare(op, loc, log_scale, prior_loc, prior_log_scale, 0.0, generator, reduction)
-    return reference.sample_logistic(loc, log_scale, seed_offset, prior_loc, prior_log_scale, reduction)
+    if backend == "torch":
+        return reference.sample_logistic(loc, log_scale, seed_offset, prior_loc, prior_log_scale, reduction)
+    return _fused("logistic", loc, log_scale, prior_loc, prior_log_scale, seed_offset, 0.0, reduction, backend)
 
 
 def sample_cauchy(
@@ -165,4 +327,6 @@ def sample_cauchy(
     """
     op = "sample_cauchy"
     seed_offset, backend = _prepare(op, loc, log_scale, prior_loc, prior_log_scale, free_bits, generator, reduction)
-    return reference.sample_cauchy(loc, log_scale, seed_offset, prior_loc, prior_log_scale, free_bits, reduction)
+    if backend == "torch":
+        return reference.sample_cauchy(loc, log_scale, seed_offset, prior_loc, prior_log_scale, free_bits, reduction)
+    return _fused("cauchy", loc, log_scale, prior_loc, prior_log_scale, seed_offset, free_bits, reduction, backend)
