@@ -33,7 +33,6 @@ from .latent import gaussian_grad_outputs
 
 # csrc/include/fastvae/location_scale.h, enum LocationScaleFamily.
 FAMILY_CODES = {"laplace": 0, "logistic": 1, "cauchy": 2}
-OUTPUT_MODES = ("element", "row")
 
 
 # --------------------------------------------------------------------------------------
