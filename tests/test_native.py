@@ -24,6 +24,7 @@ CUDA_ENTRY_POINTS = {
     "likelihood": ["bernoulli_nll_fwd", "bernoulli_nll_bwd", "gaussian_nll_fwd", "gaussian_nll_bwd"],
     "logistic": ["discretized_logistic_fwd", "discretized_logistic_bwd", "logistic_mixture_fwd",
                  "logistic_mixture_bwd"],
+    "location_scale": ["location_scale_fwd", "location_scale_bwd"],
 }
 
 
@@ -253,6 +254,8 @@ def cpu_row_sums():
             randn(3, 6, pixel_levels.shape[-1]), pixel_levels.to(torch.uint8), 2)
         outputs["sample_categorical"] = fastvae.sample_categorical(randn(7, 1000, scale=3.0), 0.7,
                                                                    prior_logits=randn(1000))
+        for family in ("laplace", "logistic", "cauchy"):
+            outputs[f"sample_{family}"] = getattr(fastvae, f"sample_{family}")(mu, logvar, mu.flip(0))
     return outputs
 
 

@@ -46,6 +46,17 @@ def test_uniform_mapping_matches_triton_convention():
     assert fv_random.uint32_to_uniform(words).max() < 1.0
 
 
+@pytest.mark.parametrize("seed, base", list(GOLDEN), ids=str)
+def test_uniform_pair_is_words_0_and_1(seed, base):
+    """philox_uniform_pair (the location-scale latents' noise): the golden words 0 and 1
+    through uint32_to_uniform, element i at base + i."""
+    words0, words1, _ = GOLDEN[(seed, base)]
+    u0, u1 = fv_random.philox_uniform_pair(torch.tensor([seed, base]), (2, 2))
+    assert u0.shape == u1.shape == (2, 2) and u0.dtype == u1.dtype == torch.float32
+    assert torch.equal(u0.flatten(), fv_random.uint32_to_uniform(torch.tensor(words0)))
+    assert torch.equal(u1.flatten(), fv_random.uint32_to_uniform(torch.tensor(words1)))
+
+
 def test_gumbel_is_finite_and_has_its_moments():
     gumbel = fv_random.philox_gumbel(torch.tensor([7, 0]), (200_000,)).double()
     assert torch.isfinite(gumbel).all()
