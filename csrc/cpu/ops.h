@@ -6,6 +6,7 @@
 #include "fastvae/latent_args.h"
 #include "fastvae/likelihood_args.h"
 #include "fastvae/logistic_args.h"
+#include "fastvae/truncated_normal_args.h"
 
 namespace fastvae {
 namespace cpu {
@@ -43,6 +44,10 @@ void discretized_logistic_forward(const LogisticForwardArgs& args);
 void discretized_logistic_backward(const LogisticBackwardArgs& args);
 void logistic_mixture_forward(const LogisticMixtureForwardArgs& args);
 void logistic_mixture_backward(const LogisticMixtureBackwardArgs& args);
+
+// sample_truncated_normal: the truncated-normal latent (sample, log q, KL estimate).
+void truncated_normal_forward(const TruncatedNormalForwardArgs& args);
+void truncated_normal_backward(const TruncatedNormalBackwardArgs& args);
 
 }  // namespace cpu
 }  // namespace fastvae

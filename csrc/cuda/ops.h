@@ -8,6 +8,7 @@
 #include "fastvae/latent_args.h"
 #include "fastvae/likelihood_args.h"
 #include "fastvae/logistic_args.h"
+#include "fastvae/truncated_normal_args.h"
 
 namespace fastvae {
 namespace cuda {
@@ -52,6 +53,13 @@ void bernoulli_nll_forward(const BernoulliForwardArgs& args, cudaStream_t stream
 void bernoulli_nll_backward(const BernoulliBackwardArgs& args, cudaStream_t stream);
 void gaussian_nll_forward(const GaussianNLLForwardArgs& args, cudaStream_t stream);
 void gaussian_nll_backward(const GaussianNLLBackwardArgs& args, cudaStream_t stream);
+
+// sample_truncated_normal: the truncated-normal latent (sample, log q, KL estimate).
+// Columns per partial row sum of log q and the KL (one warp's chunk), added in a fixed
+// order in Python.
+constexpr int kTruncatedNormalChunk = 256;
+void truncated_normal_forward(const TruncatedNormalForwardArgs& args, cudaStream_t stream);
+void truncated_normal_backward(const TruncatedNormalBackwardArgs& args, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace fastvae

@@ -3,8 +3,9 @@
 Argument checks, the ``torch.library`` custom ops (with fake implementations and
 registered autograd), and dispatch to a backend.  The ``torch`` backend is
 :mod:`fastvae.reference_truncated_normal` itself; the others run one fused kernel forward
-(z, log q and the KL estimate) and one backward that regenerates the uniform noise
-(``kernels/truncated_normal.py``, csrc/*/truncated_normal.*).
+(z, log q and the KL estimate, per element or per sample) and one backward that
+regenerates the uniform noise from the call's seed (``kernels/truncated_normal.py``,
+csrc/cpu/truncated_normal.cpp, csrc/cuda/truncated_normal.cu).
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .. import reference_truncated_normal as reference_tn
+from .. import reference, reference_truncated_normal as reference_tn
 from ..validation import (
     check_broadcastable_to,
     check_finite,
@@ -24,7 +25,147 @@ from ..validation import (
     check_same_device,
     check_same_shape,
 )
-from ._common import pick_backend, promoted_dtype, seed_for
+from ._common import fill_absent, fused_call, kernel_module, no_double_backward, pick_backend, promoted_dtype, seed_for
+
+FAMILY = "truncated_normal"
+
+
+# --------------------------------------------------------------------------------------
+# Custom ops
+# --------------------------------------------------------------------------------------
+
+
+def _fwd_outputs(loc: Tensor, log_scale: Tensor, per_element: bool):
+    """z (contiguous, loc's shape, the promoted dtype of loc and log_scale); log_q and kl,
+    float32, per element of loc's shape or per sample [B]."""
+    z = loc.new_empty(tuple(loc.shape), dtype=reference.sample_dtype(loc, log_scale))
+    shape = tuple(loc.shape) if per_element else (loc.shape[0],)
+    return z, loc.new_empty(shape, dtype=torch.float32), loc.new_empty(shape, dtype=torch.float32)
+
+
+@torch.library.custom_op("fastvae::truncated_normal_fwd", mutates_args=())
+def _truncated_normal_fwd(
+    loc: Tensor,
+    log_scale: Tensor,
+    prior_loc: Optional[Tensor],
+    prior_log_scale: Optional[Tensor],
+    seed_offset: Tensor,
+    low: float,
+    high: float,
+    per_element: bool,
+    backend: str,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(z, log_q, kl): log_q and kl per element or per sample."""
+    z, log_q, kl = outputs = _fwd_outputs(loc, log_scale, per_element)
+    kernel_module(backend, FAMILY).truncated_normal_fwd(
+        loc.contiguous(), log_scale.contiguous(), prior_loc, prior_log_scale, seed_offset, low, high, per_element,
+        z=z, log_q=log_q, kl=kl,
+    )
+    return outputs
+
+
+@_truncated_normal_fwd.register_fake
+def _(loc, log_scale, prior_loc, prior_log_scale, seed_offset, low, high, per_element, backend):
+    return _fwd_outputs(loc, log_scale, per_element)
+
+
+def _grad_outputs(loc, log_scale, prior_loc, prior_log_scale, prior_loc_grad: bool, prior_log_scale_grad: bool):
+    """grad_loc, grad_log_scale (contiguous, in loc's and log_scale's dtypes); each prior's
+    gradient per element of loc's shape (in the prior's dtype when full-size, float32 when
+    broadcast: summed to its shape afterwards), None unless asked for."""
+    def prior_grad(prior, wanted):
+        if not wanted:
+            return None
+        return loc.new_empty(tuple(loc.shape), dtype=prior.dtype if prior.shape == loc.shape else torch.float32)
+
+    return (
+        torch.empty_like(loc, memory_format=torch.contiguous_format),
+        torch.empty_like(log_scale, memory_format=torch.contiguous_format),
+        prior_grad(prior_loc, prior_loc_grad),
+        prior_grad(prior_log_scale, prior_log_scale_grad),
+    )
+
+
+@torch.library.custom_op("fastvae::truncated_normal_bwd", mutates_args=())
+def _truncated_normal_bwd(
+    grad_z: Optional[Tensor],
+    grad_log_q: Optional[Tensor],
+    grad_kl: Optional[Tensor],
+    loc: Tensor,
+    log_scale: Tensor,
+    prior_loc: Optional[Tensor],
+    prior_log_scale: Optional[Tensor],
+    seed_offset: Tensor,
+    low: float,
+    high: float,
+    prior_loc_grad: bool,
+    prior_log_scale_grad: bool,
+    backend: str,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(grad_loc, grad_log_scale, grad_prior_loc, grad_prior_log_scale); the prior gradients
+    per element of loc's shape, empty when not asked for."""
+    outputs = _grad_outputs(loc, log_scale, prior_loc, prior_log_scale, prior_loc_grad, prior_log_scale_grad)
+    grad_loc, grad_log_scale, grad_prior_loc, grad_prior_log_scale = outputs
+    kernel_module(backend, FAMILY).truncated_normal_bwd(
+        None if grad_z is None else grad_z.contiguous(),
+        None if grad_log_q is None else grad_log_q.contiguous(),
+        None if grad_kl is None else grad_kl.contiguous(),
+        loc.contiguous(), log_scale.contiguous(), prior_loc, prior_log_scale, seed_offset, low, high,
+        grad_loc=grad_loc, grad_log_scale=grad_log_scale, grad_prior_loc=grad_prior_loc,
+        grad_prior_log_scale=grad_prior_log_scale,
+    )
+    return fill_absent(outputs, loc)
+
+
+@_truncated_normal_bwd.register_fake
+def _(grad_z, grad_log_q, grad_kl, loc, log_scale, prior_loc, prior_log_scale, seed_offset, low, high, prior_loc_grad,
+      prior_log_scale_grad, backend):
+    return fill_absent(_grad_outputs(loc, log_scale, prior_loc, prior_log_scale, prior_loc_grad,
+                                     prior_log_scale_grad), loc)
+
+
+def _setup_context(ctx, inputs, output):
+    loc, log_scale, prior_loc, prior_log_scale, seed_offset, low, high, per_element, backend = inputs
+    ctx.save_for_backward(loc, log_scale, prior_loc, prior_log_scale, seed_offset)
+    ctx.low, ctx.high, ctx.backend = low, high, backend
+    # An unused output gets None rather than zeros, so the kernel skips its term.
+    ctx.set_materialize_grads(False)
+
+
+def _backward(ctx, grad_z, grad_log_q, grad_kl):
+    loc, log_scale, prior_loc, prior_log_scale, seed_offset = ctx.saved_tensors
+    # Only the KL depends on the prior.
+    prior_loc_grad = prior_loc is not None and ctx.needs_input_grad[2] and grad_kl is not None
+    prior_log_scale_grad = prior_log_scale is not None and ctx.needs_input_grad[3] and grad_kl is not None
+    if grad_log_q is not None and grad_kl is not None and grad_log_q.shape != grad_kl.shape:
+        raise RuntimeError("fastvae.sample_truncated_normal: log_q's and kl's gradients differ in shape")
+    outputs = fused_call(_truncated_normal_bwd, grad_z, grad_log_q, grad_kl, loc, log_scale, prior_loc,
+                         prior_log_scale, seed_offset, ctx.low, ctx.high, prior_loc_grad, prior_log_scale_grad,
+                         ctx.backend)
+    grad_loc, grad_log_scale, grad_prior_loc, grad_prior_log_scale = outputs
+    # A broadcast prior's gradient is the sum over its broadcast dimensions.
+    if prior_loc_grad:
+        grad_prior_loc = grad_prior_loc.sum_to_size(prior_loc.shape).to(prior_loc.dtype)
+    if prior_log_scale_grad:
+        grad_prior_log_scale = grad_prior_log_scale.sum_to_size(prior_log_scale.shape).to(prior_log_scale.dtype)
+    return (
+        grad_loc,
+        grad_log_scale,
+        grad_prior_loc if prior_loc_grad else None,
+        grad_prior_log_scale if prior_log_scale_grad else None,
+        None, None, None, None, None,
+    )
+
+
+_truncated_normal_fwd.register_autograd(_backward, setup_context=_setup_context)
+_truncated_normal_bwd.register_autograd(
+    no_double_backward("sample_truncated_normal"), setup_context=lambda ctx, inputs, output: None
+)
+
+
+# --------------------------------------------------------------------------------------
+# Checks and dispatch
+# --------------------------------------------------------------------------------------
 
 
 def check_interval(op: str, low, high) -> None:
@@ -107,6 +248,10 @@ def sample_truncated_normal(
     low, high = float(low), float(high)
     seed_offset = seed_for(loc.device, generator)
     backend = pick_backend(op, loc.device, promoted_dtype(loc, log_scale, prior_loc, prior_log_scale))
-    del backend  # every backend runs the reference until the fused kernels land
-    return reference_tn.sample_truncated_normal(loc, log_scale, low, high, seed_offset, prior_loc, prior_log_scale,
-                                                reduction)
+    if backend == "torch":
+        return reference_tn.sample_truncated_normal(loc, log_scale, low, high, seed_offset, prior_loc,
+                                                    prior_log_scale, reduction)
+    per_element = reduction == "none"
+    z, log_q, kl = fused_call(_truncated_normal_fwd, loc, log_scale, prior_loc, prior_log_scale, seed_offset, low,
+                              high, per_element, backend)
+    return z, reference.reduce(log_q, reduction), reference.reduce(kl, reduction)
