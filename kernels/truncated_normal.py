@@ -22,16 +22,16 @@ from fastvae.kernels.latent import NUM_WARPS, PRIOR_GRAD_TILE_ELEMENTS, _blocks,
 from fastvae.kernels.math import expm1, log1p
 from fastvae.row_sums import sum_partials_into
 
-HALF_LOG_2PI = 0.9189385332046727
-LOG_2 = 0.6931471805599453
-INV_SQRT2 = 0.7071067811865476
+HALF_LOG_2PI = tl.constexpr(0.9189385332046727)
+LOG_2 = tl.constexpr(0.6931471805599453)
+INV_SQRT2 = tl.constexpr(0.7071067811865476)
 # fastvae/reference_truncated_normal.py: the uniform is kept in [2^-32, 1 − 2^-24].
-UNIFORM_MIN = 2.3283064365386963e-10
-UNIFORM_MAX = 0.99999994039535522
+UNIFORM_MIN = tl.constexpr(2.3283064365386963e-10)
+UNIFORM_MAX = tl.constexpr(0.99999994039535522)
 # Below this w·max(1, |m|) (w the standardized width, m the midpoint) log Z is the series
 # log(w·φ(m)) + log1p(w²(m² − 1)/24), whose next term is below 1e-10 there.
-NARROW_WIDTH = 1.0e-2
-FINITE_MAX = 3.0e38
+NARROW_WIDTH = tl.constexpr(1.0e-2)
+FINITE_MAX = tl.constexpr(3.0e38)
 
 
 @triton.jit
@@ -68,7 +68,8 @@ def log_ndtr_parts(x):
 def log_add_exp(a, b):
     top = tl.maximum(a, b)
     bottom = tl.minimum(a, b)
-    gap = tl.where(bottom == -float("inf"), float("inf"), top - bottom)
+    # The gap's discarded branch subtracts 0 where bottom is −inf (no inf − inf).
+    gap = tl.where(bottom == -float("inf"), float("inf"), top - tl.where(bottom == -float("inf"), 0.0, bottom))
     return top + log1p(tl.exp(-gap))
 
 
@@ -126,9 +127,13 @@ def log_mass_terms(e, a, b, width, log_cdf_b, remainder_b, log_mass_gap, narrow)
     """H(e) = ½x² + log Z at x = b − e on the reflected interval [a, b] (a + b ≤ 0):
     b ≤ 0: R(b) − ½e(2b − e) + log(1 − e^(log Φ(a) − log Φ(b))), else ½x² + log Φ(b) + the
     same; a narrow interval: log w − ½ log 2π + ½(w/2 − e)(b − e + m) + log1p(w²(m² − 1)/24)."""
-    mid = 0.5 * (a + b)
-    narrow_h = (tl.log(width) - HALF_LOG_2PI + 0.5 * (0.5 * width - e) * (b - e + mid)
-                + log1p(width * width * (mid * mid - 1.0) / 24.0))
+    # The narrow branch's inputs are 0 elsewhere, so its discarded values stay finite.
+    width_n = tl.where(narrow, width, 1.0)
+    e_n = tl.where(narrow, e, 0.0)
+    b_n = tl.where(narrow, b, 0.0)
+    mid = tl.where(narrow, 0.5 * (a + b), 0.0)
+    narrow_h = (tl.log(width_n) - HALF_LOG_2PI + 0.5 * (0.5 * width_n - e_n) * (b_n - e_n + mid)
+                + log1p(width_n * width_n * (mid * mid - 1.0) / 24.0))
     x = b - e
     tail_h = remainder_b - 0.5 * e * (2.0 * b - e) + log_mass_gap
     straddle_h = 0.5 * x * x + log_cdf_b + log_mass_gap
@@ -205,8 +210,9 @@ def log_mass_slopes(flipped, a, b, width, h_at_a, h_at_b, narrow):
     density_a = tl.exp(-HALF_LOG_2PI - h_at_a)
     shift = density_b - density_a
     scaling = density_b * _finite(b) - density_a * _finite(a)
-    mid = 0.5 * (a + b)
-    correction = width * width / (12.0 * (1.0 + width * width * (mid * mid - 1.0) / 24.0))
+    mid = tl.where(narrow, 0.5 * (a + b), 0.0)
+    width_n = tl.where(narrow, width, 0.0)
+    correction = width_n * width_n / (12.0 * (1.0 + width_n * width_n * (mid * mid - 1.0) / 24.0))
     shift = tl.where(narrow, -mid + correction * mid, shift)
     scaling = tl.where(narrow, 1.0 - mid * mid + correction * (2.0 * mid * mid - 1.0), scaling)
     return tl.where(flipped, -shift, shift), scaling
@@ -276,8 +282,8 @@ def truncated_normal_grads(loc, log_scale, prior_loc, prior_log_scale, u, low, h
     x_minus_alpha = tl.where(flipped, e, width - e)
     x_minus_beta = tl.where(flipped, e - width, -e)
     dz_dloc = 1.0 - d_alpha - d_beta
-    dz_dlog_scale = scale * (tl.where(d_alpha == 0.0, 0.0, d_alpha * x_minus_alpha)
-                             + tl.where(d_beta == 0.0, 0.0, d_beta * x_minus_beta) + dz_dloc * x)
+    dz_dlog_scale = scale * (d_alpha * tl.where(d_alpha == 0.0, 0.0, x_minus_alpha)
+                             + d_beta * tl.where(d_beta == 0.0, 0.0, x_minus_beta) + dz_dloc * x)
     # log q = −½ log 2π − log σ − ½x² − log Z(α, β), α = (low − loc)/σ, β = (high − loc)/σ.
     dlq_dloc = (x * (d_alpha + d_beta) + shift) * inv_scale
     dlq_dlog_scale = -1.0 + x * (d_alpha * _finite(alpha) + d_beta * _finite(beta)) + scaling
