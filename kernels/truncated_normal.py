@@ -192,6 +192,14 @@ def standard_sample(alpha, beta, width, u):
     refined = newton_distance(e, b, width, log_cdf_b, remainder_b, target)
     refined = newton_distance(refined, b, width, log_cdf_b, remainder_b, target)
     e = tl.where(b <= 0, refined, e)
+    # A narrow interval: the density is e^(−m·x) up to a factor within w²/8 of 1 there, so
+    # e = log1p((1 − v)·expm1(k))/m with k = m·w, or (1 − v)·w·(1 + v·k/2) where k is tiny.
+    k = tl.where(narrow, 0.5 * (a + b) * width, 0.0)
+    weight_a = tl.exp(log_1mv)
+    tiny = tl.abs(k) < 1.0e-6
+    fraction = tl.where(tiny, weight_a * (1.0 + 0.5 * (1.0 - weight_a) * k),
+                        log1p(weight_a * expm1(k)) / tl.where(tiny, 1.0, k))
+    e = tl.where(narrow, tl.minimum(tl.maximum(fraction * width, 0.0), width), e)
     return flipped, a, b, e, log_v, log_1mv, log_cdf_b, remainder_b, log_mass_gap, narrow
 
 
@@ -219,14 +227,14 @@ def log_mass_slopes(flipped, a, b, width, h_at_a, h_at_b, narrow):
 
 
 @triton.jit
-def truncated_normal_element(loc, log_scale, prior_loc, prior_log_scale, u, low, high):
+def truncated_normal_element(loc, log_scale, prior_loc, prior_log_scale, u, low, high, span):
     """(z, log q, kl, and the backward's pieces) of one element: see the header's
     truncated_normal_element."""
     inv_scale = tl.exp(-log_scale)
     scale = tl.exp(log_scale)
     alpha = (low - loc) * inv_scale
     beta = (high - loc) * inv_scale
-    width = (high - low) * inv_scale
+    width = span * inv_scale
     flipped, a, b, e, log_v, log_1mv, log_cdf_b, remainder_b, log_mass_gap, narrow = standard_sample(
         alpha, beta, width, u)
     x_reflected = b - e
@@ -243,7 +251,7 @@ def truncated_normal_element(loc, log_scale, prior_loc, prior_log_scale, u, low,
     prior_inv_scale = tl.exp(-prior_log_scale)
     prior_alpha = (low - prior_loc) * prior_inv_scale
     prior_beta = (high - prior_loc) * prior_inv_scale
-    prior_width = (high - low) * prior_inv_scale
+    prior_width = span * prior_inv_scale
     (prior_flipped, prior_a, prior_b, _, _, prior_log_cdf_b, _, prior_remainder_b, _, prior_log_mass_gap,
      prior_narrow) = interval_terms(prior_alpha, prior_beta, prior_width)
     # z's distance from each bound, exact (σ·e) from the bound z was measured from.
@@ -265,12 +273,13 @@ def truncated_normal_element(loc, log_scale, prior_loc, prior_log_scale, u, low,
 
 
 @triton.jit
-def truncated_normal_grads(loc, log_scale, prior_loc, prior_log_scale, u, low, high, grad_z, grad_log_q, grad_kl):
+def truncated_normal_grads(loc, log_scale, prior_loc, prior_log_scale, u, low, high, span, grad_z, grad_log_q,
+                           grad_kl):
     """(grad loc, grad log_scale, grad prior_loc, grad prior_log_scale) of
     grad_z·z + grad_log_q·log q + grad_kl·kl at one element."""
     (z, log_q, kl, x, alpha, beta, flipped, e, width, b, log_v, log_1mv, shift, scaling, scale, inv_scale,
      prior_shift, prior_scaling, prior_inv_scale,
-     prior_loc) = truncated_normal_element(loc, log_scale, prior_loc, prior_log_scale, u, low, high)
+     prior_loc) = truncated_normal_element(loc, log_scale, prior_loc, prior_log_scale, u, low, high, span)
     # ∂x/∂a, ∂x/∂b on the reflected interval: φ(b)/φ(x) = e^(−½e(2b − e)),
     # φ(a)/φ(x) = e^(½(w − e)(b − e + a)), a = b − w.
     a = b - width
@@ -313,7 +322,7 @@ def truncated_normal_fwd_kernel(
     seed_ptr,  # [2] int64: seed, base offset
     z_ptr,  # [B, N]
     log_q_ptr, kl_ptr,  # [B, N] if PER_ELEMENT else [B, num_col_blocks] row partial sums
-    low, high,
+    low, high, span,  # span: high − low rounded once from float64
     B, N,
     prior_loc_stride_b, prior_loc_stride0, prior_loc_stride1, prior_loc_stride2,
     prior_log_scale_stride_b, prior_log_scale_stride0, prior_log_scale_stride1, prior_log_scale_stride2,
@@ -339,7 +348,7 @@ def truncated_normal_fwd_kernel(
                                  prior_log_scale_stride0, prior_log_scale_stride1, prior_log_scale_stride2,
                                  inner_size1, inner_size2, HAS_PRIOR_LOG_SCALE)
     u = _uniform(seed_ptr, offsets)
-    outputs = truncated_normal_element(loc, log_scale, prior_loc, prior_log_scale, u, low, high)
+    outputs = truncated_normal_element(loc, log_scale, prior_loc, prior_log_scale, u, low, high, span)
     z = outputs[0]
     log_q = outputs[1]
     kl = outputs[2]
@@ -372,7 +381,7 @@ def truncated_normal_bwd_kernel(
     grad_log_q_ptr, grad_kl_ptr,  # [B, N] if GRAD_PER_ELEMENT else [B]
     grad_loc_ptr, grad_log_scale_ptr,  # [B, N]
     grad_prior_loc_ptr, grad_prior_log_scale_ptr,  # [B, N], summed to the prior's shape afterwards
-    low, high,
+    low, high, span,  # span: high − low rounded once from float64
     B, N,
     prior_loc_stride_b, prior_loc_stride0, prior_loc_stride1, prior_loc_stride2,
     prior_log_scale_stride_b, prior_log_scale_stride0, prior_log_scale_stride1, prior_log_scale_stride2,
@@ -406,7 +415,7 @@ def truncated_normal_bwd_kernel(
     grad_kl = _load_grad(grad_kl_ptr, offsets, rows, mask, B, HAS_GRAD_KL, GRAD_PER_ELEMENT)
     u = _uniform(seed_ptr, offsets)
     grad_loc, grad_log_scale, grad_prior_loc, grad_prior_log_scale = truncated_normal_grads(
-        loc, log_scale, prior_loc, prior_log_scale, u, low, high, grad_z, grad_log_q, grad_kl)
+        loc, log_scale, prior_loc, prior_log_scale, u, low, high, span, grad_z, grad_log_q, grad_kl)
     tl.store(grad_loc_ptr + offsets, grad_loc.to(grad_loc_ptr.dtype.element_ty), mask=mask)
     tl.store(grad_log_scale_ptr + offsets, grad_log_scale.to(grad_log_scale_ptr.dtype.element_ty), mask=mask)
     if PRIOR_LOC_GRAD:
@@ -450,7 +459,7 @@ def truncated_normal_fwd(loc, log_scale, prior_loc, prior_log_scale, seed_offset
     (prior_loc_arg, prior_log_scale_arg), strides, size1, size2 = prior_layout([prior_loc, prior_log_scale], loc.shape)
     truncated_normal_fwd_kernel[grid](
         loc, log_scale, _or(prior_loc_arg, loc), _or(prior_log_scale_arg, loc), seed_offset, z,
-        log_q_partials, kl_partials, float(low), float(high),
+        log_q_partials, kl_partials, float(low), float(high), float(high) - float(low),
         batch, features, *strides, size1, size2, grid[1],
         HAS_PRIOR_LOC=prior_loc is not None, HAS_PRIOR_LOG_SCALE=prior_log_scale is not None,
         PER_ELEMENT=per_element, BLOCK_B=block_b, BLOCK_N=block_n, num_warps=NUM_WARPS,
@@ -476,7 +485,7 @@ def truncated_normal_bwd(grad_z, grad_log_q, grad_kl, loc, log_scale, prior_loc,
     truncated_normal_bwd_kernel[grid](
         loc, log_scale, _or(prior_loc_arg, loc), _or(prior_log_scale_arg, loc), seed_offset,
         _or(grad_z, loc), _or(grad_log_q, loc), _or(grad_kl, loc), grad_loc, grad_log_scale,
-        _or(grad_prior_loc, loc), _or(grad_prior_log_scale, loc), float(low), float(high),
+        _or(grad_prior_loc, loc), _or(grad_prior_log_scale, loc), float(low), float(high), float(high) - float(low),
         batch, features, *strides, size1, size2,
         HAS_PRIOR_LOC=prior_loc is not None, HAS_PRIOR_LOG_SCALE=prior_log_scale is not None,
         HAS_GRAD_Z=grad_z is not None, HAS_GRAD_LOG_Q=grad_log_q is not None, HAS_GRAD_KL=grad_kl is not None,

@@ -230,11 +230,23 @@ FASTVAE_HD StandardSample standard_sample(const Interval& in, float u) {
     e = newton_distance<Math>(in, e, target);
     e = newton_distance<Math>(in, e, target);
   }
+  if (in.narrow) {
+    // The density is e^(−m·x) up to a factor within w²/8 of 1 there: e = log1p((1 − v)·expm1(k))/m
+    // with k = m·w, (1 − v)·w·(1 + v·k/2) where k is tiny.
+    const float mid = 0.5f * (in.a + in.b);
+    const float k = mid * in.width;
+    const float weight_a = Math::exp(log_1mv);
+    const float fraction = abs_of(k) < 1.0e-6f ? weight_a * (1.0f + 0.5f * (1.0f - weight_a) * k)
+                                                : Math::log1p(weight_a * Math::expm1(k)) / k;
+    e = clamp_to(fraction * in.width, 0.0f, in.width);
+  }
   return StandardSample{e, log_v, log_1mv};
 }
 
+// The interval in float32, and its width high − low rounded once from float64 (so a narrow
+// interval far from 0 keeps its width: [40, 40 + 1e-6] has low == high in float32).
 struct TruncatedNormalBounds {
-  float low, high;
+  float low, high, width;
 };
 
 // Everything one element's outputs and gradients are formed from.
@@ -254,7 +266,7 @@ FASTVAE_HD TruncatedNormalState truncated_normal_state(float loc, float log_scal
   s.scale = Math::exp(log_scale);
   s.alpha = (low - loc) * s.inv_scale;
   s.beta = (high - loc) * s.inv_scale;
-  s.q = interval<Math>(s.alpha, s.beta, (high - low) * s.inv_scale);
+  s.q = interval<Math>(s.alpha, s.beta, bounds.width * s.inv_scale);
   s.sample = standard_sample<Math>(s.q, u);
   const float e = s.sample.e;
   const float x_reflected = s.q.b - e;
@@ -272,7 +284,7 @@ FASTVAE_HD TruncatedNormalState truncated_normal_state(float loc, float log_scal
   s.prior_loc = prior_loc;
   s.prior_inv_scale = Math::exp(-prior_log_scale);
   s.p = interval<Math>((low - prior_loc) * s.prior_inv_scale, (high - prior_loc) * s.prior_inv_scale,
-                       (high - low) * s.prior_inv_scale);
+                       bounds.width * s.prior_inv_scale);
   // z's distance from each bound, exact (σ·e) from the bound z was measured from.
   const bool tail = s.q.b <= 0.0f;
   const float from_low = tail && s.q.flipped ? s.scale * e : s.z - low;

@@ -9,7 +9,8 @@ namespace fastvae {
 namespace bindings {
 
 inline truncated_normal::TruncatedNormalBounds truncated_normal_bounds(double low, double high) {
-  return truncated_normal::TruncatedNormalBounds{static_cast<float>(low), static_cast<float>(high)};
+  return truncated_normal::TruncatedNormalBounds{static_cast<float>(low), static_cast<float>(high),
+                                                static_cast<float>(high - low)};
 }
 
 inline TruncatedNormalForwardArgs truncated_normal_forward_args(
