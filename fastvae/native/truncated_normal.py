@@ -9,7 +9,8 @@ import torch
 
 from fastvae.row_sums import sum_partials_into
 
-from . import address, cast_into_output, dtype_code, gaussian_dtypes, output_dtype_code, prior_layout_args, written_buffer
+from . import (address, cast_into_output, dtype_code, gaussian_dtypes, output_dtype_code, prior_layout_args,
+               written_buffer)
 
 LAUNCHERS = ("truncated_normal_fwd", "truncated_normal_bwd")
 OP = "sample_truncated_normal"
