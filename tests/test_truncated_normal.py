@@ -303,9 +303,9 @@ def test_backend_gradient_of_one_output_at_a_time(kernel_backend):
 
 @pytest.mark.parametrize("low,high", [(-1.0, 2.0), (3.0, INF), (-INF, -4.0), (6.0, 6.5)], ids=str)
 def test_backend_samples_follow_scipy_truncnorm(kernel_backend, low, high):
-    n = 4000
-    loc = torch.full((n, 1), 0.5, device=DEVICE)
-    log_scale = torch.full((n, 1), math.log(0.8), device=DEVICE)
+    # [4, 1000]: four rows of one tile each (Triton's interpreter pays per program).
+    loc = torch.full((4, 1000), 0.5, device=DEVICE)
+    log_scale = torch.full((4, 1000), math.log(0.8), device=DEVICE)
     torch.manual_seed(21)
     z, _, _ = fastvae.sample_truncated_normal(loc, log_scale, low, high)
     z = z.double().cpu().flatten().numpy()
@@ -352,10 +352,13 @@ def test_backend_is_bitwise_repeatable(kernel_backend):
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("features", ROW_SUM_FEATURES)
+@pytest.mark.parametrize("features", [2**13] + ROW_SUM_FEATURES)
 def test_row_sums_are_exact(kernel_backend, features):
     """log q and the KL of a row of ``features`` elements: the float64 sum of the
     backend's own per-element terms, rounded once (row_sums.py, csrc/cpu/row_sum.h)."""
+    if kernel_backend == "triton" and features > 2**13:
+        pytest.skip("Triton's interpreter takes about 0.3 s per tile of this kernel: 40 s a call at 2^16 "
+                    "(2^13 covers its eight partial sums per row)")
     generator = torch.Generator().manual_seed(0)
     loc = torch.randn(2, features, generator=generator).to(DEVICE)
     log_scale = (0.3 * torch.randn(2, features, generator=generator)).to(DEVICE)
