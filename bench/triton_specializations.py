@@ -431,6 +431,31 @@ def _latent_cases() -> Iterable[Case]:
                 yield Case(f"gaussian_kl {d} {options} {mode}", run_kl)
 
 
+TRUNCATED_NORMAL_PRIORS = ("none", "mu-only", "bcast-grad-both", "full-grad-both")
+
+
+def _truncated_normal_cases() -> Iterable[Case]:
+    """sample_truncated_normal: each prior kind × per-element or per-sample outputs × the
+    gradients flowing into each output (the bounds are fp32 arguments, never constexprs)."""
+    import fastvae
+
+    shape = LATENT_SHAPE
+    for dtype in DTYPES:
+        d = _dtype_name(dtype)
+        priors = _options(dtype, TRUNCATED_NORMAL_PRIORS, ("none", "full-grad-both"))
+        for prior, reduction in itertools.product(priors, _options(dtype, ("none", "batch"), ("batch",))):
+            every_grad = prior in ("none", "bcast-grad-both") and dtype == torch.float32
+            for grads in list(_GRAD_SUBSETS[3]) if every_grad else ["fwd", "bwd(all)"]:
+                def run(prior=prior, reduction=reduction, grads=grads, dtype=dtype):
+                    loc, log_scale = _new(shape, dtype, grads != "fwd"), _new(shape, dtype, grads != "fwd")
+                    prior_loc, prior_log_scale = _latent_prior(prior, shape, dtype)
+                    outputs = fastvae.sample_truncated_normal(loc, log_scale, -1.0, float("inf"), prior_loc,
+                                                              prior_log_scale, reduction=reduction)
+                    _backward([outputs[i] for i in _GRAD_SUBSETS[3][grads]], [loc, log_scale, prior_loc,
+                                                                               prior_log_scale])
+                yield Case(f"sample_truncated_normal {d} prior={prior} reduction={reduction} {grads}", run)
+
+
 IWAE_SAMPLES = (1, 5)  # K = 1 makes the backward's K argument the constexpr 1
 LOG_MEAN_EXP_SAMPLES = (1, 7, 100, 5000)  # BLOCK_K 1, 8, 64 and a loop over K
 
@@ -625,7 +650,7 @@ def op_matrix() -> list[Case]:
     """Every Triton-backed public op × dtype × each option that changes a kernel, forward
     and backward (with the gradient flowing into each input or not)."""
     return [*_latent_cases(), *_iwae_cases(), *_discrete_cases(), *_likelihood_cases(), *_logistic_cases(),
-            *_location_scale_cases()]
+            *_location_scale_cases(), *_truncated_normal_cases()]
 
 
 # --------------------------------------------------------------------------------------

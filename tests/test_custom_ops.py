@@ -33,6 +33,7 @@ from fastvae.ops import latent as latent_ops
 from fastvae.ops import likelihood as likelihood_ops
 from fastvae.ops import location_scale as location_scale_ops
 from fastvae.ops import logistic as logistic_ops
+from fastvae.ops import truncated_normal as truncated_normal_ops
 from fastvae.ops._common import kernel_module
 from fastvae.random import draw_seed
 from tests.conftest import DEVICE, DTYPES
@@ -43,7 +44,7 @@ CHECKS = ("test_schema", "test_faketensor", "test_autograd_registration")
 # adds to test_faketensor (dispatch, symbolic shapes, the autograd wiring) does not depend
 # on the dtype, so it runs on the forwards in float32.
 AOT_CHECKS = CHECKS + ("test_aot_dispatch_dynamic",)
-FAMILIES = ("latent", "iwae", "discrete", "likelihood", "logistic", "location_scale")
+FAMILIES = ("latent", "iwae", "discrete", "likelihood", "logistic", "location_scale", "truncated_normal")
 
 
 class Case(NamedTuple):
@@ -322,6 +323,32 @@ def location_scale_cases(backend, dtype):
     return cases
 
 
+def truncated_normal_cases(backend, dtype):
+    cases = []
+    seed_offset = draw_seed(DEVICE)
+    for shape, per_element, priors, (low, high) in [
+        ((3, 5), False, "no", (-1.0, 2.0)),
+        ((3, 5), True, "broadcast", (-float("inf"), 0.5)),
+        ((3, 5), False, "full", (0.25, float("inf"))),
+        ((3, 5), True, "mixed full", (-1.0, 2.0)),
+        ((2, 3, 2, 2), False, "broadcast", (-1.0, 2.0)),
+    ]:
+        name = f"{shape} per_element={per_element} {priors} prior [{low}, {high}]"
+        loc, log_scale = tensor(shape, dtype, 1, True), tensor(shape, dtype, 2, True, 0.5)
+        prior_loc, prior_log_scale = gaussian_priors(priors, shape, dtype)
+        args = (loc, log_scale, prior_loc, prior_log_scale, seed_offset, low, high, per_element, backend)
+        cases.append(forward(name, truncated_normal_ops._truncated_normal_fwd, args))
+        z, log_q, kl = call(truncated_normal_ops._truncated_normal_fwd, args)
+        # Without grad_kl, the prior gradients asked for are absent: only the KL reads the priors.
+        for which, (grad_z, grad_log_q, grad_kl) in gradient_choices(("grad_z", "grad_log_q", "grad_kl"),
+                                                                      (like(z), like(log_q), like(kl))):
+            bwd_args = (grad_z, grad_log_q, grad_kl, *map(detached, (loc, log_scale, prior_loc, prior_log_scale)),
+                        seed_offset, low, high, prior_loc is not None and grad_kl is not None,
+                        prior_log_scale is not None and grad_kl is not None, backend)
+            cases.append(backward(f"{name}, {which}", truncated_normal_ops._truncated_normal_bwd, bwd_args))
+    return cases
+
+
 CASES = {
     "latent": latent_cases,
     "iwae": iwae_cases,
@@ -329,12 +356,14 @@ CASES = {
     "likelihood": likelihood_cases,
     "logistic": logistic_cases,
     "location_scale": location_scale_cases,
+    "truncated_normal": truncated_normal_cases,
 }
 
 
 def test_every_custom_op_has_cases(kernel_backend):
     """The matrix covers each custom op (forward, backward and helper) of fastvae/ops."""
-    modules = (latent_ops, iwae_ops, discrete_ops, likelihood_ops, logistic_ops, location_scale_ops)
+    modules = (latent_ops, iwae_ops, discrete_ops, likelihood_ops, logistic_ops, location_scale_ops,
+               truncated_normal_ops)
     defined = {value._qualname for module in modules for value in vars(module).values()
                if isinstance(value, CustomOpDef)}
     covered = {case.op._qualname for family in FAMILIES for case in CASES[family](kernel_backend, torch.float32)}
@@ -419,6 +448,8 @@ def public_op_calls(dtype):
         ("gaussian_kl", lambda *t: fastvae.gaussian_kl(*t, free_bits=0.1), latent),
         ("sample_gaussian", lambda *t: fastvae.sample_gaussian(*t, reduction="none"), latent),
         ("sample_gaussian_k", lambda m, v, pm, pv: fastvae.sample_gaussian_k(m, v, 2, pm, pv), latent),
+        ("sample_truncated_normal", lambda m, v, pm, pv: fastvae.sample_truncated_normal(m, v, -1.0, 2.0, pm, pv),
+         latent),
         ("log_mean_exp", lambda x: fastvae.log_mean_exp(x, dim=1), log_weights[:1]),
         ("iwae_bound", fastvae.iwae_bound, log_weights),
         ("sample_categorical", lambda lg, p: fastvae.sample_categorical(lg, 0.5, hard=True, prior_logits=p),
@@ -481,6 +512,8 @@ def every_public_op_call(dtype=torch.float32):
     outputs.append(fastvae.gaussian_kl(mu, logvar, free_bits=0.2, reduction="none"))
     outputs.append(fastvae.reparameterize(mu, logvar))
     outputs.extend(fastvae.sample_gaussian_k(mu, logvar, 3, prior_mu, prior_logvar))
+    outputs.extend(fastvae.sample_truncated_normal(mu, logvar, -0.5, float("inf"), prior_mu, prior_logvar))
+    outputs.extend(fastvae.sample_truncated_normal(mu, logvar, -1.0, 1.0, reduction="none"))
     log_w = tensor((5, 7), dtype, 6, True)
     outputs.append(fastvae.log_mean_exp(log_w, dim=0))
     outputs.append(fastvae.iwae_bound(log_w, log_w * 0.5, log_w * 0.25))
@@ -553,7 +586,7 @@ def test_under_a_dispatch_mode_the_custom_ops_run(kernel_backend):
         outputs_and_grads()
     for name in ("gaussian_latent_fwd", "gaussian_latent_bwd", "bernoulli_nll_fwd", "bernoulli_nll_bwd",
                  "discretized_logistic_mixture_fwd", "sample_gaussian_k_bwd", "iwae_bound_bwd", "categorical_bwd",
-                 "location_scale_fwd", "location_scale_bwd"):
+                 "location_scale_fwd", "location_scale_bwd", "truncated_normal_fwd", "truncated_normal_bwd"):
         assert any(f"fastvae.{name}" in op for op in seen), name
 
 

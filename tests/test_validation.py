@@ -35,6 +35,9 @@ OPS = {
     "sample_gaussian_k": (lambda a: fastvae.sample_gaussian_k(num_samples=2, **a),
                           lambda: {"mu": zeros(2, 3), "logvar": zeros(2, 3), "prior_mu": zeros(1, 3),
                                    "prior_logvar": zeros(3)}),
+    "sample_truncated_normal": (lambda a: fastvae.sample_truncated_normal(low=-1.0, high=2.0, **a),
+                                lambda: {"loc": zeros(2, 3), "log_scale": zeros(2, 3), "prior_loc": zeros(1, 3),
+                                         "prior_log_scale": zeros(3)}),
     "log_mean_exp": (lambda a: fastvae.log_mean_exp(**a), lambda: {"x": zeros(3, 2)}),
     "iwae_bound": (lambda a: fastvae.iwae_bound(**a),
                    lambda: {"log_px_z": zeros(3, 2), "log_p": zeros(3, 2), "log_q": zeros(3, 2)}),
@@ -80,6 +83,8 @@ REFUSED = (
        for arg in ("mu", "logvar", "prior_mu", "prior_logvar") for v in NON_FINITE]
     + [(op, arg, v) for op in ("sample_laplace", "sample_logistic", "sample_cauchy")
        for arg in ("loc", "log_scale", "prior_loc", "prior_log_scale") for v in NON_FINITE]
+    + [("sample_truncated_normal", arg, v) for arg in ("loc", "log_scale", "prior_loc", "prior_log_scale")
+       for v in NON_FINITE]
     + [("log_mean_exp", "x", v) for v in (NAN, INF)]
     + [("iwae_bound", arg, v) for arg in ("log_px_z", "log_p") for v in (NAN, INF)]
     + [("iwae_bound", "log_q", v) for v in (NAN, -INF)]
@@ -201,6 +206,12 @@ def test_bernoulli_samplers_at_infinite_logits():
          "fastvae.discretized_logistic_sample: temperature must be finite"),
         (lambda: fastvae.discretized_logistic_mixture_sample(zeros(2, 3, 2), 1, temperature=INF), ValueError,
          "fastvae.discretized_logistic_mixture_sample: temperature must be finite"),
+        (lambda: fastvae.sample_truncated_normal(zeros(2, 3), zeros(2, 3), 1.0, 1.0), ValueError,
+         "fastvae.sample_truncated_normal: low must be < high"),
+        (lambda: fastvae.sample_truncated_normal(zeros(2, 3), zeros(2, 3), NAN, 1.0), ValueError,
+         "fastvae.sample_truncated_normal: low must not be NaN"),
+        (lambda: fastvae.sample_truncated_normal(zeros(2, 3), zeros(2, 3), -INF, INF), ValueError,
+         "fastvae.sample_truncated_normal: low and high must not both be infinite"),
         (lambda: fastvae.bits_per_dim(zeros(2, 3), zeros(2, 3)), ValueError, r"fastvae.bits_per_dim: nll must be a scalar"),
         (lambda: fastvae.bits_per_dim(zeros(3), zeros(2, 3)), ValueError, r"fastvae.bits_per_dim: nll must be .* \(2,\)"),
         (lambda: fastvae.bits_per_dim(zeros(2), [[0.0]]), TypeError, "fastvae.bits_per_dim: x must be a torch.Tensor"),
