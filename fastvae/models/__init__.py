@@ -9,7 +9,8 @@
 * ``'discrete'``: :class:`DiscreteVAE`, Gumbel-softmax categorical latents.
 
 Priors (:mod:`fastvae.models.priors`): standard normal, a learned mixture of Gaussians,
-the VampPrior.  Objectives: the ELBO; the IWAE with K samples, optionally with DReG.
+the VampPrior, an autoregressive (MADE) prior (:mod:`fastvae.models.autoregressive_prior`).
+Objectives: the ELBO; the IWAE with K samples, optionally with DReG.
 """
 from .base import MODELS, VAE, VAEOutput, build_model, register_model
 from .conv import ConvVAE
@@ -18,10 +19,11 @@ from .discrete import DiscreteVAE, anneal_temperature
 from .hierarchical import HierarchicalVAE
 from .mlp import MLPVAE
 from .objectives import OBJECTIVES
+from .autoregressive_prior import AutoregressivePrior
 from .priors import PRIORS, MixtureOfGaussiansPrior, Prior, StandardNormalPrior, VampPrior, make_prior
 
 __all__ = [
     "VAE", "VAEOutput", "MODELS", "register_model", "build_model", "MLPVAE", "ConvVAE", "HierarchicalVAE", "DeepVAE",
     "DiscreteVAE", "anneal_temperature", "Prior", "StandardNormalPrior", "MixtureOfGaussiansPrior", "VampPrior",
-    "make_prior", "PRIORS", "OBJECTIVES",
+    "make_prior", "PRIORS", "OBJECTIVES", "AutoregressivePrior",
 ]

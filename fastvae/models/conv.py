@@ -33,8 +33,8 @@ class ConvVAE(SingleLatentVAE):
         hidden_dim: width of the Linear layer between the convolutions and the latent.
         latent_dim: D of the latent.
         activation: as :class:`fastvae.models.MLPVAE` ('relu' by default).
-        likelihood, num_mixtures, likelihood_kwargs, prior, prior_components, objective,
-        num_samples, dreg: as :class:`fastvae.models.MLPVAE`.
+        likelihood, num_mixtures, likelihood_kwargs, prior, prior_components,
+        prior_hidden_sizes, objective, num_samples, dreg: as :class:`fastvae.models.MLPVAE`.
 
     Example::
 
@@ -56,6 +56,7 @@ class ConvVAE(SingleLatentVAE):
         likelihood_kwargs: Optional[dict] = None,
         prior: str = "standard_normal",
         prior_components: int = 10,
+        prior_hidden_sizes: Sequence[int] = (256, 256),
         objective: str = "elbo",
         num_samples: int = 5,
         dreg: bool = False,
@@ -98,7 +99,8 @@ class ConvVAE(SingleLatentVAE):
             if index < len(outputs) - 1:
                 up.append(make_activation(where, activation))
         self.decoder = nn.Sequential(*up)
-        self._setup(where, prior, prior_components, objective, num_samples, dreg)
+        prior_hidden_sizes = positive_ints(where, "prior_hidden_sizes", list(prior_hidden_sizes), allow_empty=True)
+        self._setup(where, prior, prior_components, objective, num_samples, dreg, prior_hidden_sizes)
         self.config = {
             "name": "conv",
             "data_shape": list(self.data_shape),
@@ -111,6 +113,7 @@ class ConvVAE(SingleLatentVAE):
             "likelihood_kwargs": dict(likelihood_kwargs or {}),
             "prior": prior,
             "prior_components": prior_components,
+            "prior_hidden_sizes": list(prior_hidden_sizes),
             "objective": objective,
             "num_samples": num_samples,
             "dreg": dreg,

@@ -32,9 +32,12 @@ class MLPVAE(SingleLatentVAE):
         likelihood: the decoder's distribution, a name of :func:`fastvae.nn.make_likelihood`.
         num_mixtures: components of 'discretized_logistic_mixture'.
         likelihood_kwargs: further arguments of the likelihood head (num_bins, logvar, …).
-        prior: 'standard_normal' (analytic KL), 'mixture' or 'vamp' (Monte Carlo KL, see
-            :mod:`fastvae.models.priors`).
-        prior_components: components (pseudo-inputs) of the 'mixture' ('vamp') prior.
+        prior: 'standard_normal' (analytic KL), 'mixture', 'vamp' or 'autoregressive'
+            (Monte Carlo KL, see :mod:`fastvae.models.priors`).
+        prior_components: components (pseudo-inputs) of the 'mixture' ('vamp') prior; the
+            components of each conditional of the 'autoregressive' prior (1: Gaussian).
+        prior_hidden_sizes: hidden widths of the 'autoregressive' prior's MADE (unused by
+            the others).
         objective: 'elbo', or 'iwae' (the importance-weighted bound with ``num_samples`` K).
         num_samples: K of the IWAE objective (unused by 'elbo').
         dreg: the doubly reparameterized gradient (Tucker et al. 2018) for the encoder
@@ -59,6 +62,7 @@ class MLPVAE(SingleLatentVAE):
         likelihood_kwargs: Optional[dict] = None,
         prior: str = "standard_normal",
         prior_components: int = 10,
+        prior_hidden_sizes: Sequence[int] = (256, 256),
         objective: str = "elbo",
         num_samples: int = 5,
         dreg: bool = False,
@@ -78,7 +82,8 @@ class MLPVAE(SingleLatentVAE):
         self.latent = GaussianLatent(hidden[-1] if hidden else data_size, self.latent_dim)
         decoder_sizes = (self.latent_dim,) + tuple(reversed(hidden)) + (flat_size(self._params_shape),)
         self.decoder = mlp(where, decoder_sizes, activation, final_activation=False)
-        self._setup(where, prior, prior_components, objective, num_samples, dreg)
+        prior_hidden_sizes = positive_ints(where, "prior_hidden_sizes", list(prior_hidden_sizes), allow_empty=True)
+        self._setup(where, prior, prior_components, objective, num_samples, dreg, prior_hidden_sizes)
         self.config = {
             "name": "mlp",
             "data_shape": list(self.data_shape),
@@ -90,6 +95,7 @@ class MLPVAE(SingleLatentVAE):
             "likelihood_kwargs": dict(likelihood_kwargs or {}),
             "prior": prior,
             "prior_components": prior_components,
+            "prior_hidden_sizes": list(prior_hidden_sizes),
             "objective": objective,
             "num_samples": num_samples,
             "dreg": dreg,
