@@ -959,7 +959,8 @@ def test_the_autoregressive_prior_trains_resumes_evaluates_and_samples(binarized
 def test_autoregressive_prior_options_errors(binarized_mnist_root, tmp_path):
     data = ["--data", "binarized_mnist", "--data-root", str(binarized_mnist_root), *QUIET]
     with pytest.raises(SystemExit) as exit_info:
-        cli.main(["train", "--model", "hierarchical", "--prior-hidden-sizes", "8", *data, "--out", str(tmp_path / "a")])
+        cli.main(["train", "--model", "hierarchical", "--prior-hidden-sizes", "8", *data, "--out",
+                  str(tmp_path / "a")])
     assert "--prior-hidden-sizes does not apply to the 'hierarchical' model" in str(exit_info.value.code)
     with pytest.raises(SystemExit) as exit_info:
         cli.main(autoregressive_train(tmp_path / "b", binarized_mnist_root, "--steps", "2", "--free-bits", "0.5"))
