@@ -123,7 +123,7 @@ def test_the_first_conditional_is_a_learned_unconditional_mixture():
         assert torch.equal(values[:, 0], values[:1, 0].expand(4, -1))
     torch.testing.assert_close(log_weights.exp().sum(-1), torch.ones(4, 3))
     # They come from the output layer's biases, which the training changes.
-    bias = prior.output.bias.view(3, 3, 2)
+    bias = prior.output.used_bias().view(3, 3, 2)
     torch.testing.assert_close(means[0, 0], bias[0, 0])
 
 
@@ -142,7 +142,7 @@ def test_masks_follow_the_made_degrees():
 
 def test_a_one_dimensional_prior_is_its_learned_mixture():
     prior = randomize(AutoregressivePrior(1, 3, hidden_sizes=(4,)).double(), seed=1)
-    bias = prior.output.bias.view(3, 3)
+    bias = prior.output.used_bias().view(3, 3)
     mixture = torch.distributions.MixtureSameFamily(
         torch.distributions.Categorical(logits=bias[2]),
         torch.distributions.Normal(bias[0], torch.exp(0.5 * 10 * torch.tanh(bias[1] / 10))))
@@ -295,3 +295,26 @@ def test_the_prior_trains_with_the_model():
         losses.append(loss.item())
     assert sum(losses[-10:]) / 10 < sum(losses[:10]) / 10 - 1.0
     assert all(math.isfinite(value) for value in losses)
+
+
+def test_lr_scale_slows_the_prior_under_adam_and_keeps_the_density():
+    """The same initial density; one Adam step moves the conditionals' parameters
+    lr_scale times as far (Adam's step is the learning rate whatever the gradient's scale)."""
+    z = torch.randn(64, 3, generator=torch.Generator().manual_seed(0))
+    moved = {}
+    for scale in (1.0, 0.1):
+        torch.manual_seed(0)
+        prior = AutoregressivePrior(3, 2, hidden_sizes=(8,), lr_scale=scale)
+        with torch.no_grad():
+            before = torch.stack(prior.conditionals(z), -2)
+        moved[scale] = before
+        optimizer = torch.optim.Adam(prior.parameters(), lr=1e-3)
+        (-prior.log_prob(z).mean()).backward()
+        optimizer.step()
+        with torch.no_grad():
+            moved[scale] = (torch.stack(prior.conditionals(z), -2) - before, before)
+    torch.testing.assert_close(moved[1.0][1], moved[0.1][1])
+    torch.testing.assert_close(moved[0.1][0], 0.1 * moved[1.0][0], rtol=1e-2, atol=1e-6)
+    for bad in (0, 1.5, float("nan"), True):
+        with pytest.raises(ValueError, match="AutoregressivePrior: lr_scale must be a number in"):
+            AutoregressivePrior(3, lr_scale=bad)

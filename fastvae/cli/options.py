@@ -86,6 +86,8 @@ OPTIONS: tuple[Option, ...] = (
            "/ components of each conditional of the autoregressive prior (1: Gaussian conditionals)"),
     Option("prior_hidden_sizes", "ints", None, MODEL, "hidden widths of the autoregressive prior's MADE, e.g. "
            "256,256 (mlp, conv)"),
+    Option("prior_lr_scale", "float", None, MODEL, "the autoregressive prior's learning rate relative to --lr, in "
+           "(0, 1] (mlp, conv; default: 1)"),
     Option("objective", "str", None, MODEL, "elbo or iwae", ("elbo", "iwae")),
     Option("num_samples", "int", None, MODEL, "K of the iwae objective"),
     Option("dreg", "bool", None, MODEL, "the doubly reparameterized gradient for the encoder (objective iwae)"),
@@ -168,7 +170,7 @@ MODEL_KEYS = ("likelihood", "latent_dim", "hidden_sizes", "channels", "hidden_di
               "num_mixtures", "prior", "prior_components", "objective", "num_samples", "dreg", "num_variables",
               "num_categories", "temperature", "hard", "resolutions", "width", "bottleneck", "encoder_blocks",
               "decoder_groups", "latent_channels", "logvar_bound", "kl_balancing", "spectral_coeff",
-              "prior_hidden_sizes")
+              "prior_hidden_sizes", "prior_lr_scale")
 # Settings that belong to one invocation, not to the run: never written to config.toml.
 INVOCATION_KEYS = ("out", "overwrite")
 

@@ -25,6 +25,7 @@ overflows float32; the density stays normalized for any value of the weights.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 import torch
@@ -62,6 +63,11 @@ class MaskedLinear(nn.Linear):
     The mask is a non-persistent buffer: it follows the module across devices and dtypes
     but is not saved, being a function of the constructor's arguments.
 
+    ``gain`` scales the weight and bias where they are used (the stored parameters are
+    the used ones divided by it, the equalized learning rate of Karras et al. 2018): Adam
+    moves a stored parameter by about the learning rate a step whatever its gradient's
+    scale, so the layer's weights move ``gain`` times as fast.
+
     Example::
 
         >>> layer = MaskedLinear(3, 2, torch.tensor([[1, 0, 0], [1, 1, 0]]))
@@ -69,17 +75,31 @@ class MaskedLinear(nn.Linear):
         torch.Size([5, 2])
     """
 
-    def __init__(self, in_features: int, out_features: int, mask: Tensor, bias: bool = True):
+    def __init__(self, in_features: int, out_features: int, mask: Tensor, bias: bool = True, gain: float = 1.0):
         super().__init__(in_features, out_features, bias=bias)
         if tuple(mask.shape) != (out_features, in_features):
             raise ValueError(f"fastvae.models.MaskedLinear: mask must have shape [{out_features}, {in_features}], "
                              f"got {tuple(mask.shape)}")
+        if not (isinstance(gain, (int, float)) and not isinstance(gain, bool) and 0 < gain < math.inf):
+            raise ValueError(f"fastvae.models.MaskedLinear: gain must be a positive finite number, got {gain!r}")
+        self.gain = float(gain)
         self.register_buffer("mask", mask.to(self.weight.dtype), persistent=False)
+        with torch.no_grad():  # nn.Linear's initialization, of the weights as used
+            self.weight.div_(self.gain)
+            if self.bias is not None:
+                self.bias.div_(self.gain)
+
+    def used_weight(self) -> Tensor:
+        """The masked weight as the layer applies it, [out_features, in_features]."""
+        return self.gain * self.weight * self.mask
+
+    def used_bias(self) -> Optional[Tensor]:
+        """The bias as the layer applies it, [out_features] (None without one)."""
+        return None if self.bias is None else self.gain * self.bias
 
     def forward(self, x: Tensor) -> Tensor:
-        weight = (self.weight * self.mask).to(x.dtype)
-        bias = None if self.bias is None else self.bias.to(x.dtype)
-        return F.linear(x, weight, bias)
+        bias = self.used_bias()
+        return F.linear(x, self.used_weight().to(x.dtype), None if bias is None else bias.to(x.dtype))
 
 
 class AutoregressivePrior(MonteCarloKLPrior):
@@ -95,11 +115,19 @@ class AutoregressivePrior(MonteCarloKLPrior):
     The density is computed in float32 (float64 when the prior is float64), outside any
     autocast region.
 
+    Learned jointly with the encoder by the ELBO, a prior that moves as fast as the
+    encoder can follow the posteriors into collapse (README, "An autoregressive prior":
+    at Adam's 1e-3 the MLP VAE on binarized MNIST ends with almost no KL); ``lr_scale``
+    makes the prior learn that many times slower under Adam (:class:`MaskedLinear`'s
+    ``gain``).
+
     Args:
         latent_dim: D.
         num_components: M, the components of each conditional (1: Gaussian conditionals).
         hidden_sizes: widths of the MADE's hidden layers (ELU after each); empty: the
             conditionals' parameters are linear in z_<d.
+        lr_scale: the prior's learning rate relative to the model's, a number in (0, 1]
+            (the gain of its layers).
 
     Example::
 
@@ -109,12 +137,17 @@ class AutoregressivePrior(MonteCarloKLPrior):
         torch.Size([5])
     """
 
-    def __init__(self, latent_dim: int, num_components: int = 1, hidden_sizes: Sequence[int] = (256, 256)):
+    def __init__(self, latent_dim: int, num_components: int = 1, hidden_sizes: Sequence[int] = (256, 256),
+                 lr_scale: float = 1.0):
         super().__init__()
         where = "fastvae.models.AutoregressivePrior"
         self.latent_dim = positive_int(where, "latent_dim", latent_dim)
         self.num_components = positive_int(where, "num_components", num_components)
         self.hidden_sizes = positive_ints(where, "hidden_sizes", hidden_sizes, allow_empty=True)
+        if isinstance(lr_scale, bool) or not isinstance(lr_scale, (int, float)) or not 0 < lr_scale <= 1:
+            raise ValueError(f"{where}: lr_scale must be a number in (0, 1], got {lr_scale!r}")
+        self.lr_scale = float(lr_scale)
+        gain = self.lr_scale
         size, components = self.latent_dim, self.num_components
         input_degrees = torch.arange(1, size + 1)
         # Output j belongs to dimension j // (3M): its degree is that dimension's.
@@ -122,14 +155,15 @@ class AutoregressivePrior(MonteCarloKLPrior):
         layers, below, below_degrees = [], size, input_degrees
         for width in self.hidden_sizes:
             degrees = hidden_degrees(width, size)
-            layers.append(MaskedLinear(below, width, degrees[:, None] >= below_degrees[None, :]))
+            layers.append(MaskedLinear(below, width, degrees[:, None] >= below_degrees[None, :], gain=gain))
             below, below_degrees = width, degrees
         self.hidden = nn.ModuleList(layers)
-        self.output = MaskedLinear(below, size * 3 * components, output_degrees[:, None] > below_degrees[None, :])
+        self.output = MaskedLinear(below, size * 3 * components, output_degrees[:, None] > below_degrees[None, :],
+                                   gain=gain)
         self.direct = None
         if self.hidden_sizes:
             self.direct = MaskedLinear(size, size * 3 * components, output_degrees[:, None] > input_degrees[None, :],
-                                       bias=False)
+                                       bias=False, gain=gain)
         with torch.no_grad():
             self.output.weight.zero_()
             if self.direct is not None:
@@ -138,7 +172,7 @@ class AutoregressivePrior(MonteCarloKLPrior):
             bias.zero_()
             if components > 1:
                 quantiles = (torch.arange(components, dtype=torch.float64) + 0.5) / components
-                bias[:, 0] = torch.special.ndtri(quantiles).float()
+                bias[:, 0] = torch.special.ndtri(quantiles).float() / gain
 
     def _compute_dtype(self) -> torch.dtype:
         return torch.float64 if self.output.weight.dtype == torch.float64 else torch.float32
@@ -215,5 +249,5 @@ class AutoregressivePrior(MonteCarloKLPrior):
 
     def extra_repr(self) -> str:
         return (f"latent_dim={self.latent_dim}, num_components={self.num_components}, "
-                f"hidden_sizes={list(self.hidden_sizes)}")
+                f"hidden_sizes={list(self.hidden_sizes)}, lr_scale={self.lr_scale}")
 

@@ -34,7 +34,8 @@ class ConvVAE(SingleLatentVAE):
         latent_dim: D of the latent.
         activation: as :class:`fastvae.models.MLPVAE` ('relu' by default).
         likelihood, num_mixtures, likelihood_kwargs, prior, prior_components,
-        prior_hidden_sizes, objective, num_samples, dreg: as :class:`fastvae.models.MLPVAE`.
+        prior_hidden_sizes, prior_lr_scale, objective, num_samples, dreg: as
+        :class:`fastvae.models.MLPVAE`.
 
     Example::
 
@@ -57,6 +58,7 @@ class ConvVAE(SingleLatentVAE):
         prior: str = "standard_normal",
         prior_components: int = 10,
         prior_hidden_sizes: Sequence[int] = (256, 256),
+        prior_lr_scale: float = 1.0,
         objective: str = "elbo",
         num_samples: int = 5,
         dreg: bool = False,
@@ -100,7 +102,7 @@ class ConvVAE(SingleLatentVAE):
                 up.append(make_activation(where, activation))
         self.decoder = nn.Sequential(*up)
         prior_hidden_sizes = positive_ints(where, "prior_hidden_sizes", list(prior_hidden_sizes), allow_empty=True)
-        self._setup(where, prior, prior_components, objective, num_samples, dreg, prior_hidden_sizes)
+        self._setup(where, prior, prior_components, objective, num_samples, dreg, prior_hidden_sizes, prior_lr_scale)
         self.config = {
             "name": "conv",
             "data_shape": list(self.data_shape),
@@ -114,6 +116,7 @@ class ConvVAE(SingleLatentVAE):
             "prior": prior,
             "prior_components": prior_components,
             "prior_hidden_sizes": list(prior_hidden_sizes),
+            "prior_lr_scale": prior_lr_scale,
             "objective": objective,
             "num_samples": num_samples,
             "dreg": dreg,

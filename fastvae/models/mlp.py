@@ -38,6 +38,8 @@ class MLPVAE(SingleLatentVAE):
             components of each conditional of the 'autoregressive' prior (1: Gaussian).
         prior_hidden_sizes: hidden widths of the 'autoregressive' prior's MADE (unused by
             the others).
+        prior_lr_scale: the 'autoregressive' prior's learning rate relative to the
+            model's, in (0, 1] (unused by the others).
         objective: 'elbo', or 'iwae' (the importance-weighted bound with ``num_samples`` K).
         num_samples: K of the IWAE objective (unused by 'elbo').
         dreg: the doubly reparameterized gradient (Tucker et al. 2018) for the encoder
@@ -63,6 +65,7 @@ class MLPVAE(SingleLatentVAE):
         prior: str = "standard_normal",
         prior_components: int = 10,
         prior_hidden_sizes: Sequence[int] = (256, 256),
+        prior_lr_scale: float = 1.0,
         objective: str = "elbo",
         num_samples: int = 5,
         dreg: bool = False,
@@ -83,7 +86,7 @@ class MLPVAE(SingleLatentVAE):
         decoder_sizes = (self.latent_dim,) + tuple(reversed(hidden)) + (flat_size(self._params_shape),)
         self.decoder = mlp(where, decoder_sizes, activation, final_activation=False)
         prior_hidden_sizes = positive_ints(where, "prior_hidden_sizes", list(prior_hidden_sizes), allow_empty=True)
-        self._setup(where, prior, prior_components, objective, num_samples, dreg, prior_hidden_sizes)
+        self._setup(where, prior, prior_components, objective, num_samples, dreg, prior_hidden_sizes, prior_lr_scale)
         self.config = {
             "name": "mlp",
             "data_shape": list(self.data_shape),
@@ -96,6 +99,7 @@ class MLPVAE(SingleLatentVAE):
             "prior": prior,
             "prior_components": prior_components,
             "prior_hidden_sizes": list(prior_hidden_sizes),
+            "prior_lr_scale": prior_lr_scale,
             "objective": objective,
             "num_samples": num_samples,
             "dreg": dreg,

@@ -252,12 +252,13 @@ PRIORS = ("standard_normal", "mixture", "vamp", "autoregressive")
 
 
 def make_prior(name: str, latent_dim: int, num_components: int = 10, data_shape=None, encode=None,
-               hidden_sizes=(256, 256)) -> Prior:
+               hidden_sizes=(256, 256), lr_scale: float = 1.0) -> Prior:
     """The prior called ``name``: 'standard_normal', 'mixture' (a learned mixture of
     ``num_components`` Gaussians), 'vamp' (the VampPrior with ``num_components``
     pseudo-inputs of ``data_shape``, through ``encode``) or 'autoregressive' (a MADE over
     the latent whose conditionals are mixtures of ``num_components`` Gaussians, hidden
-    layers ``hidden_sizes``: :class:`fastvae.models.AutoregressivePrior`)."""
+    layers ``hidden_sizes``, learning ``lr_scale`` times as fast as the model:
+    :class:`fastvae.models.AutoregressivePrior`)."""
     if name == "standard_normal":
         return StandardNormalPrior(latent_dim)
     if name == "mixture":
@@ -268,5 +269,5 @@ def make_prior(name: str, latent_dim: int, num_components: int = 10, data_shape=
         # Imported here: the autoregressive prior's module builds on this one.
         from .autoregressive_prior import AutoregressivePrior
 
-        return AutoregressivePrior(latent_dim, num_components, hidden_sizes)
+        return AutoregressivePrior(latent_dim, num_components, hidden_sizes, lr_scale)
     raise ValueError(f"fastvae.models.make_prior: unknown prior {name!r}; known: {list(PRIORS)}")

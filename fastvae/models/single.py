@@ -57,10 +57,10 @@ class SingleLatentVAE(VAE):
     """
 
     def _setup(self, where: str, prior: str, prior_components: int, objective: str, num_samples: int,
-               dreg: bool, prior_hidden_sizes=(256, 256)) -> None:
+               dreg: bool, prior_hidden_sizes=(256, 256), prior_lr_scale: float = 1.0) -> None:
         self._where = where
         self.prior = make_prior(prior, self.latent_dim, prior_components, self.data_shape, self.encode,
-                                prior_hidden_sizes)
+                                prior_hidden_sizes, prior_lr_scale)
         self.objective, self.num_samples, self.dreg = objective, num_samples, dreg
         self.elbo_loss = ELBO()
 
