@@ -913,7 +913,7 @@ def test_train_with_the_cpu_preset_made_tiny(binarized_mnist_root, tmp_path, cap
 # --------------------------------------------------------------------------------------
 
 TINY_AUTOREGRESSIVE = ["--model", "mlp", "--hidden-sizes", "16", "--latent-dim", "3", "--prior", "autoregressive",
-                       "--prior-components", "2", "--prior-hidden-sizes", "8,8"]
+                       "--prior-components", "2", "--prior-hidden-sizes", "8,8", "--prior-lr-scale", "0.5"]
 
 
 def autoregressive_train(out: Path, root: Path, *extra: str) -> list[str]:
@@ -930,13 +930,15 @@ def test_the_autoregressive_prior_trains_resumes_evaluates_and_samples(binarized
     whole = tmp_path / "whole"
     assert cli.main(autoregressive_train(whole, binarized_mnist_root, "--steps", "6")) == 0
     saved = read_toml(whole / "config.toml")
-    assert (saved["prior"], saved["prior_components"], saved["prior_hidden_sizes"]) == ("autoregressive", 2, [8, 8])
+    assert (saved["prior"], saved["prior_components"], saved["prior_hidden_sizes"], saved["prior_lr_scale"]) == (
+        "autoregressive", 2, [8, 8], 0.5)
     results = json.loads((whole / "results.json").read_text())
     assert results["step"] == 6 and results["kl_per_dim"] == [] and results["latent_dim"] == 3
     assert results["iwae"] >= results["iwae_mean_log_weight"] and not set(results) - set(FIELDS)
     checkpoint = load_checkpoint(whole / "checkpoints" / "step_00000006.pt")
     prior = checkpoint.model.prior
-    assert isinstance(prior, AutoregressivePrior) and (prior.num_components, prior.hidden_sizes) == (2, (8, 8))
+    assert isinstance(prior, AutoregressivePrior)
+    assert (prior.num_components, prior.hidden_sizes, prior.lr_scale) == (2, (8, 8), 0.5)
     assert prior.output.weight.abs().sum() > 0  # trained from its zero initialization
     assert (whole / "samples.png").is_file() and (whole / "report.md").is_file()
 
@@ -965,3 +967,6 @@ def test_autoregressive_prior_options_errors(binarized_mnist_root, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(autoregressive_train(tmp_path / "b", binarized_mnist_root, "--steps", "2", "--free-bits", "0.5"))
     assert "free bits need the KL of each latent dimension" in str(exit_info.value.code)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(autoregressive_train(tmp_path / "c", binarized_mnist_root, "--steps", "2", "--prior-lr-scale", "2"))
+    assert "lr_scale must be a number in (0, 1], got 2.0" in str(exit_info.value.code)
