@@ -109,3 +109,20 @@ def test_deep_comparison_commands_train_both_models_for_the_same_time():
     for key in ("time_limit", "iwae_samples", "iwae_points", "eval_split"):
         assert deep[key] == mlp[key], key
     assert f"{deep['time_limit']:g} minutes" in text
+
+
+def test_autoregressive_prior_commands_differ_only_in_the_prior():
+    """The prior comparison: `fastvae train` lines on binarized MNIST with Burda et al.'s
+    model, the same steps, batch, learning rate and IWAE estimate, differing only in the
+    prior's settings, every prior of the table among them."""
+    text = section("An autoregressive prior")
+    commands = [c for c in code_blocks(text, "bash") if "fastvae train" in c]
+    settings = [parsed_settings(command.removeprefix("OMP_NUM_THREADS=1 ")) for command in commands]
+    assert {s["prior"] for s in settings} == {"standard_normal", "vamp", "autoregressive"}
+    prior_keys = {"prior", "prior_components", "prior_hidden_sizes", "prior_lr_scale", "out"}
+    common = [{k: v for k, v in s.items() if k not in prior_keys} for s in settings]
+    assert all(c == common[0] for c in common), common
+    first = settings[0]
+    assert (first["data"], first["model"], first["hidden_sizes"], first["latent_dim"]) == ("binarized_mnist", "mlp",
+                                                                                           [200, 200], 50)
+    assert f"{first['steps']:,} steps of {first['batch_size']}" in text.replace("\n", " ")
