@@ -174,7 +174,7 @@ def hand_log_prob(prior: AutoregressivePrior, z: torch.Tensor) -> torch.Tensor:
 
 def tiny_model(**overrides):
     config = dict(data_shape=(12,), hidden_sizes=(16,), latent_dim=3, prior="autoregressive",
-                  prior_components=2, prior_hidden_sizes=(8, 8))
+                  prior_components=2, prior_hidden_sizes=(8, 8), prior_lr_scale=1.0)
     config.update(overrides)
     torch.manual_seed(0)
     model = MLPVAE(**config)
@@ -318,3 +318,11 @@ def test_lr_scale_slows_the_prior_under_adam_and_keeps_the_density():
     for bad in (0, 1.5, float("nan"), True):
         with pytest.raises(ValueError, match="AutoregressivePrior: lr_scale must be a number in"):
             AutoregressivePrior(3, lr_scale=bad)
+
+
+def test_the_vaes_default_prior_rate_is_a_hundredth():
+    """The rate at which the README's comparison found the prior training without
+    collapse is the models' default; the class alone learns at the full rate."""
+    model = MLPVAE(data_shape=(12,), hidden_sizes=(16,), latent_dim=3, prior="autoregressive")
+    assert model.prior.lr_scale == 0.01 and model.config["prior_lr_scale"] == 0.01
+    assert model.prior.output.gain == 0.01 and AutoregressivePrior(3).lr_scale == 1.0

@@ -87,8 +87,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("prior_hidden_sizes", "ints", None, MODEL, "hidden widths of the autoregressive prior's MADE, e.g. "
            "256,256 (mlp, conv)"),
     Option("prior_lr_scale", "float", None, MODEL, "the autoregressive prior's learning rate relative to --lr, in "
-           "(0, 1] (mlp, conv; default: 1; 0.01 kept it from following the encoder into collapse in the "
-           "README's comparison)"),
+           "(0, 1] (mlp, conv; default: 0.01, which kept it from following the encoder into collapse in "
+           "the README's comparison)"),
     Option("objective", "str", None, MODEL, "elbo or iwae", ("elbo", "iwae")),
     Option("num_samples", "int", None, MODEL, "K of the iwae objective"),
     Option("dreg", "bool", None, MODEL, "the doubly reparameterized gradient for the encoder (objective iwae)"),

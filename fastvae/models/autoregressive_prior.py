@@ -117,9 +117,10 @@ class AutoregressivePrior(MonteCarloKLPrior):
 
     Learned jointly with the encoder by the ELBO, a prior that moves as fast as the
     encoder can follow the posteriors into collapse (README, "An autoregressive prior":
-    at Adam's 1e-3 the MLP VAE on binarized MNIST ends with almost no KL); ``lr_scale``
-    makes the prior learn that many times slower under Adam (:class:`MaskedLinear`'s
-    ``gain``).
+    at Adam's 1e-3 the MLP VAE on binarized MNIST keeps 4.6 nats of KL); ``lr_scale`` s
+    makes the prior learn s times as fast under Adam (:class:`MaskedLinear`'s ``gain``).
+    The VAEs pass 0.01 unless told otherwise; this class's default, 1, suits a density
+    fitted alone.
 
     Args:
         latent_dim: D.

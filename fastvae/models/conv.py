@@ -58,7 +58,7 @@ class ConvVAE(SingleLatentVAE):
         prior: str = "standard_normal",
         prior_components: int = 10,
         prior_hidden_sizes: Sequence[int] = (256, 256),
-        prior_lr_scale: float = 1.0,
+        prior_lr_scale: float = 0.01,
         objective: str = "elbo",
         num_samples: int = 5,
         dreg: bool = False,

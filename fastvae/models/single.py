@@ -57,7 +57,7 @@ class SingleLatentVAE(VAE):
     """
 
     def _setup(self, where: str, prior: str, prior_components: int, objective: str, num_samples: int,
-               dreg: bool, prior_hidden_sizes=(256, 256), prior_lr_scale: float = 1.0) -> None:
+               dreg: bool, prior_hidden_sizes=(256, 256), prior_lr_scale: float = 0.01) -> None:
         self._where = where
         self.prior = make_prior(prior, self.latent_dim, prior_components, self.data_shape, self.encode,
                                 prior_hidden_sizes, prior_lr_scale)
