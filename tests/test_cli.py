@@ -1018,6 +1018,54 @@ def test_a_delta_vae_with_the_autoregressive_decoder_trains_evaluates_and_sample
     first, second = tmp_path / "a.png", tmp_path / "b.png"
     for picture in (first, second):
         assert cli.main(["sample", str(out), "--num", "4", "--seed", "2", "--out", str(picture)]) == 0
+
+
+# --------------------------------------------------------------------------------------
+# The autoregressive prior (--prior autoregressive) on the tiny binarized-MNIST files
+# --------------------------------------------------------------------------------------
+
+TINY_AUTOREGRESSIVE = ["--model", "mlp", "--hidden-sizes", "16", "--latent-dim", "3", "--prior", "autoregressive",
+                       "--prior-components", "2", "--prior-hidden-sizes", "8,8", "--prior-lr-scale", "0.5"]
+
+
+def autoregressive_train(out: Path, root: Path, *extra: str) -> list[str]:
+    return ["train", "--data", "binarized_mnist", "--data-root", str(root), *TINY_AUTOREGRESSIVE, "--batch-size", "8",
+            *TINY_EVAL, *QUIET, "--log-every", "2", "--out", str(out), *extra]
+
+
+def test_the_autoregressive_prior_trains_resumes_evaluates_and_samples(binarized_mnist_root, tmp_path, capsys):
+    """A tiny MLP VAE with the MADE prior through `fastvae train`: its settings in
+    config.toml, the checkpoint's prior, a report with no KL per dimension (the KL is a
+    Monte Carlo estimate), --stop-at then --resume bit for bit, `eval` and `sample`."""
+    from fastvae.models import AutoregressivePrior
+
+    whole = tmp_path / "whole"
+    assert cli.main(autoregressive_train(whole, binarized_mnist_root, "--steps", "6")) == 0
+    saved = read_toml(whole / "config.toml")
+    assert (saved["prior"], saved["prior_components"], saved["prior_hidden_sizes"], saved["prior_lr_scale"]) == (
+        "autoregressive", 2, [8, 8], 0.5)
+    results = json.loads((whole / "results.json").read_text())
+    assert results["step"] == 6 and results["kl_per_dim"] == [] and results["latent_dim"] == 3
+    assert results["iwae"] >= results["iwae_mean_log_weight"] and not set(results) - set(FIELDS)
+    checkpoint = load_checkpoint(whole / "checkpoints" / "step_00000006.pt")
+    prior = checkpoint.model.prior
+    assert isinstance(prior, AutoregressivePrior)
+    assert (prior.num_components, prior.hidden_sizes, prior.lr_scale) == (2, (8, 8), 0.5)
+    assert prior.output.weight.abs().sum() > 0  # trained from its zero initialization
+    assert (whole / "samples.png").is_file() and (whole / "report.md").is_file()
+
+    parts = tmp_path / "parts"
+    assert cli.main(autoregressive_train(parts, binarized_mnist_root, "--steps", "6", "--stop-at", "3")) == 0
+    assert cli.main(["train", "--out", str(parts), "--resume"]) == 0
+    assert_same_checkpoint(whole / "checkpoints" / "step_00000006.pt", parts / "checkpoints" / "step_00000006.pt")
+    assert without_timings(parts) == without_timings(whole)
+
+    assert cli.main(["eval", str(whole), "--iwae-samples", "3", "--num-points", "4", "--batch-size", "2"]) == 0
+    evaluated = json.loads((whole / "eval-test-k3" / "results.json").read_text())
+    assert evaluated["iwae_num_samples"] == 3 and evaluated["iwae"] >= evaluated["iwae_mean_log_weight"]
+    first, second = tmp_path / "a.png", tmp_path / "b.png"
+    for out in (first, second):
+        assert cli.main(["sample", str(whole), "--num", "4", "--seed", "2", "--out", str(out)]) == 0
     assert first.read_bytes() == second.read_bytes()
     capsys.readouterr()
 
@@ -1034,3 +1082,17 @@ def test_delta_vae_options_are_clear_errors(binarized_mnist_root, tmp_path, flag
         cli.main(["train", "--data", "binarized_mnist", "--data-root", str(binarized_mnist_root), *flags,
                   "--steps", "1", *QUIET, "--out", str(tmp_path / "r")])
     assert message in str(exit_info.value.code)
+
+
+def test_autoregressive_prior_options_errors(binarized_mnist_root, tmp_path):
+    data = ["--data", "binarized_mnist", "--data-root", str(binarized_mnist_root), *QUIET]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "--model", "hierarchical", "--prior-hidden-sizes", "8", *data, "--out",
+                  str(tmp_path / "a")])
+    assert "--prior-hidden-sizes does not apply to the 'hierarchical' model" in str(exit_info.value.code)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(autoregressive_train(tmp_path / "b", binarized_mnist_root, "--steps", "2", "--free-bits", "0.5"))
+    assert "free bits need the KL of each latent dimension" in str(exit_info.value.code)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(autoregressive_train(tmp_path / "c", binarized_mnist_root, "--steps", "2", "--prior-lr-scale", "2"))
+    assert "lr_scale must be a number in (0, 1], got 2.0" in str(exit_info.value.code)

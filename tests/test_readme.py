@@ -146,3 +146,20 @@ def test_delta_vae_command_is_the_burda_model_with_the_autoregressive_decoder():
         assert re.search(rf"^\| autoregressive: δ = {rate} \|", text, flags=re.M), rate
     assert re.search(r"^\| autoregressive: plain VAE \(δ = 0\) \|", text, flags=re.M)
     assert "`--decoder mlp`" in text
+
+
+def test_autoregressive_prior_commands_differ_only_in_the_prior():
+    """The prior comparison: `fastvae train` lines on binarized MNIST with Burda et al.'s
+    model, the same steps, batch, learning rate and IWAE estimate, differing only in the
+    prior's settings, every prior of the table among them."""
+    text = section("An autoregressive prior")
+    commands = [c for c in code_blocks(text, "bash") if "fastvae train" in c]
+    settings = [parsed_settings(command.removeprefix("OMP_NUM_THREADS=1 ")) for command in commands]
+    assert {s["prior"] for s in settings} == {"standard_normal", "vamp", "autoregressive"}
+    prior_keys = {"prior", "prior_components", "prior_hidden_sizes", "prior_lr_scale", "out"}
+    common = [{k: v for k, v in s.items() if k not in prior_keys} for s in settings]
+    assert all(c == common[0] for c in common), common
+    first = settings[0]
+    assert (first["data"], first["model"], first["hidden_sizes"], first["latent_dim"]) == ("binarized_mnist", "mlp",
+                                                                                           [200, 200], 50)
+    assert f"{first['steps']:,} steps of {first['batch_size']}" in text.replace("\n", " ")

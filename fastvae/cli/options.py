@@ -80,9 +80,15 @@ OPTIONS: tuple[Option, ...] = (
     Option("latent_dims", "ints", None, MODEL, "latent dimensions per stochastic layer, bottom first (hierarchical)"),
     Option("activation", "str", None, MODEL, "tanh, relu, elu, silu, gelu, softplus or leaky_relu"),
     Option("num_mixtures", "int", None, MODEL, "components of the discretized logistic mixture"),
-    Option("prior", "str", None, MODEL, "standard_normal, mixture or vamp (mlp, conv)",
-           ("standard_normal", "mixture", "vamp")),
-    Option("prior_components", "int", None, MODEL, "components of the mixture prior / pseudo-inputs of the VampPrior"),
+    Option("prior", "str", None, MODEL, "standard_normal, mixture, vamp or autoregressive (a MADE over the latent; "
+           "mlp, conv)", ("standard_normal", "mixture", "vamp", "autoregressive")),
+    Option("prior_components", "int", None, MODEL, "components of the mixture prior / pseudo-inputs of the VampPrior "
+           "/ components of each conditional of the autoregressive prior (1: Gaussian conditionals)"),
+    Option("prior_hidden_sizes", "ints", None, MODEL, "hidden widths of the autoregressive prior's MADE, e.g. "
+           "256,256 (mlp, conv)"),
+    Option("prior_lr_scale", "float", None, MODEL, "the autoregressive prior's learning rate relative to --lr, in "
+           "(0, 1] (mlp, conv; default: 0.01, which kept it from following the encoder into collapse in "
+           "the README's comparison)"),
     Option("objective", "str", None, MODEL, "elbo, iwae or score_function (the ELBO, the encoder trained by the "
            "REINFORCE gradient; mlp, conv, discrete)", ("elbo", "iwae", "score_function")),
     Option("num_samples", "int", None, MODEL, "K of the iwae objective"),
@@ -176,7 +182,8 @@ MODEL_KEYS = ("likelihood", "latent_dim", "hidden_sizes", "channels", "hidden_di
               "num_mixtures", "prior", "prior_components", "objective", "num_samples", "dreg", "num_variables",
               "num_categories", "temperature", "hard", "resolutions", "width", "bottleneck", "encoder_blocks",
               "decoder_groups", "latent_channels", "logvar_bound", "kl_balancing", "spectral_coeff",
-              "baseline", "committed_rate", "decoder", "autoregressive_hidden_sizes")
+              "baseline", "committed_rate", "decoder", "autoregressive_hidden_sizes",
+              "prior_hidden_sizes", "prior_lr_scale")
 # Settings that belong to one invocation, not to the run: never written to config.toml.
 INVOCATION_KEYS = ("out", "overwrite")
 

@@ -33,8 +33,9 @@ class ConvVAE(SingleLatentVAE):
         hidden_dim: width of the Linear layer between the convolutions and the latent.
         latent_dim: D of the latent.
         activation: as :class:`fastvae.models.MLPVAE` ('relu' by default).
-        likelihood, num_mixtures, likelihood_kwargs, prior, prior_components, objective,
-        num_samples, dreg, baseline, committed_rate: as :class:`fastvae.models.MLPVAE`.
+        likelihood, num_mixtures, likelihood_kwargs, prior, prior_components,
+        prior_hidden_sizes, prior_lr_scale, objective, num_samples, dreg, baseline,
+        committed_rate: as :class:`fastvae.models.MLPVAE`.
 
     Example::
 
@@ -56,6 +57,8 @@ class ConvVAE(SingleLatentVAE):
         likelihood_kwargs: Optional[dict] = None,
         prior: str = "standard_normal",
         prior_components: int = 10,
+        prior_hidden_sizes: Sequence[int] = (256, 256),
+        prior_lr_scale: float = 0.01,
         objective: str = "elbo",
         num_samples: int = 5,
         dreg: bool = False,
@@ -101,7 +104,9 @@ class ConvVAE(SingleLatentVAE):
             if index < len(outputs) - 1:
                 up.append(make_activation(where, activation))
         self.decoder = nn.Sequential(*up)
-        self._setup(where, prior, prior_components, objective, num_samples, dreg, baseline)
+        prior_hidden_sizes = positive_ints(where, "prior_hidden_sizes", list(prior_hidden_sizes), allow_empty=True)
+        self._setup(where, prior, prior_components, objective, num_samples, dreg, baseline=baseline,
+                    prior_hidden_sizes=prior_hidden_sizes, prior_lr_scale=prior_lr_scale)
         self.config = {
             "name": "conv",
             "data_shape": list(self.data_shape),
@@ -114,6 +119,8 @@ class ConvVAE(SingleLatentVAE):
             "likelihood_kwargs": dict(likelihood_kwargs or {}),
             "prior": prior,
             "prior_components": prior_components,
+            "prior_hidden_sizes": list(prior_hidden_sizes),
+            "prior_lr_scale": prior_lr_scale,
             "objective": objective,
             "num_samples": num_samples,
             "dreg": dreg,

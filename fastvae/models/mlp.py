@@ -36,9 +36,16 @@ class MLPVAE(SingleLatentVAE):
         likelihood: the decoder's distribution, a name of :func:`fastvae.nn.make_likelihood`.
         num_mixtures: components of 'discretized_logistic_mixture'.
         likelihood_kwargs: further arguments of the likelihood head (num_bins, logvar, …).
-        prior: 'standard_normal' (analytic KL), 'mixture' or 'vamp' (Monte Carlo KL, see
-            :mod:`fastvae.models.priors`).
-        prior_components: components (pseudo-inputs) of the 'mixture' ('vamp') prior.
+        prior: 'standard_normal' (analytic KL), 'mixture', 'vamp' or 'autoregressive'
+            (Monte Carlo KL, see :mod:`fastvae.models.priors`).
+        prior_components: components (pseudo-inputs) of the 'mixture' ('vamp') prior; the
+            components of each conditional of the 'autoregressive' prior (1: Gaussian).
+        prior_hidden_sizes: hidden widths of the 'autoregressive' prior's MADE (unused by
+            the others).
+        prior_lr_scale: the 'autoregressive' prior's learning rate relative to the
+            model's, in (0, 1] (unused by the others); 0.01 by default, where the
+            README's comparison found it training as the standard normal does rather
+            than following the encoder into collapse (as at 1 and, slower, at 0.1).
         objective: 'elbo', 'iwae' (the importance-weighted bound with ``num_samples`` K) or
             'score_function' (the ELBO, the encoder trained by the REINFORCE gradient:
             :mod:`fastvae.models.score_function`).
@@ -80,6 +87,8 @@ class MLPVAE(SingleLatentVAE):
         likelihood_kwargs: Optional[dict] = None,
         prior: str = "standard_normal",
         prior_components: int = 10,
+        prior_hidden_sizes: Sequence[int] = (256, 256),
+        prior_lr_scale: float = 0.01,
         objective: str = "elbo",
         num_samples: int = 5,
         dreg: bool = False,
@@ -116,7 +125,9 @@ class MLPVAE(SingleLatentVAE):
                     f"likelihood='bernoulli', got {likelihood!r}"
                 )
             self.autoregressive = AutoregressiveBernoulliDecoder(data_size, self.latent_dim, autoregressive_hidden)
-        self._setup(where, prior, prior_components, objective, num_samples, dreg, baseline)
+        prior_hidden_sizes = positive_ints(where, "prior_hidden_sizes", list(prior_hidden_sizes), allow_empty=True)
+        self._setup(where, prior, prior_components, objective, num_samples, dreg, baseline=baseline,
+                    prior_hidden_sizes=prior_hidden_sizes, prior_lr_scale=prior_lr_scale)
         self.config = {
             "name": "mlp",
             "data_shape": list(self.data_shape),
@@ -128,6 +139,8 @@ class MLPVAE(SingleLatentVAE):
             "likelihood_kwargs": dict(likelihood_kwargs or {}),
             "prior": prior,
             "prior_components": prior_components,
+            "prior_hidden_sizes": list(prior_hidden_sizes),
+            "prior_lr_scale": prior_lr_scale,
             "objective": objective,
             "num_samples": num_samples,
             "dreg": dreg,

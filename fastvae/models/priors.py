@@ -1,5 +1,6 @@
 r"""Priors p(z) over a vector latent: the standard normal, a learned mixture of Gaussians,
-and the VampPrior (Tomczak & Welling 2018).
+the VampPrior (Tomczak & Welling 2018) and an autoregressive prior
+(:mod:`fastvae.models.autoregressive_prior`).
 
 Every prior answers three questions for a Gaussian posterior q(z|x) = N(mu, e^logvar):
 
@@ -8,7 +9,8 @@ Every prior answers three questions for a Gaussian posterior q(z|x) = N(mu, e^lo
   with its per-dimension KL and free bits.  A mixture has no closed-form KL: it is the
   one-sample Monte Carlo estimate log q(z|x) − log p(z) at the same z (unbiased, and
   differentiable by the reparameterization); there is then no KL per dimension (an empty
-  ``kl_per_dim``) and free bits do not apply.
+  ``kl_per_dim``) and free bits do not apply.  The autoregressive prior is such a prior
+  too (:class:`MonteCarloKLPrior`).
 * :meth:`Prior.sample_k`: K samples with log q(z_k|x) and log p(z_k), for the IWAE.
 * :meth:`Prior.log_prob` and :meth:`Prior.sample`: the density, and draws for generation.
 """
@@ -108,7 +110,30 @@ class StandardNormalPrior(Prior):
         return f"latent_dim={self.latent_dim}"
 
 
-class _GaussianMixturePrior(Prior):
+class MonteCarloKLPrior(Prior):
+    """Base of the priors whose KL to a Gaussian q has no closed form: the KL of the ELBO
+    is the one-sample Monte Carlo estimate log q(z|x) − log p(z) at the fused op's sample,
+    with no KL per dimension (so no free bits), and the IWAE's log p(z_k) is
+    :meth:`log_prob` (exact)."""
+
+    def posterior_sample(self, mu, logvar, free_bits=0.0, generator=None) -> GaussianLatentOutput:
+        if free_bits:
+            raise ValueError(
+                f"fastvae.models.{type(self).__name__}: free bits need the KL of each latent dimension, which this "
+                f"prior has not (its KL is a Monte Carlo estimate); use free_bits=0 or the 'standard_normal' prior"
+            )
+        z, log_q, _ = ops.sample_gaussian_k(mu, logvar, 1, generator=generator)
+        z, log_q = z[0], log_q[0]
+        kl = log_q - self.log_prob(z)
+        empty = torch.zeros(0, device=mu.device)
+        return GaussianLatentOutput(z, kl, kl, empty, mu, logvar)
+
+    def sample_k(self, mu, logvar, num_samples, generator=None):
+        z, log_q, _ = ops.sample_gaussian_k(mu, logvar, num_samples, generator=generator)
+        return z, log_q, self.log_prob(z)
+
+
+class _GaussianMixturePrior(MonteCarloKLPrior):
     """A mixture of diagonal Gaussians given by :meth:`components`."""
 
     def components(self) -> tuple[Tensor, Tensor, Tensor]:
@@ -140,23 +165,6 @@ class _GaussianMixturePrior(Prior):
             noise = draw_normal((num_samples, self.latent_dim), generator, means.device)
             z = means[index].float() + torch.exp(0.5 * logvars[index].float()) * noise
         return z.to(self._device(device))
-
-    def posterior_sample(self, mu, logvar, free_bits=0.0, generator=None) -> GaussianLatentOutput:
-        if free_bits:
-            raise ValueError(
-                f"fastvae.models.{type(self).__name__}: free bits need the KL of each latent dimension, which a "
-                f"mixture prior has not (its KL is a Monte Carlo estimate); use free_bits=0 or the "
-                f"'standard_normal' prior"
-            )
-        z, log_q, _ = ops.sample_gaussian_k(mu, logvar, 1, generator=generator)
-        z, log_q = z[0], log_q[0]
-        kl = log_q - self.log_prob(z)
-        empty = torch.zeros(0, device=mu.device)
-        return GaussianLatentOutput(z, kl, kl, empty, mu, logvar)
-
-    def sample_k(self, mu, logvar, num_samples, generator=None):
-        z, log_q, _ = ops.sample_gaussian_k(mu, logvar, num_samples, generator=generator)
-        return z, log_q, self.log_prob(z)
 
 
 class MixtureOfGaussiansPrior(_GaussianMixturePrior):
@@ -240,17 +248,26 @@ class VampPrior(_GaussianMixturePrior):
         return f"latent_dim={self.latent_dim}, data_shape={self.data_shape}, num_components={self.num_components}"
 
 
-PRIORS = ("standard_normal", "mixture", "vamp")
+PRIORS = ("standard_normal", "mixture", "vamp", "autoregressive")
 
 
-def make_prior(name: str, latent_dim: int, num_components: int = 10, data_shape=None, encode=None) -> Prior:
+def make_prior(name: str, latent_dim: int, num_components: int = 10, data_shape=None, encode=None,
+               hidden_sizes=(256, 256), lr_scale: float = 1.0) -> Prior:
     """The prior called ``name``: 'standard_normal', 'mixture' (a learned mixture of
-    ``num_components`` Gaussians) or 'vamp' (the VampPrior with ``num_components``
-    pseudo-inputs of ``data_shape``, through ``encode``)."""
+    ``num_components`` Gaussians), 'vamp' (the VampPrior with ``num_components``
+    pseudo-inputs of ``data_shape``, through ``encode``) or 'autoregressive' (a MADE over
+    the latent whose conditionals are mixtures of ``num_components`` Gaussians, hidden
+    layers ``hidden_sizes``, learning ``lr_scale`` times as fast as the model:
+    :class:`fastvae.models.AutoregressivePrior`)."""
     if name == "standard_normal":
         return StandardNormalPrior(latent_dim)
     if name == "mixture":
         return MixtureOfGaussiansPrior(latent_dim, num_components)
     if name == "vamp":
         return VampPrior(latent_dim, data_shape, num_components, encode)
+    if name == "autoregressive":
+        # Imported here: the autoregressive prior's module builds on this one.
+        from .autoregressive_prior import AutoregressivePrior
+
+        return AutoregressivePrior(latent_dim, num_components, hidden_sizes, lr_scale)
     raise ValueError(f"fastvae.models.make_prior: unknown prior {name!r}; known: {list(PRIORS)}")

@@ -60,7 +60,8 @@ class SingleLatentVAE(VAE):
     """
 
     def _setup(self, where: str, prior: str, prior_components: int, objective: str, num_samples: int,
-               dreg: bool, baseline: str = "none") -> None:
+               dreg: bool, baseline: str = "none", prior_hidden_sizes=(256, 256), prior_lr_scale: float = 0.01
+               ) -> None:
         self._where = where
         if self.latent.committed_rate > 0 and prior != "standard_normal":
             raise ValueError(
@@ -68,7 +69,8 @@ class SingleLatentVAE(VAE):
                 f"the posterior's variance, which holds for the 'standard_normal' prior only (a {prior!r} prior's "
                 f"KL has no such bound); use prior='standard_normal' or committed_rate=0"
             )
-        self.prior = make_prior(prior, self.latent_dim, prior_components, self.data_shape, self.encode)
+        self.prior = make_prior(prior, self.latent_dim, prior_components, self.data_shape, self.encode,
+                                prior_hidden_sizes, prior_lr_scale)
         self.objective, self.num_samples, self.dreg = objective, num_samples, dreg
         self.baseline = check_baseline(where, baseline, objective)
         if objective == "score_function":
