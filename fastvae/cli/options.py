@@ -83,6 +83,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("prior", "str", None, MODEL, "standard_normal, mixture or vamp (mlp, conv)",
            ("standard_normal", "mixture", "vamp")),
     Option("prior_components", "int", None, MODEL, "components of the mixture prior / pseudo-inputs of the VampPrior"),
+    Option("latent", "str", None, MODEL, "the latent's family, its standard member the prior: gaussian, laplace, "
+           "logistic, cauchy or truncated_normal (mlp, conv)",
+           ("gaussian", "laplace", "logistic", "cauchy", "truncated_normal")),
+    Option("latent_bounds", "floats", None, MODEL, "the truncated_normal latent's interval low,high (default -2,2)"),
     Option("objective", "str", None, MODEL, "elbo or iwae", ("elbo", "iwae")),
     Option("num_samples", "int", None, MODEL, "K of the iwae objective"),
     Option("dreg", "bool", None, MODEL, "the doubly reparameterized gradient for the encoder (objective iwae)"),
@@ -162,8 +166,8 @@ OPTION_BY_KEY: Dict[str, Option] = {option.key: option for option in OPTIONS}
 
 # Settings of the model constructors (fastvae.models), passed when the model takes them.
 MODEL_KEYS = ("likelihood", "latent_dim", "hidden_sizes", "channels", "hidden_dim", "latent_dims", "activation",
-              "num_mixtures", "prior", "prior_components", "objective", "num_samples", "dreg", "num_variables",
-              "num_categories", "temperature", "hard", "resolutions", "width", "bottleneck", "encoder_blocks",
+              "num_mixtures", "prior", "prior_components", "latent", "latent_bounds", "objective", "num_samples",
+              "dreg", "num_variables", "num_categories", "temperature", "hard", "resolutions", "width", "bottleneck", "encoder_blocks",
               "decoder_groups", "latent_channels", "logvar_bound", "kl_balancing", "spectral_coeff")
 # Settings that belong to one invocation, not to the run: never written to config.toml.
 INVOCATION_KEYS = ("out", "overwrite")

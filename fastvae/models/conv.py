@@ -34,7 +34,7 @@ class ConvVAE(SingleLatentVAE):
         latent_dim: D of the latent.
         activation: as :class:`fastvae.models.MLPVAE` ('relu' by default).
         likelihood, num_mixtures, likelihood_kwargs, prior, prior_components, objective,
-        num_samples, dreg: as :class:`fastvae.models.MLPVAE`.
+        num_samples, dreg, latent, latent_bounds: as :class:`fastvae.models.MLPVAE`.
 
     Example::
 
@@ -59,6 +59,8 @@ class ConvVAE(SingleLatentVAE):
         objective: str = "elbo",
         num_samples: int = 5,
         dreg: bool = False,
+        latent: str = "gaussian",
+        latent_bounds: Optional[Sequence[float]] = None,
     ):
         super().__init__()
         where = "fastvae.models.ConvVAE"
@@ -98,7 +100,7 @@ class ConvVAE(SingleLatentVAE):
             if index < len(outputs) - 1:
                 up.append(make_activation(where, activation))
         self.decoder = nn.Sequential(*up)
-        self._setup(where, prior, prior_components, objective, num_samples, dreg)
+        self._setup(where, prior, prior_components, objective, num_samples, dreg, latent, latent_bounds)
         self.config = {
             "name": "conv",
             "data_shape": list(self.data_shape),
@@ -114,6 +116,8 @@ class ConvVAE(SingleLatentVAE):
             "objective": objective,
             "num_samples": num_samples,
             "dreg": dreg,
+            "latent": self.latent_family,
+            "latent_bounds": self.latent_bounds,
         }
 
     def decoder_params(self, z: Tensor) -> Tensor:

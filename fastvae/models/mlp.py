@@ -39,6 +39,10 @@ class MLPVAE(SingleLatentVAE):
         num_samples: K of the IWAE objective (unused by 'elbo').
         dreg: the doubly reparameterized gradient (Tucker et al. 2018) for the encoder
             with the IWAE objective.
+        latent: the family of q(z|x) and p(z): 'gaussian' (default), 'laplace',
+            'logistic', 'cauchy' or 'truncated_normal' (each with its standard member as
+            the prior; :mod:`fastvae.models.latent_families`).
+        latent_bounds: [low, high] of the 'truncated_normal' latent (default [−2, 2]).
 
     Example::
 
@@ -62,6 +66,8 @@ class MLPVAE(SingleLatentVAE):
         objective: str = "elbo",
         num_samples: int = 5,
         dreg: bool = False,
+        latent: str = "gaussian",
+        latent_bounds: Optional[Sequence[float]] = None,
     ):
         super().__init__()
         where = "fastvae.models.MLPVAE"
@@ -78,7 +84,7 @@ class MLPVAE(SingleLatentVAE):
         self.latent = GaussianLatent(hidden[-1] if hidden else data_size, self.latent_dim)
         decoder_sizes = (self.latent_dim,) + tuple(reversed(hidden)) + (flat_size(self._params_shape),)
         self.decoder = mlp(where, decoder_sizes, activation, final_activation=False)
-        self._setup(where, prior, prior_components, objective, num_samples, dreg)
+        self._setup(where, prior, prior_components, objective, num_samples, dreg, latent, latent_bounds)
         self.config = {
             "name": "mlp",
             "data_shape": list(self.data_shape),
@@ -93,6 +99,8 @@ class MLPVAE(SingleLatentVAE):
             "objective": objective,
             "num_samples": num_samples,
             "dreg": dreg,
+            "latent": self.latent_family,
+            "latent_bounds": self.latent_bounds,
         }
 
     def decoder_params(self, z: Tensor) -> Tensor:
