@@ -590,10 +590,42 @@ def _logistic_cases() -> Iterable[Case]:
                        f"{layout} reduction={reduction} {mode}", run)
 
 
+LOCATION_SCALE_FAMILIES = ("laplace", "logistic", "cauchy")
+LOCATION_SCALE_PRIORS = ("none", "bcast", "bcast-grad-both", "full-grad-both")
+
+
+def _location_scale_cases() -> Iterable[Case]:
+    import fastvae
+
+    shape = LATENT_SHAPE
+    for dtype in DTYPES:
+        d = _dtype_name(dtype)
+        for family, prior, (reduction, free_bits) in itertools.product(
+                LOCATION_SCALE_FAMILIES, _options(dtype, LOCATION_SCALE_PRIORS, ("none", "full-grad-both")),
+                _options(dtype, KL_OPTIONS, KL_OPTIONS[:2])):
+            if family == "logistic" and free_bits:
+                continue  # the logistic's KL is an estimate: no free bits
+            if family != "laplace" and prior in ("bcast", "bcast-grad-both"):
+                continue  # the families share the prior loads: the Laplace's cases cover them
+            sample = getattr(fastvae, f"sample_{family}")
+            options = {"reduction": reduction, **({"free_bits": free_bits} if free_bits else {})}
+            every_grads = list(_GRAD_SUBSETS[3]) if family == "laplace" else ["fwd", "bwd(all)", "bwd(out0)"]
+            for grads in _options(dtype, every_grads, ["fwd", "bwd(all)"]):
+                def run(sample=sample, prior=prior, options=options, grads=grads, dtype=dtype):
+                    loc, log_scale = _new(shape, dtype, grads != "fwd"), _new(shape, dtype, grads != "fwd")
+                    prior_loc, prior_log_scale = _latent_prior(prior, shape, dtype)
+                    outputs = sample(loc, log_scale, prior_loc, prior_log_scale, **options)
+                    _backward([outputs[i] for i in _GRAD_SUBSETS[3][grads]], [loc, log_scale, prior_loc,
+                                                                               prior_log_scale])
+                yield Case(f"sample_{family} {d} prior={prior} reduction={reduction} free_bits={free_bits} {grads}",
+                           run)
+
+
 def op_matrix() -> list[Case]:
     """Every Triton-backed public op × dtype × each option that changes a kernel, forward
     and backward (with the gradient flowing into each input or not)."""
-    return [*_latent_cases(), *_iwae_cases(), *_discrete_cases(), *_likelihood_cases(), *_logistic_cases()]
+    return [*_latent_cases(), *_iwae_cases(), *_discrete_cases(), *_likelihood_cases(), *_logistic_cases(),
+            *_location_scale_cases()]
 
 
 # --------------------------------------------------------------------------------------

@@ -117,3 +117,13 @@ def philox_gumbel(seed_offset: torch.Tensor, shape) -> torch.Tensor:
     u clamped below at 1e-20 so that u = 0 stays finite."""
     u = torch.clamp_min(philox_uniform(seed_offset, shape), GUMBEL_MIN_UNIFORM)
     return -torch.log(-torch.log(u))
+
+
+def philox_uniform_pair(seed_offset: torch.Tensor, shape) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two uniforms in [0, 1) per element (float32, ``shape`` each) for a call's (seed,
+    base): (u0, u1), words 0 and 1 of Philox at offset base + i for element i (row-major),
+    each through :func:`uint32_to_uniform`."""
+    numel = math.prod(shape)
+    seed, offsets = _offsets(seed_offset, numel)
+    word0, word1, _, _ = philox4x32(seed, offsets)
+    return uint32_to_uniform(word0).reshape(shape), uint32_to_uniform(word1).reshape(shape)

@@ -31,6 +31,7 @@ from fastvae.ops import discrete as discrete_ops
 from fastvae.ops import iwae as iwae_ops
 from fastvae.ops import latent as latent_ops
 from fastvae.ops import likelihood as likelihood_ops
+from fastvae.ops import location_scale as location_scale_ops
 from fastvae.ops import logistic as logistic_ops
 from fastvae.ops._common import kernel_module
 from fastvae.random import draw_seed
@@ -42,7 +43,7 @@ CHECKS = ("test_schema", "test_faketensor", "test_autograd_registration")
 # adds to test_faketensor (dispatch, symbolic shapes, the autograd wiring) does not depend
 # on the dtype, so it runs on the forwards in float32.
 AOT_CHECKS = CHECKS + ("test_aot_dispatch_dynamic",)
-FAMILIES = ("latent", "iwae", "discrete", "likelihood", "logistic")
+FAMILIES = ("latent", "iwae", "discrete", "likelihood", "logistic", "location_scale")
 
 
 class Case(NamedTuple):
@@ -296,18 +297,44 @@ def logistic_cases(backend, dtype):
     return cases
 
 
+def location_scale_cases(backend, dtype):
+    cases = []
+    seed_offset = draw_seed(DEVICE)
+    # (shape, log q mode, KL mode, priors): 'row' and 'row' is reduction 'batch', 'sum' or
+    # 'mean'; 'element' and 'element' reduction 'none'; 'row' and 'element' free bits.
+    variants = [((3, 5), "row", "row", "no"), ((3, 5), "element", "element", "full"),
+                ((3, 5), "row", "element", "broadcast"), ((2, 3, 4), "row", "row", "float32 mean"),
+                ((3, 5), "row", "row", "mixed full")]
+    for family, code in location_scale_ops.FAMILY_CODES.items():
+        # Every variant for the Laplace; the others differ only in the kernels' formulas.
+        for shape, log_q_mode, kl_mode, priors in variants if family == "laplace" else variants[:2]:
+            name = f"{family}, {priors} prior, log q {log_q_mode}, KL {kl_mode}"
+            loc, log_scale = tensor(shape, dtype, 1, True), tensor(shape, dtype, 2, True, 0.5)
+            prior_loc, prior_log_scale = gaussian_priors(priors, shape, dtype)
+            args = (loc, log_scale, prior_loc, prior_log_scale, seed_offset, code, log_q_mode, kl_mode, backend)
+            cases.append(forward(name, location_scale_ops._location_scale_fwd, args))
+            z, log_q, kl = call(location_scale_ops._location_scale_fwd, args)
+            for which, grads in gradient_choices(("grad_z", "grad_log_q", "grad_kl"),
+                                                 (like(z), like(log_q, 7), like(kl, 8))):
+                bwd_args = (*grads, *map(detached, (loc, log_scale, prior_loc, prior_log_scale)), seed_offset, code,
+                            prior_loc is not None, prior_log_scale is not None, backend)
+                cases.append(backward(f"{name}, {which}", location_scale_ops._location_scale_bwd, bwd_args))
+    return cases
+
+
 CASES = {
     "latent": latent_cases,
     "iwae": iwae_cases,
     "discrete": discrete_cases,
     "likelihood": likelihood_cases,
     "logistic": logistic_cases,
+    "location_scale": location_scale_cases,
 }
 
 
 def test_every_custom_op_has_cases(kernel_backend):
     """The matrix covers each custom op (forward, backward and helper) of fastvae/ops."""
-    modules = (latent_ops, iwae_ops, discrete_ops, likelihood_ops, logistic_ops)
+    modules = (latent_ops, iwae_ops, discrete_ops, likelihood_ops, logistic_ops, location_scale_ops)
     defined = {value._qualname for module in modules for value in vars(module).values()
                if isinstance(value, CustomOpDef)}
     covered = {case.op._qualname for family in FAMILIES for case in CASES[family](kernel_backend, torch.float32)}
@@ -403,6 +430,9 @@ def public_op_calls(dtype):
         ("discretized_logistic_nll", lambda m, s: fastvae.discretized_logistic_nll(m, s, data), [mean, log_scale]),
         ("discretized_logistic_mixture_nll",
          lambda p: fastvae.discretized_logistic_mixture_nll(p, data, 2, reduction="none"), [params]),
+        ("sample_laplace", lambda *t: fastvae.sample_laplace(*t, free_bits=0.1), latent),
+        ("sample_logistic", lambda *t: fastvae.sample_logistic(*t, reduction="none"), latent),
+        ("sample_cauchy", lambda *t: fastvae.sample_cauchy(*t, reduction="mean"), latent),
     ]
 
 
@@ -469,6 +499,9 @@ def every_public_op_call(dtype=torch.float32):
     params = tensor((2, 30, 4, 4), dtype, 14, True)
     outputs.append(fastvae.discretized_logistic_mixture_nll(params, x_img, num_mixtures=3))
     outputs.append(fastvae.discretized_logistic_mixture_nll(params, x_img, num_mixtures=3, reduction="none"))
+    outputs.extend(fastvae.sample_laplace(mu, logvar, prior_mu, prior_logvar, free_bits=0.2))
+    outputs.extend(fastvae.sample_logistic(mu, logvar, prior_mu, prior_logvar, reduction="none"))
+    outputs.extend(fastvae.sample_cauchy(mu, logvar, prior_mu))
     inputs = [mu, logvar, prior_mu, prior_logvar, log_w, logits, bern_logits, mean, params]
     return outputs, inputs
 
@@ -519,7 +552,8 @@ def test_under_a_dispatch_mode_the_custom_ops_run(kernel_backend):
     with Recorder():
         outputs_and_grads()
     for name in ("gaussian_latent_fwd", "gaussian_latent_bwd", "bernoulli_nll_fwd", "bernoulli_nll_bwd",
-                 "discretized_logistic_mixture_fwd", "sample_gaussian_k_bwd", "iwae_bound_bwd", "categorical_bwd"):
+                 "discretized_logistic_mixture_fwd", "sample_gaussian_k_bwd", "iwae_bound_bwd", "categorical_bwd",
+                 "location_scale_fwd", "location_scale_bwd"):
         assert any(f"fastvae.{name}" in op for op in seen), name
 
 

@@ -65,6 +65,10 @@ OPS = {
                                             lambda: {"params": zeros(2, 3, 2)}),
     "discretized_logistic_mixture_mean": (lambda a: fastvae.discretized_logistic_mixture_mean(num_mixtures=1, **a),
                                           lambda: {"params": zeros(2, 3, 2)}),
+    **{op: (lambda a, op=op: getattr(fastvae, op)(**a),
+            lambda: {"loc": zeros(2, 3), "log_scale": zeros(2, 3), "prior_loc": zeros(1, 3),
+                     "prior_log_scale": zeros(3)})
+       for op in ("sample_laplace", "sample_logistic", "sample_cauchy")},
 }
 
 NON_FINITE = (NAN, INF, -INF)
@@ -74,6 +78,8 @@ REFUSED = (
     [(op, arg, v) for op in ("reparameterize",) for arg in ("mu", "logvar") for v in NON_FINITE]
     + [(op, arg, v) for op in ("gaussian_kl", "sample_gaussian", "sample_gaussian_k")
        for arg in ("mu", "logvar", "prior_mu", "prior_logvar") for v in NON_FINITE]
+    + [(op, arg, v) for op in ("sample_laplace", "sample_logistic", "sample_cauchy")
+       for arg in ("loc", "log_scale", "prior_loc", "prior_log_scale") for v in NON_FINITE]
     + [("log_mean_exp", "x", v) for v in (NAN, INF)]
     + [("iwae_bound", arg, v) for arg in ("log_px_z", "log_p") for v in (NAN, INF)]
     + [("iwae_bound", "log_q", v) for v in (NAN, -INF)]
@@ -185,6 +191,10 @@ def test_bernoulli_samplers_at_infinite_logits():
          "fastvae.gaussian_kl: free_bits must be finite"),
         (lambda: fastvae.sample_gaussian(zeros(2, 3), zeros(2, 3), free_bits=NAN), ValueError,
          "fastvae.sample_gaussian: free_bits must be >= 0"),
+        (lambda: fastvae.sample_laplace(zeros(2, 3), zeros(2, 3), free_bits=INF), ValueError,
+         "fastvae.sample_laplace: free_bits must be finite"),
+        (lambda: fastvae.sample_cauchy(zeros(2, 3), zeros(2, 3), free_bits=NAN), ValueError,
+         "fastvae.sample_cauchy: free_bits must be >= 0"),
         (lambda: fastvae.gaussian_sample(zeros(2, 3), temperature=INF), ValueError,
          "fastvae.gaussian_sample: temperature must be finite"),
         (lambda: fastvae.discretized_logistic_sample(zeros(2, 3), zeros(2, 3), temperature=INF), ValueError,

@@ -5,6 +5,7 @@
 #include "fastvae/iwae_args.h"
 #include "fastvae/latent_args.h"
 #include "fastvae/likelihood_args.h"
+#include "fastvae/location_scale_args.h"
 #include "fastvae/logistic_args.h"
 
 namespace fastvae {
@@ -43,6 +44,10 @@ void discretized_logistic_forward(const LogisticForwardArgs& args);
 void discretized_logistic_backward(const LogisticBackwardArgs& args);
 void logistic_mixture_forward(const LogisticMixtureForwardArgs& args);
 void logistic_mixture_backward(const LogisticMixtureBackwardArgs& args);
+
+// Location-scale latents (Laplace, logistic, Cauchy): each row's log q and KL summed whole.
+void location_scale_forward(const LocationScaleForwardArgs& args);
+void location_scale_backward(const LocationScaleBackwardArgs& args);
 
 }  // namespace cpu
 }  // namespace fastvae

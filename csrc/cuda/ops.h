@@ -7,6 +7,7 @@
 #include "fastvae/iwae_args.h"
 #include "fastvae/latent_args.h"
 #include "fastvae/likelihood_args.h"
+#include "fastvae/location_scale_args.h"
 #include "fastvae/logistic_args.h"
 
 namespace fastvae {
@@ -52,6 +53,11 @@ void bernoulli_nll_forward(const BernoulliForwardArgs& args, cudaStream_t stream
 void bernoulli_nll_backward(const BernoulliBackwardArgs& args, cudaStream_t stream);
 void gaussian_nll_forward(const GaussianNLLForwardArgs& args, cudaStream_t stream);
 void gaussian_nll_backward(const GaussianNLLBackwardArgs& args, cudaStream_t stream);
+
+// Location-scale latents (Laplace, logistic, Cauchy): log q and the KL of a row come back
+// as one partial sum per kLatentChunk columns, added in a fixed order in Python.
+void location_scale_forward(const LocationScaleForwardArgs& args, cudaStream_t stream);
+void location_scale_backward(const LocationScaleBackwardArgs& args, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace fastvae

@@ -12,6 +12,7 @@
 #include "fastvae/iwae_args.h"
 #include "fastvae/latent_args.h"
 #include "fastvae/likelihood_args.h"
+#include "fastvae/location_scale_args.h"
 #include "fastvae/logistic_args.h"
 
 namespace fastvae {
@@ -311,6 +312,50 @@ inline LogisticMixtureBackwardArgs logistic_mixture_backward_args(
                                      pixel_strides(grad_strides),
                                      logistic_grid("logistic_mixture_bwd", top_level, level_scale, half), channels,
                                      dtype, x_dtype, grad_per_pixel};
+}
+
+// The location-scale family code must be one the kernels know.
+inline void check_location_scale_family(const char* kernel, int family) {
+  if (family != kLaplace && family != kLogistic && family != kCauchy) {
+    throw std::invalid_argument(std::string("fastvae ") + kernel + ": unknown location-scale family code " +
+                                std::to_string(family));
+  }
+}
+
+inline LocationScaleForwardArgs location_scale_forward_args(
+    Address loc, Address log_scale, Address prior_loc, Address prior_log_scale, Address seed_offset, Address z,
+    Address log_q, Address kl, int64_t batch, int64_t features, int64_t row_partials,
+    const Layout& prior_loc_layout, const Layout& prior_log_scale_layout, const Sizes& sizes, int dtype,
+    int prior_dtype, int family, int log_q_mode, int kl_mode) {
+  check_location_scale_family("location_scale_fwd", family);
+  return LocationScaleForwardArgs{pointer<const void>(loc), pointer<const void>(log_scale),
+                                  pointer<const void>(prior_loc), pointer<const void>(prior_log_scale),
+                                  pointer<const int64_t>(seed_offset), pointer<void>(z), pointer<float>(log_q),
+                                  pointer<float>(kl), batch, features, row_partials, layout(prior_loc_layout),
+                                  layout(prior_log_scale_layout), InnerSizes{sizes[0], sizes[1]}, dtype,
+                                  prior_dtype, family, log_q_mode, kl_mode};
+}
+
+inline LocationScaleBackwardArgs location_scale_backward_args(
+    Address loc, Address log_scale, Address prior_loc, Address prior_log_scale, Address seed_offset,
+    Address grad_z, Address grad_log_q, Address grad_kl, Address grad_loc, Address grad_log_scale,
+    Address grad_prior_loc, Address grad_prior_log_scale, int64_t batch, int64_t features,
+    const Layout& prior_loc_layout, const Layout& prior_log_scale_layout, const Sizes& sizes, int dtype,
+    int prior_dtype, int grad_prior_loc_dtype, int grad_prior_log_scale_dtype, int family,
+    bool grad_log_q_per_element, bool grad_kl_per_element) {
+  check_location_scale_family("location_scale_bwd", family);
+  check_output_dtype("location_scale_bwd", "grad_prior_loc", grad_prior_loc, grad_prior_loc_dtype);
+  check_output_dtype("location_scale_bwd", "grad_prior_log_scale", grad_prior_log_scale, grad_prior_log_scale_dtype);
+  return LocationScaleBackwardArgs{pointer<const void>(loc), pointer<const void>(log_scale),
+                                   pointer<const void>(prior_loc), pointer<const void>(prior_log_scale),
+                                   pointer<const int64_t>(seed_offset), pointer<const void>(grad_z),
+                                   pointer<const float>(grad_log_q), pointer<const float>(grad_kl),
+                                   pointer<void>(grad_loc), pointer<void>(grad_log_scale),
+                                   pointer<void>(grad_prior_loc), pointer<void>(grad_prior_log_scale), batch,
+                                   features, layout(prior_loc_layout), layout(prior_log_scale_layout),
+                                   InnerSizes{sizes[0], sizes[1]}, dtype, prior_dtype, grad_prior_loc_dtype,
+                                   grad_prior_log_scale_dtype, family, grad_log_q_per_element,
+                                   grad_kl_per_element};
 }
 
 }  // namespace bindings
