@@ -7,6 +7,7 @@
 #include "fastvae/likelihood_args.h"
 #include "fastvae/location_scale_args.h"
 #include "fastvae/logistic_args.h"
+#include "fastvae/truncated_normal_args.h"
 
 namespace fastvae {
 namespace cpu {
@@ -48,6 +49,10 @@ void logistic_mixture_backward(const LogisticMixtureBackwardArgs& args);
 // Location-scale latents (Laplace, logistic, Cauchy): each row's log q and KL summed whole.
 void location_scale_forward(const LocationScaleForwardArgs& args);
 void location_scale_backward(const LocationScaleBackwardArgs& args);
+
+// sample_truncated_normal: the truncated-normal latent (sample, log q, KL estimate).
+void truncated_normal_forward(const TruncatedNormalForwardArgs& args);
+void truncated_normal_backward(const TruncatedNormalBackwardArgs& args);
 
 }  // namespace cpu
 }  // namespace fastvae

@@ -5,6 +5,7 @@
 #include <pybind11/stl.h>
 
 #include "fastvae/bindings.h"
+#include "fastvae/truncated_normal_bindings.h"
 #include "ops.h"
 #include <cuda_runtime.h>
 
@@ -266,5 +267,46 @@ PYBIND11_MODULE(_C_cuda, module) {
       py::arg("prior_loc_layout"), py::arg("prior_log_scale_layout"), py::arg("sizes"), py::arg("dtype"),
       py::arg("prior_dtype"), py::arg("grad_prior_loc_dtype"), py::arg("grad_prior_log_scale_dtype"),
       py::arg("family"), py::arg("grad_log_q_per_element"), py::arg("grad_kl_per_element"), py::arg("stream"),
+      py::call_guard<py::gil_scoped_release>());
+  // Truncated-normal latent.  Columns per partial row sum of log q and the KL: (one warp's chunk).
+  module.attr("TRUNCATED_NORMAL_ROW_PARTIAL_WIDTH") = fastvae::cuda::kTruncatedNormalChunk;
+  // Named arguments: the launcher (fastvae/native/truncated_normal.py) passes each by name.
+  module.def(
+      "truncated_normal_fwd",
+      [](Address loc, Address log_scale, Address prior_loc, Address prior_log_scale, Address seed_offset, Address z,
+         Address log_q, Address kl, int64_t batch, int64_t features, int64_t row_partials,
+         const Layout& prior_loc_layout, const Layout& prior_log_scale_layout, const Sizes& sizes, double low,
+         double high, int dtype, int prior_dtype, bool per_element, Address stream) {
+        fastvae::cuda::truncated_normal_forward(truncated_normal_forward_args(
+            loc, log_scale, prior_loc, prior_log_scale, seed_offset, z, log_q, kl, batch, features, row_partials,
+            prior_loc_layout, prior_log_scale_layout, sizes, low, high, dtype, prior_dtype, per_element),
+            reinterpret_cast<cudaStream_t>(stream));
+      },
+      py::arg("loc"), py::arg("log_scale"), py::arg("prior_loc"), py::arg("prior_log_scale"), py::arg("seed_offset"),
+      py::arg("z"), py::arg("log_q"), py::arg("kl"), py::arg("batch"), py::arg("features"), py::arg("row_partials"),
+      py::arg("prior_loc_layout"), py::arg("prior_log_scale_layout"), py::arg("sizes"), py::arg("low"),
+      py::arg("high"), py::arg("dtype"), py::arg("prior_dtype"), py::arg("per_element"), py::arg("stream"),
+      py::call_guard<py::gil_scoped_release>());
+  module.def(
+      "truncated_normal_bwd",
+      [](Address loc, Address log_scale, Address prior_loc, Address prior_log_scale, Address seed_offset,
+         Address grad_z, Address grad_log_q, Address grad_kl, Address grad_loc, Address grad_log_scale,
+         Address grad_prior_loc, Address grad_prior_log_scale, int64_t batch, int64_t features,
+         const Layout& prior_loc_layout, const Layout& prior_log_scale_layout, const Sizes& sizes, double low,
+         double high, int dtype, int prior_dtype, int grad_prior_loc_dtype, int grad_prior_log_scale_dtype,
+         bool grad_per_element, Address stream) {
+        fastvae::cuda::truncated_normal_backward(truncated_normal_backward_args(
+            loc, log_scale, prior_loc, prior_log_scale, seed_offset, grad_z, grad_log_q, grad_kl, grad_loc,
+            grad_log_scale, grad_prior_loc, grad_prior_log_scale, batch, features, prior_loc_layout,
+            prior_log_scale_layout, sizes, low, high, dtype, prior_dtype, grad_prior_loc_dtype,
+            grad_prior_log_scale_dtype, grad_per_element),
+            reinterpret_cast<cudaStream_t>(stream));
+      },
+      py::arg("loc"), py::arg("log_scale"), py::arg("prior_loc"), py::arg("prior_log_scale"), py::arg("seed_offset"),
+      py::arg("grad_z"), py::arg("grad_log_q"), py::arg("grad_kl"), py::arg("grad_loc"), py::arg("grad_log_scale"),
+      py::arg("grad_prior_loc"), py::arg("grad_prior_log_scale"), py::arg("batch"), py::arg("features"),
+      py::arg("prior_loc_layout"), py::arg("prior_log_scale_layout"), py::arg("sizes"), py::arg("low"),
+      py::arg("high"), py::arg("dtype"), py::arg("prior_dtype"), py::arg("grad_prior_loc_dtype"),
+      py::arg("grad_prior_log_scale_dtype"), py::arg("grad_per_element"), py::arg("stream"),
       py::call_guard<py::gil_scoped_release>());
 }

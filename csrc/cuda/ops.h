@@ -9,6 +9,7 @@
 #include "fastvae/likelihood_args.h"
 #include "fastvae/location_scale_args.h"
 #include "fastvae/logistic_args.h"
+#include "fastvae/truncated_normal_args.h"
 
 namespace fastvae {
 namespace cuda {
@@ -58,6 +59,13 @@ void gaussian_nll_backward(const GaussianNLLBackwardArgs& args, cudaStream_t str
 // as one partial sum per kLatentChunk columns, added in a fixed order in Python.
 void location_scale_forward(const LocationScaleForwardArgs& args, cudaStream_t stream);
 void location_scale_backward(const LocationScaleBackwardArgs& args, cudaStream_t stream);
+
+// sample_truncated_normal: the truncated-normal latent (sample, log q, KL estimate).
+// Columns per partial row sum of log q and the KL (one warp's chunk), added in a fixed
+// order in Python.
+constexpr int kTruncatedNormalChunk = 256;
+void truncated_normal_forward(const TruncatedNormalForwardArgs& args, cudaStream_t stream);
+void truncated_normal_backward(const TruncatedNormalBackwardArgs& args, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace fastvae
