@@ -515,8 +515,8 @@ def test_settings_defaults_per_data_set():
     (["train", "--data", "mnsit"], "fastvae train", "invalid choice: 'mnsit' (choose from sprites, mnist, "
                                                     "fashion_mnist, binarized_mnist, cifar10, image_folder); did "
                                                     "you mean mnist?"),
-    (["trian"], "fastvae", "invalid choice: 'trian' (choose from train, eval, sample, sweep, bench); did you mean "
-                           "train?"),
+    (["trian"], "fastvae", "invalid choice: 'trian' (choose from train, eval, sample, sweep, bench, gradvar); did "
+                           "you mean train?"),
 ])
 def test_bad_flags_are_short_usage_errors(argv, usage, message, capsys):
     """A usage error shows the (sub)command's own one-line usage, then the error."""
@@ -906,3 +906,85 @@ def test_train_with_the_cpu_preset_made_tiny(binarized_mnist_root, tmp_path, cap
     results = json.loads((out / "results.json").read_text())
     assert results["step"] == 2 and results["iwae_num_samples"] == 2 and results["latent_dim"] == 6 * 4
     assert "run folder:" in capsys.readouterr().out
+
+
+# ---- the score-function objective and `fastvae gradvar`
+
+SCORE_FUNCTION = ["--objective", "score_function", "--baseline", "running_mean"]
+GRADVAR_TINY = ["--batch-size", "4", "--num-estimates", "6", "--baseline-steps", "3", "--baseline-draws", "3"]
+
+
+def test_gradvar_on_a_run_writes_the_table_json_and_chart(run, tmp_path, capsys):
+    out = tmp_path / "gradvar"
+    assert cli.main(["gradvar", str(run), *GRADVAR_TINY, "--out", str(out)]) == 0
+    summary = json.loads((out / "gradvar.json").read_text())
+    keys = [row["key"] for row in summary["estimators"]]
+    assert keys == ["reparameterized", "score_function", "score_function_running_mean", "score_function_learned"]
+    assert summary["num_estimates"] == 6 and summary["batch_size"] == 4 and summary["step"] == TRAIN_STEPS
+    assert summary["data"] == "sprites" and summary["split"] == "test" and summary["model"] == "conv"
+    assert all(row["trace"] > 0 for row in summary["estimators"])
+    assert "estimated" in summary["baselines"]["running_mean"]["source"]  # an ELBO run holds no baseline
+    table = (out / "gradvar.md").read_text()
+    assert "| score function, running-mean baseline |" in table and "first 4 sprites test images" in table
+    assert png_size(out / "gradvar.png") == (640, 400)
+    printed = capsys.readouterr().out
+    assert "| reparameterized |" in printed and f"wrote {out / 'gradvar.md'}" in printed
+
+
+@pytest.fixture(scope="module")
+def score_function_run(tmp_path_factory):
+    """SHORT_RUN trained by the score function with a running-mean baseline."""
+    whole = tmp_path_factory.mktemp("score") / "run"
+    assert cli.main(tiny_train(whole, *SHORT_RUN, *SCORE_FUNCTION)) == 0
+    return whole
+
+
+def test_score_function_run_stopped_and_resumed_is_the_uninterrupted_run(score_function_run, tmp_path):
+    config = read_toml(score_function_run / "config.toml")
+    assert config["objective"] == "score_function" and config["baseline"] == "running_mean"
+    state = torch.load(score_function_run / "checkpoints" / "step_00000008.pt", weights_only=True)["model"]
+    assert int(state["control_variate.updates"]) == 8  # one update per step, checkpointed
+    parts = tmp_path / "parts"
+    assert cli.main(tiny_train(parts, *SHORT_RUN, *SCORE_FUNCTION, "--stop-at", "3")) == 0
+    assert cli.main(["train", "--out", str(parts), "--resume"]) == 0
+    assert_same_run(score_function_run, parts)
+    # gradvar measures with the checkpoint's running mean.
+    assert cli.main(["gradvar", str(score_function_run), *GRADVAR_TINY, "--out", str(tmp_path / "g")]) == 0
+    baselines = json.loads((tmp_path / "g" / "gradvar.json").read_text())["baselines"]
+    assert baselines["running_mean"]["value"] == float(state["control_variate.running_mean"])
+    assert "checkpoint" in baselines["running_mean"]["source"]
+
+
+def test_gradvar_on_a_discrete_run_compares_gumbel_softmax_temperatures(tmp_path):
+    out = tmp_path / "run"
+    assert cli.main(["train", *TINY_DATA, *TINY_EVAL, *QUIET, "--model", "discrete", "--hidden-sizes", "8",
+                     "--num-variables", "2", "--num-categories", "3", "--objective", "score_function", "--baseline",
+                     "learned", "--steps", "4", "--batch-size", "8", "--no-pictures", "--out", str(out)]) == 0
+    assert cli.main(["gradvar", str(out), *GRADVAR_TINY, "--temperatures", "1,0.5"]) == 0
+    summary = json.loads((out / "gradvar.json").read_text())  # the run folder by default
+    assert [row["key"] for row in summary["estimators"]][:2] == ["gumbel_softmax_t1", "gumbel_softmax_t0.5"]
+    assert summary["reference"] == "gumbel_softmax_t1" and summary["temperatures"] == [1.0, 0.5]
+    assert "checkpoint" in summary["baselines"]["learned"]["source"]
+    assert (out / "gradvar.md").is_file() and (out / "gradvar.png").is_file()
+
+
+def test_score_function_and_gradvar_errors(run, tmp_path):
+    def message(argv):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(argv)
+        return str(exit_info.value.code)
+
+    text = message(tiny_train(tmp_path / "r", "--baseline", "learned", "--steps", "2"))
+    assert text == ("fastvae train: --baseline learned is a control variate of the score-function estimator; add "
+                    "--objective score_function (or leave --baseline out)")
+    assert not (tmp_path / "r").exists()
+    assert "objective must be one of ['elbo', 'iwae']" in message(
+        ["train", *TINY_DATA, *QUIET, "--model", "hierarchical", "--objective", "score_function", "--steps", "2",
+         "--out", str(tmp_path / "h")])
+    assert message(["gradvar", str(run), "--temperatures", "0.5"]) == (
+        "fastvae gradvar: --temperatures are the Gumbel-softmax temperatures of the discrete model; the 'conv' "
+        "model's latent is Gaussian: leave the flag out")
+    assert "no checkpoint file or run folder" in message(["gradvar", str(tmp_path / "none.pt")])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["gradvar", str(run), "--temperatures", "1,0"])
+    assert exit_info.value.code == 2  # a usage error

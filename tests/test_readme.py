@@ -109,3 +109,21 @@ def test_deep_comparison_commands_train_both_models_for_the_same_time():
     for key in ("time_limit", "iwae_samples", "iwae_points", "eval_split"):
         assert deep[key] == mlp[key], key
     assert f"{deep['time_limit']:g} minutes" in text
+
+
+def test_gradient_variance_commands_measure_the_runs_they_train():
+    """The gradient-variance section: each `fastvae gradvar` line measures the run folder
+    a `fastvae train` line before it leaves, with flags the command takes, and the first
+    run is the main job."""
+    text = section("Gradient variance: reparameterization against the score function")
+    commands = [line for block in code_blocks(text, "bash") for line in block.splitlines()]
+    assert [c.split()[1] for c in commands] == ["train", "gradvar", "train", "gradvar"]
+    assert commands[0] == main_command()
+    parser = cli.build_parser()
+    for train, gradvar in (commands[:2], commands[2:]):
+        out = parsed_settings(train)["out"]
+        args = parser.parse_args(shlex.split(gradvar)[1:])
+        assert args.checkpoint == out and args.num_estimates >= 1000, gradvar
+        assert f"--batch-size {args.batch_size}" in gradvar
+    mnist = parsed_settings(commands[2])
+    assert (mnist["hidden_sizes"], mnist["latent_dim"], mnist["activation"]) == ([200, 200], 50, "tanh")

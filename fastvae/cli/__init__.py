@@ -7,6 +7,7 @@ Commands::
     fastvae sample CHECKPOINT [--num 64] [--seed 0] [--temperature 1.0] [--out FILE.png]
     fastvae sweep --betas 0.25,1,4 [FLAGS of train] [--config FILE.toml]
     fastvae bench [latent|likelihood|train|all] [ARGUMENTS of the benchmark]
+    fastvae gradvar CHECKPOINT [--batch-size 100] [--num-estimates 1000] [--temperatures 1,0.5,0.1] ...
 
 ``fastvae train`` with no flags trains the default model on the embedded sprites and
 leaves a run folder (see :mod:`fastvae.cli.train`).  The flags of ``train`` and
@@ -57,6 +58,16 @@ def _non_negative_float(text: str) -> float:
 _non_negative_float.__name__ = "non-negative float"
 
 
+def _temperatures(text: str) -> list:
+    values = [float(value) for value in text.split(",") if value]
+    if not values or not all(0 < value < float("inf") for value in values):
+        raise ValueError(text)
+    return values
+
+
+_temperatures.__name__ = "list of temperatures > 0"
+
+
 def _did_you_mean(text: str, candidates) -> str:
     """"; did you mean X?" for the candidate closest to ``text`` (flags compared without
     their dashes), or nothing when none is close."""
@@ -89,6 +100,8 @@ _SWEEP_USAGE = f"{PROGRAM} sweep --betas B,B,... [--config FILE.toml] [--FLAG VA
 _EVAL_USAGE = f"{PROGRAM} eval CHECKPOINT [--iwae-samples K] [--num-points N] [--split SPLIT] [--FLAG VALUE ...]"
 _SAMPLE_USAGE = (f"{PROGRAM} sample CHECKPOINT [--num N] [--seed SEED] [--temperature T] [--out FILE.png] "
                  f"[--FLAG VALUE ...]")
+_GRADVAR_USAGE = (f"{PROGRAM} gradvar CHECKPOINT [--batch-size B] [--num-estimates N] [--temperatures T,T,...] "
+                  f"[--out DIR] [--FLAG VALUE ...]")
 _TRAIN_EPILOG = (
     "Ctrl-C (SIGINT) or SIGTERM stops training after the step in progress with a checkpoint, prints how to "
     "continue (--resume) and exits with status 130 for SIGINT, 143 for SIGTERM: 128 + the signal's number, as a "
@@ -98,7 +111,7 @@ _TRAIN_EPILOG = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``fastvae`` argument parser and its five commands."""
+    """The ``fastvae`` argument parser and its commands."""
     parser = _Parser(
         prog=PROGRAM, description="Train, evaluate and sample variational autoencoders on fastvae's fused ops.",
         epilog=f"`{PROGRAM} COMMAND --help` lists a command's options.",
@@ -178,6 +191,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("arguments", nargs=argparse.REMAINDER, metavar="[NAME] ARGUMENTS",
                        help="NAME is latent, likelihood, train or all")
+
+    gradvar = commands.add_parser(
+        "gradvar", help="gradient variance of the encoder: reparameterization against the score function",
+        usage=_GRADVAR_USAGE,
+        description="On the first --batch-size evaluation images, draw --num-estimates independent single-sample "
+        "estimates of the gradient of the ELBO with respect to the encoder's parameters under each estimator "
+        "(reparameterized, or Gumbel-softmax at each --temperatures for the discrete model; the score function "
+        "without a baseline, with a running-mean baseline and with a learned one) and write gradvar.md (the table: "
+        "mean gradient's norm, total variance, signal-to-noise ratio, variance against the reference), gradvar.json "
+        "and gradvar.png (log scale) into the run folder or --out.",
+    )
+    gradvar.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint file or a run folder (its last one)")
+    gradvar.add_argument("--batch-size", type=_positive_int, default=100,
+                         help="the fixed batch: the first B images of the split (default: 100)")
+    gradvar.add_argument("--num-estimates", type=_positive_int, default=1000,
+                         help="single-sample gradient estimates per estimator (default: 1000)")
+    gradvar.add_argument("--temperatures", type=_temperatures, metavar="T,T,...", default=None,
+                         help="Gumbel-softmax temperatures of the discrete model (default: 1,0.5,0.1; the first is "
+                         "the reference)")
+    gradvar.add_argument("--baseline-steps", type=_positive_int, default=300,
+                         help="Adam steps that fit a learned baseline when the checkpoint holds none (default: 300)")
+    gradvar.add_argument("--baseline-draws", type=_positive_int, default=100,
+                         help="draws that estimate the running-mean baseline when the checkpoint holds none "
+                         "(default: 100)")
+    gradvar.add_argument("--split", default="test", choices=("test", "valid", "train"), help="(default: test)")
+    _add_checkpoint_flags(gradvar)
+    gradvar.add_argument("--out", help="the folder for gradvar.md, .json and .png (default: the run folder, or "
+                         "beside the checkpoint)")
+    gradvar.add_argument("--data", help="the data set (default: the run's)")
+    gradvar.add_argument("--data-root", help="the folder of the data files (default: the run's)")
+    gradvar.add_argument("--binarize", choices=("none", "static", "dynamic"), help="(default: the run's)")
     return parser
 
 
@@ -251,7 +295,19 @@ def _run_bench(args) -> int:
     return run_benchmarks(BENCHMARKS if name == "all" else (name,), arguments)
 
 
-_COMMANDS = {"train": _run_train, "eval": _run_eval, "sample": _run_sample, "sweep": _run_sweep, "bench": _run_bench}
+def _run_gradvar(args) -> int:
+    from .gradvar import gradvar_checkpoint
+
+    overrides = {"data": args.data, "data_root": args.data_root, "binarize": args.binarize}
+    gradvar_checkpoint(args.checkpoint, batch_size=args.batch_size, num_estimates=args.num_estimates,
+                       temperatures=args.temperatures, baseline_steps=args.baseline_steps,
+                       baseline_draws=args.baseline_draws, split=args.split, use_ema=args.ema, device=args.device,
+                       backend=args.backend, seed=args.seed, out=args.out, data_overrides=overrides)
+    return 0
+
+
+_COMMANDS = {"train": _run_train, "eval": _run_eval, "sample": _run_sample, "sweep": _run_sweep, "bench": _run_bench,
+             "gradvar": _run_gradvar}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -95,6 +95,9 @@ def model_config(settings: Mapping, data_shape) -> dict:
                 f"{', '.join(takes)}"
             )
         config[key] = value
+    if config.get("baseline", "none") != "none" and config.get("objective") != "score_function":
+        raise ConfigError(f"{PROGRAM} train: --baseline {config['baseline']} is a control variate of the "
+                          f"score-function estimator; add --objective score_function (or leave --baseline out)")
     return config
 
 

@@ -87,9 +87,13 @@ OPTIONS: tuple[Option, ...] = (
            "logistic, cauchy or truncated_normal (mlp, conv)",
            ("gaussian", "laplace", "logistic", "cauchy", "truncated_normal")),
     Option("latent_bounds", "floats", None, MODEL, "the truncated_normal latent's interval low,high (default -2,2)"),
-    Option("objective", "str", None, MODEL, "elbo or iwae", ("elbo", "iwae")),
+    Option("objective", "str", None, MODEL, "elbo, iwae or score_function (the ELBO, the encoder trained by the "
+           "REINFORCE gradient; mlp, conv, discrete)", ("elbo", "iwae", "score_function")),
     Option("num_samples", "int", None, MODEL, "K of the iwae objective"),
     Option("dreg", "bool", None, MODEL, "the doubly reparameterized gradient for the encoder (objective iwae)"),
+    Option("baseline", "str", None, MODEL, "control variate of --objective score_function: none, running_mean (a "
+           "moving average of the learning signal) or learned (NVIL's input-dependent baseline)",
+           ("none", "running_mean", "learned")),
     Option("num_variables", "int", None, MODEL, "categorical variables (discrete)"),
     Option("num_categories", "int", None, MODEL, "categories per variable (discrete)"),
     Option("temperature", "float", None, MODEL, "Gumbel-softmax temperature (discrete)"),
@@ -167,8 +171,9 @@ OPTION_BY_KEY: Dict[str, Option] = {option.key: option for option in OPTIONS}
 # Settings of the model constructors (fastvae.models), passed when the model takes them.
 MODEL_KEYS = ("likelihood", "latent_dim", "hidden_sizes", "channels", "hidden_dim", "latent_dims", "activation",
               "num_mixtures", "prior", "prior_components", "latent", "latent_bounds", "objective", "num_samples",
-              "dreg", "num_variables", "num_categories", "temperature", "hard", "resolutions", "width", "bottleneck", "encoder_blocks",
-              "decoder_groups", "latent_channels", "logvar_bound", "kl_balancing", "spectral_coeff")
+              "dreg", "num_variables", "num_categories", "temperature", "hard", "resolutions", "width", "bottleneck",
+              "encoder_blocks", "decoder_groups", "latent_channels", "logvar_bound", "kl_balancing", "spectral_coeff",
+              "baseline")
 # Settings that belong to one invocation, not to the run: never written to config.toml.
 INVOCATION_KEYS = ("out", "overwrite")
 

@@ -12,10 +12,15 @@
   hierarchical model; :func:`save_samples_by_temperature`,
   :func:`save_group_reconstructions` and :func:`plot_kl_per_group` picture them.
 - :func:`sweep_betas`, :func:`plot_rate_distortion`: the rate–distortion trade-off.
+- :func:`gradient_variance`, :func:`write_gradient_variance`: the variance of the
+  encoder's gradient estimators (reparameterized, Gumbel-softmax, score function with
+  and without baselines) on a fixed batch.
 - :func:`evaluate` and :func:`write_report`: everything at once, and report.md;
   :func:`provenance`: backend, device (:func:`device_name`), versions and parameter count; the meaning of
   every key of :func:`evaluate`'s results is :data:`fastvae.eval.report.FIELDS`.
 """
+from .gradvar import (GradientStatistics, GradientVariance, gradient_variance, plot_gradient_variance,
+                      write_gradient_variance)
 from .groups import GroupActiveUnits, group_active_units, group_diagnostics, has_latent_groups, spread_group_counts
 from .latent import ActiveUnits, active_units, kl_per_dimension, mutual_information
 from .likelihood import (
@@ -56,4 +61,5 @@ __all__ = [
     "save_samples_by_temperature", "save_group_reconstructions", "encode_png", "write_png", "to_uint8",
     "RatePoint", "rate_distortion_point",
     "sweep_betas", "plot_rate_distortion", "evaluate", "provenance", "device_name", "write_report",
+    "GradientStatistics", "GradientVariance", "gradient_variance", "plot_gradient_variance", "write_gradient_variance",
 ]

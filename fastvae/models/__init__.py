@@ -9,7 +9,9 @@
 * ``'discrete'``: :class:`DiscreteVAE`, Gumbel-softmax categorical latents.
 
 Priors (:mod:`fastvae.models.priors`): standard normal, a learned mixture of Gaussians,
-the VampPrior.  Objectives: the ELBO; the IWAE with K samples, optionally with DReG.
+the VampPrior.  Objectives: the ELBO; the IWAE with K samples, optionally with DReG; the
+ELBO with the encoder trained by the score-function (REINFORCE) gradient and a control
+variate (:mod:`fastvae.models.score_function`; mlp, conv, discrete).
 """
 from .base import MODELS, VAE, VAEOutput, build_model, register_model
 from .conv import ConvVAE
@@ -19,9 +21,10 @@ from .hierarchical import HierarchicalVAE
 from .mlp import MLPVAE
 from .objectives import OBJECTIVES
 from .priors import PRIORS, MixtureOfGaussiansPrior, Prior, StandardNormalPrior, VampPrior, make_prior
+from .score_function import BASELINES, LearningSignalBaseline
 
 __all__ = [
     "VAE", "VAEOutput", "MODELS", "register_model", "build_model", "MLPVAE", "ConvVAE", "HierarchicalVAE", "DeepVAE",
     "DiscreteVAE", "anneal_temperature", "Prior", "StandardNormalPrior", "MixtureOfGaussiansPrior", "VampPrior",
-    "make_prior", "PRIORS", "OBJECTIVES",
+    "make_prior", "PRIORS", "OBJECTIVES", "BASELINES", "LearningSignalBaseline",
 ]

@@ -34,7 +34,7 @@ class ConvVAE(SingleLatentVAE):
         latent_dim: D of the latent.
         activation: as :class:`fastvae.models.MLPVAE` ('relu' by default).
         likelihood, num_mixtures, likelihood_kwargs, prior, prior_components, objective,
-        num_samples, dreg, latent, latent_bounds: as :class:`fastvae.models.MLPVAE`.
+        num_samples, dreg, baseline, latent, latent_bounds: as :class:`fastvae.models.MLPVAE`.
 
     Example::
 
@@ -59,6 +59,7 @@ class ConvVAE(SingleLatentVAE):
         objective: str = "elbo",
         num_samples: int = 5,
         dreg: bool = False,
+        baseline: str = "none",
         latent: str = "gaussian",
         latent_bounds: Optional[Sequence[float]] = None,
     ):
@@ -71,7 +72,8 @@ class ConvVAE(SingleLatentVAE):
         hidden_dim = positive_int(where, "hidden_dim", hidden_dim)
         self.latent_dim = positive_int(where, "latent_dim", latent_dim)
         make_activation(where, activation)
-        objective, num_samples, dreg = check_objective(where, objective, num_samples, dreg)
+        objective, num_samples, dreg = check_objective(where, objective, num_samples, dreg,
+                                                        score_function_supported=True)
         data_channels, height, width = self.data_shape
         factor = 2 ** len(channels)
         if height % factor or width % factor:
@@ -100,7 +102,8 @@ class ConvVAE(SingleLatentVAE):
             if index < len(outputs) - 1:
                 up.append(make_activation(where, activation))
         self.decoder = nn.Sequential(*up)
-        self._setup(where, prior, prior_components, objective, num_samples, dreg, latent, latent_bounds)
+        self._setup(where, prior, prior_components, objective, num_samples, dreg, baseline=baseline, latent=latent,
+                    latent_bounds=latent_bounds)
         self.config = {
             "name": "conv",
             "data_shape": list(self.data_shape),
@@ -116,6 +119,7 @@ class ConvVAE(SingleLatentVAE):
             "objective": objective,
             "num_samples": num_samples,
             "dreg": dreg,
+            "baseline": baseline,
             "latent": self.latent_family,
             "latent_bounds": self.latent_bounds,
         }

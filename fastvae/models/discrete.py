@@ -16,6 +16,7 @@ from .base import VAE, VAEOutput, register_model
 from .layers import activation as make_activation
 from .layers import check_batch, check_number, data_shape_of, mlp, positive_int, positive_ints
 from .objectives import check_forward_args, repeat_batch
+from .score_function import LearningSignalBaseline, check_baseline, learning_signal, score_function_loss
 from .single import build_likelihood, flat_size
 
 
@@ -58,6 +59,11 @@ class DiscreteVAE(VAE):
         temperature: the initial Gumbel-softmax temperature.
         hard: straight-through one-hot samples in training.
         likelihood, num_mixtures, likelihood_kwargs: as :class:`fastvae.models.MLPVAE`.
+        objective: 'elbo' (the relaxed ELBO, Gumbel-softmax) or 'score_function' (exact
+            categorical samples, the encoder trained by the REINFORCE gradient of the
+            true ELBO: :mod:`fastvae.models.score_function`; temperature and hard unused).
+        baseline: the score-function estimator's control variate: 'none', 'running_mean'
+            or 'learned'.
 
     Example::
 
@@ -78,9 +84,15 @@ class DiscreteVAE(VAE):
         likelihood: str = "bernoulli",
         num_mixtures: int = 10,
         likelihood_kwargs: Optional[dict] = None,
+        objective: str = "elbo",
+        baseline: str = "none",
     ):
         super().__init__()
         where = self._where = "fastvae.models.DiscreteVAE"
+        if objective not in ("elbo", "score_function"):
+            raise ValueError(f"{where}: objective must be one of ['elbo', 'score_function'], got {objective!r}")
+        self.objective = objective
+        self.baseline = check_baseline(where, baseline, objective)
         self.data_shape = data_shape_of(where, list(data_shape))
         hidden = positive_ints(where, "hidden_sizes", list(hidden_sizes), allow_empty=True)
         self.num_variables = positive_int(where, "num_variables", num_variables)
@@ -96,6 +108,8 @@ class DiscreteVAE(VAE):
                                         temperature, hard)
         self.decoder = mlp(where, (self.latent_dim,) + tuple(reversed(hidden)) + (flat_size(self._params_shape),),
                            activation, final_activation=False)
+        if objective == "score_function":
+            self.control_variate = LearningSignalBaseline(baseline, self.data_shape)
         self.elbo_loss = ELBO()
         self.config = {
             "name": "discrete",
@@ -109,6 +123,8 @@ class DiscreteVAE(VAE):
             "likelihood": likelihood,
             "num_mixtures": num_mixtures,
             "likelihood_kwargs": dict(likelihood_kwargs or {}),
+            "objective": objective,
+            "baseline": baseline,
         }
 
     @property
@@ -132,11 +148,55 @@ class DiscreteVAE(VAE):
 
     def forward(self, x: Tensor, beta: float = 1.0, free_bits: float = 0.0) -> VAEOutput:
         check_batch(self._where, x, self.data_shape)
-        beta, free_bits = check_forward_args(self._where, beta, free_bits, "elbo")
+        beta, free_bits = check_forward_args(self._where, beta, free_bits, self.objective)
+        if self.objective == "score_function":
+            log_px_z, log_p, log_q, report = self.score_function_terms(x)
+            baseline, penalty = self.control_variate(x, learning_signal(log_px_z, log_p, log_q, beta))
+            # The learned baseline's squared error adds its gradient only (see single.py).
+            loss = score_function_loss(log_px_z, log_p, log_q, baseline, beta) + (penalty - penalty.detach())
+            nll, kl = report["nll"], report["kl"]
+            return VAEOutput(loss=loss, elbo=-(nll + kl), nll=nll, kl=kl, kl_per_dim=report["kl_per_dim"])
         latent = self.latent(self.encoder(x), free_bits=free_bits)
         nll = self.likelihood.nll(self.decoder_params(latent.z.flatten(1)), x)
         extras = {"temperature": torch.tensor(self.temperature, device=nll.device)}
         return self.elbo_loss(nll, latent.kl, latent.kl_objective, latent.kl_per_dim, beta, extras)
+
+    def gumbel_softmax_output(self, x: Tensor, temperature: float, hard: bool = False, beta: float = 1.0
+                              ) -> VAEOutput:
+        """The relaxed ELBO objective on ``x`` at ``temperature`` (> 0; straight-through
+        when ``hard``), whatever ``self.objective``, ``self.temperature`` and
+        ``self.latent.hard`` are."""
+        check_batch(self._where, x, self.data_shape)
+        beta, _ = check_forward_args(self._where, beta, 0.0, "elbo")
+        temperature = check_number(self._where, "temperature", temperature, minimum=0.0)
+        if temperature == 0:
+            raise ValueError(f"{self._where}: temperature must be positive, got {temperature}")
+        logits = self.logits(x)
+        z, kl_by_variable = ops.sample_categorical(logits, temperature, hard, None, None, reduction="none")
+        kl = kl_by_variable.sum(1)
+        nll = self.likelihood.nll(self.decoder_params(z.flatten(1)), x)
+        extras = {"temperature": torch.tensor(temperature, device=nll.device)}
+        return self.elbo_loss(nll, kl, kl, kl_by_variable.detach().float().mean(0), beta, extras)
+
+    def score_function_terms(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, dict]:
+        """One exact categorical draw z ~ q(z|x) per data point (Gumbel-max), held fixed,
+        and the score-function estimator's terms at it: ([B] float32 log p(x|z), log p(z)
+        (the uniform prior's constant), log q(z|x) (differentiable in the encoder), and a
+        dict of the detached [B] ``nll``, the analytic [B] ``kl`` and its [N] ``kl_per_dim``)."""
+        check_batch(self._where, x, self.data_shape)
+        logits = self.logits(x)
+        with torch.no_grad():
+            relaxed, _ = ops.sample_categorical(logits.detach(), 1.0, hard=True)
+            index = relaxed.argmax(-1)  # [B, N]: Gumbel-max, an exact categorical sample
+        log_probs = torch.log_softmax(logits.float(), dim=-1)
+        log_q = log_probs.gather(-1, index.unsqueeze(-1)).squeeze(-1).sum(-1)
+        log_p = torch.full_like(log_q, -self.num_variables * math.log(self.num_categories)).detach()
+        one_hot = F.one_hot(index, self.num_categories).to(logits.dtype).flatten(1)
+        nll = self.likelihood.nll(self.decoder_params(one_hot), x)
+        with torch.no_grad():
+            kl_by_variable = (log_probs.exp() * (log_probs + math.log(self.num_categories))).sum(-1)  # [B, N]
+        report = {"nll": nll.detach().float(), "kl": kl_by_variable.sum(1), "kl_per_dim": kl_by_variable.mean(0)}
+        return -nll.float(), log_p, log_q, report
 
     def log_importance_weights(self, x: Tensor, num_samples: int) -> Tensor:
         check_batch(self._where, x, self.data_shape)

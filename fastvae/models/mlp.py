@@ -35,10 +35,14 @@ class MLPVAE(SingleLatentVAE):
         prior: 'standard_normal' (analytic KL), 'mixture' or 'vamp' (Monte Carlo KL, see
             :mod:`fastvae.models.priors`).
         prior_components: components (pseudo-inputs) of the 'mixture' ('vamp') prior.
-        objective: 'elbo', or 'iwae' (the importance-weighted bound with ``num_samples`` K).
+        objective: 'elbo', 'iwae' (the importance-weighted bound with ``num_samples`` K) or
+            'score_function' (the ELBO, the encoder trained by the REINFORCE gradient:
+            :mod:`fastvae.models.score_function`).
         num_samples: K of the IWAE objective (unused by 'elbo').
         dreg: the doubly reparameterized gradient (Tucker et al. 2018) for the encoder
             with the IWAE objective.
+        baseline: the score-function estimator's control variate: 'none', 'running_mean'
+            or 'learned' (objective 'score_function' only).
         latent: the family of q(z|x) and p(z): 'gaussian' (default), 'laplace',
             'logistic', 'cauchy' or 'truncated_normal' (each with its standard member as
             the prior; :mod:`fastvae.models.latent_families`).
@@ -66,6 +70,7 @@ class MLPVAE(SingleLatentVAE):
         objective: str = "elbo",
         num_samples: int = 5,
         dreg: bool = False,
+        baseline: str = "none",
         latent: str = "gaussian",
         latent_bounds: Optional[Sequence[float]] = None,
     ):
@@ -75,7 +80,8 @@ class MLPVAE(SingleLatentVAE):
         hidden = positive_ints(where, "hidden_sizes", list(hidden_sizes), allow_empty=True)
         self.latent_dim = positive_int(where, "latent_dim", latent_dim)
         make_activation(where, activation)  # a clear ValueError for an unknown name, before building
-        objective, num_samples, dreg = check_objective(where, objective, num_samples, dreg)
+        objective, num_samples, dreg = check_objective(where, objective, num_samples, dreg,
+                                                        score_function_supported=True)
         self.likelihood, param_channels = build_likelihood(where, likelihood, self.data_shape, num_mixtures,
                                                            likelihood_kwargs)
         data_size = flat_size(self.data_shape)
@@ -84,7 +90,8 @@ class MLPVAE(SingleLatentVAE):
         self.latent = GaussianLatent(hidden[-1] if hidden else data_size, self.latent_dim)
         decoder_sizes = (self.latent_dim,) + tuple(reversed(hidden)) + (flat_size(self._params_shape),)
         self.decoder = mlp(where, decoder_sizes, activation, final_activation=False)
-        self._setup(where, prior, prior_components, objective, num_samples, dreg, latent, latent_bounds)
+        self._setup(where, prior, prior_components, objective, num_samples, dreg, baseline=baseline, latent=latent,
+                    latent_bounds=latent_bounds)
         self.config = {
             "name": "mlp",
             "data_shape": list(self.data_shape),
@@ -99,6 +106,7 @@ class MLPVAE(SingleLatentVAE):
             "objective": objective,
             "num_samples": num_samples,
             "dreg": dreg,
+            "baseline": baseline,
             "latent": self.latent_family,
             "latent_bounds": self.latent_bounds,
         }

@@ -21,17 +21,20 @@ import torch
 from torch import Tensor
 
 from .. import ops
-from ..reference import LOG_2PI
 from .base import VAEOutput
 from .layers import check_number, positive_int
 
-OBJECTIVES = ("elbo", "iwae")
+OBJECTIVES = ("elbo", "iwae", "score_function")
 
 
-def check_objective(where: str, objective, num_samples, dreg, dreg_supported: bool = True) -> tuple[str, int, bool]:
-    """Validate (objective, num_samples, dreg) of a model's config."""
-    if objective not in OBJECTIVES:
-        raise ValueError(f"{where}: objective must be one of {list(OBJECTIVES)}, got {objective!r}")
+def check_objective(where: str, objective, num_samples, dreg, dreg_supported: bool = True,
+                    score_function_supported: bool = False) -> tuple[str, int, bool]:
+    """Validate (objective, num_samples, dreg) of a model's config; 'score_function' (the
+    REINFORCE gradient of the ELBO, :mod:`fastvae.models.score_function`) only where the
+    model implements it."""
+    supported = OBJECTIVES if score_function_supported else tuple(o for o in OBJECTIVES if o != "score_function")
+    if objective not in supported:
+        raise ValueError(f"{where}: objective must be one of {list(supported)}, got {objective!r}")
     num_samples = positive_int(where, "num_samples", num_samples)
     if not isinstance(dreg, bool):
         raise TypeError(f"{where}: dreg must be a bool, got {type(dreg).__name__}")
@@ -81,15 +84,6 @@ def layered_iwae_output(log_px_z: Tensor, log_p: Tensor, log_q: Tensor, kls: lis
         iwae = bound.detach() if beta == 1.0 else ops.iwae_bound(log_px_z, log_p, log_q)
     return VAEOutput(loss=-bound.mean(), elbo=(-(nll + kl)).float(), nll=nll.float(), kl=kl.float(),
                      kl_per_dim=kl_by_dim.mean(0).float(), extras={"iwae": iwae.float()})
-
-
-def log_density_fixed_params(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
-    """[K, B] log N(z_k; mu, e^logvar) summed over the latent, with mu and logvar detached:
-    its gradient reaches the encoder only through z (DReG's log q)."""
-    mu, logvar = mu.detach().float(), logvar.detach().float()
-    z = z.float()
-    terms = -0.5 * (LOG_2PI + logvar + (z - mu) ** 2 * torch.exp(-logvar))
-    return terms.flatten(2).sum(-1)
 
 
 def doubly_reparameterize(z: Tensor, log_weights: Tensor) -> None:

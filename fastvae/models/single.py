@@ -25,10 +25,10 @@ from ..nn.latent import kl_per_dimension
 from ..nn.likelihood import Likelihood, make_likelihood
 from .base import VAE, VAEOutput
 from .layers import check_batch, positive_int
-from .objectives import (check_forward_args, doubly_reparameterize, log_density_fixed_params, repeat_batch,
-                         tempered_iwae_bound)
+from .objectives import check_forward_args, doubly_reparameterize, repeat_batch, tempered_iwae_bound
 from .latent_families import FamilyLatentPrior, check_latent
 from .priors import make_prior
+from .score_function import LearningSignalBaseline, check_baseline, learning_signal, score_function_loss
 
 
 def build_likelihood(where: str, name: str, data_shape: tuple, num_mixtures: int,
@@ -58,11 +58,13 @@ class SingleLatentVAE(VAE):
     """Base of the models with one latent vector (see the module's docstring).
 
     Set by :meth:`_setup`: ``data_shape``, ``latent_dim``, ``likelihood``, ``prior``,
-    ``latent``, ``latent_bounds``, ``objective``, ``num_samples``, ``dreg``.
+    ``latent_family``, ``latent_bounds``, ``objective``, ``num_samples``, ``dreg``, ``baseline``
+    and, for the 'score_function' objective, ``control_variate`` (a
+    :class:`fastvae.models.LearningSignalBaseline`).
     """
 
     def _setup(self, where: str, prior: str, prior_components: int, objective: str, num_samples: int,
-               dreg: bool, latent: str = "gaussian", latent_bounds=None) -> None:
+               dreg: bool, baseline: str = "none", latent: str = "gaussian", latent_bounds=None) -> None:
         self._where = where
         self.latent_family, self.latent_bounds = check_latent(where, latent, latent_bounds)
         if self.latent_family == "gaussian":
@@ -73,6 +75,9 @@ class SingleLatentVAE(VAE):
         else:
             self.prior = FamilyLatentPrior(self.latent_family, self.latent_dim, self.latent_bounds)
         self.objective, self.num_samples, self.dreg = objective, num_samples, dreg
+        self.baseline = check_baseline(where, baseline, objective)
+        if objective == "score_function":
+            self.control_variate = LearningSignalBaseline(baseline, self.data_shape)
         self.elbo_loss = ELBO()
 
     # -- the networks -------------------------------------------------------------------
@@ -97,12 +102,56 @@ class SingleLatentVAE(VAE):
     def forward(self, x: Tensor, beta: float = 1.0, free_bits: float = 0.0) -> VAEOutput:
         check_batch(self._where, x, self.data_shape)
         beta, free_bits = check_forward_args(self._where, beta, free_bits, self.objective)
+        if self.objective == "score_function":
+            return self._score_function_forward(x, beta)
         mu, logvar = self.encode(x)
         if self.objective == "iwae":
             return self._iwae_forward(x, mu, logvar, beta)
+        return self._elbo_forward(x, mu, logvar, beta, free_bits)
+
+    def elbo_output(self, x: Tensor, beta: float = 1.0, free_bits: float = 0.0) -> VAEOutput:
+        """The reparameterized ELBO objective on ``x`` whatever ``self.objective`` is (what
+        ``forward`` computes with objective='elbo')."""
+        check_batch(self._where, x, self.data_shape)
+        beta, free_bits = check_forward_args(self._where, beta, free_bits, "elbo")
+        mu, logvar = self.encode(x)
+        return self._elbo_forward(x, mu, logvar, beta, free_bits)
+
+    def _elbo_forward(self, x: Tensor, mu: Tensor, logvar: Tensor, beta: float, free_bits: float) -> VAEOutput:
         latent = self.prior.posterior_sample(mu, logvar, free_bits)
         nll = self.likelihood.nll(self.decoder_params(latent.z), x)
         return self.elbo_loss(nll, latent.kl, latent.kl_objective, latent.kl_per_dim, beta)
+
+    def score_function_terms(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, dict]:
+        """One draw z ~ q(z|x) per data point, held fixed (detached), and the score-function
+        estimator's terms at it (:mod:`fastvae.models.score_function`).
+
+        Returns:
+            (log_px_z, log_p, log_q, report): [B] float32 log p(x|z) (differentiable in the
+            decoder), log p(z) (in a learned prior), log q(z|x) (in the encoder, at the
+            fixed z), and a dict of the detached [B] ``nll`` and ``kl`` and the [D]
+            ``kl_per_dim`` to report (the KL analytic where the prior allows, as the ELBO
+            objective reports it)."""
+        check_batch(self._where, x, self.data_shape)
+        mu, logvar = self.encode(x)
+        with torch.no_grad():
+            latent = self.prior.posterior_sample(mu.detach(), logvar.detach())
+        z = latent.z.detach()
+        log_q = self.prior.posterior_log_prob(z, mu, logvar)
+        log_p = self.prior.log_prob(z)
+        nll = self.likelihood.nll(self.decoder_params(z), x)
+        report = {"nll": nll.detach().float(), "kl": latent.kl.detach().float(),
+                  "kl_per_dim": latent.kl_per_dim.detach().float()}
+        return -nll.float(), log_p.float(), log_q, report
+
+    def _score_function_forward(self, x: Tensor, beta: float) -> VAEOutput:
+        log_px_z, log_p, log_q, report = self.score_function_terms(x)
+        baseline, penalty = self.control_variate(x, learning_signal(log_px_z, log_p, log_q, beta))
+        # The learned baseline's squared error adds its gradient only: the loss's value
+        # stays the negated (tempered) ELBO estimate.
+        loss = score_function_loss(log_px_z, log_p, log_q, baseline, beta) + (penalty - penalty.detach())
+        nll, kl = report["nll"], report["kl"]
+        return VAEOutput(loss=loss, elbo=-(nll + kl), nll=nll, kl=kl, kl_per_dim=report["kl_per_dim"])
 
     def _iwae_forward(self, x: Tensor, mu: Tensor, logvar: Tensor, beta: float) -> VAEOutput:
         if self.dreg:
@@ -110,10 +159,7 @@ class SingleLatentVAE(VAE):
             # log p and log q from z in torch, so that their whole gradient to the encoder
             # passes through z (where the DReG hook scales it), q's parameters held fixed.
             log_p = self.prior.log_prob(z)
-            if self.latent_family == "gaussian":
-                log_q = log_density_fixed_params(z, mu, logvar)
-            else:
-                log_q = self.prior.posterior_log_prob(z, mu.detach(), logvar.detach())
+            log_q = self.prior.posterior_log_prob(z, mu.detach(), logvar.detach())
         else:
             z, log_q, log_p = self.prior.sample_k(mu, logvar, self.num_samples)
         log_px_z = self._log_likelihood(z, x)
