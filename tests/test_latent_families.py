@@ -166,6 +166,8 @@ def test_free_bits_hold_the_analytic_kl(family):
     ({"latent": "truncated_normal", "latent_bounds": [1, 1]}, "latent_bounds must be low < high"),
     ({"latent": "truncated_normal", "latent_bounds": [float("-inf"), float("inf")]}, "not both infinite"),
     ({"latent": "truncated_normal", "latent_bounds": [0]}, "latent_bounds must be two numbers"),
+    ({"latent": "cauchy", "committed_rate": 0.2}, "holds for the 'standard_normal' prior only, with the 'gaussian' "
+                                                  "latent (got prior 'standard_normal', latent 'cauchy')"),
 ])
 def test_bad_latent_settings_are_refused(config, message):
     with pytest.raises(ValueError, match=re.escape(message)) as error:

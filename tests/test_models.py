@@ -65,6 +65,14 @@ CASES = [
                            "hidden_dim": 16, "objective": "iwae", "num_samples": 3}, binary_data),
     ("discrete", {"name": "discrete", "data_shape": [12], "hidden_sizes": [16], "num_variables": 3,
                   "num_categories": 4}, binary_data),
+    ("mlp-committed-autoregressive", {"name": "mlp", "data_shape": [12], "hidden_sizes": [16], "latent_dim": 3,
+                                      "committed_rate": 0.2, "decoder": "autoregressive",
+                                      "autoregressive_hidden_sizes": [10]}, binary_data),
+    ("mlp-autoregressive-iwae-dreg", {"name": "mlp", "data_shape": [1, 3, 4], "hidden_sizes": [16], "latent_dim": 3,
+                                      "decoder": "autoregressive", "autoregressive_hidden_sizes": [10, 8],
+                                      "objective": "iwae", "num_samples": 3, "dreg": True}, binary_data),
+    ("conv-committed", {"name": "conv", "data_shape": [1, 8, 8], "channels": [4, 8], "hidden_dim": 16,
+                        "latent_dim": 3, "committed_rate": 0.5}, binary_data),
 ]
 IDS = [case[0] for case in CASES]
 
@@ -441,6 +449,16 @@ def test_configuration_errors():
         MLPVAE(data_shape=(4,), activation="swish2")
     with pytest.raises(ValueError, match="unknown model"):
         build_model({"name": "transformer"})
+    with pytest.raises(ValueError, match="committed_rate=0.1 bounds KL.*'standard_normal' prior only"):
+        MLPVAE(data_shape=(4,), prior="mixture", committed_rate=0.1)
+    with pytest.raises(ValueError, match="GaussianLatent: committed_rate must be a finite number >= 0"):
+        ConvVAE(data_shape=(1, 8, 8), committed_rate=-0.5)
+    with pytest.raises(ValueError, match="decoder must be one of \\['mlp', 'autoregressive'\\], got 'pixelcnn'"):
+        MLPVAE(data_shape=(4,), decoder="pixelcnn")
+    with pytest.raises(ValueError, match="decoder='autoregressive' .* needs likelihood='bernoulli'"):
+        MLPVAE(data_shape=(4,), decoder="autoregressive", likelihood="gaussian")
+    with pytest.raises(ValueError, match="autoregressive_hidden_sizes"):
+        MLPVAE(data_shape=(4,), decoder="autoregressive", autoregressive_hidden_sizes=[0])
     model = MLPVAE(data_shape=(4,), hidden_sizes=(8,), latent_dim=2, prior="mixture")
     with pytest.raises(ValueError, match="free bits need the KL of each latent dimension"):
         model(torch.zeros(2, 4), free_bits=0.5)

@@ -127,3 +127,22 @@ def test_gradient_variance_commands_measure_the_runs_they_train():
         assert f"--batch-size {args.batch_size}" in gradvar
     mnist = parsed_settings(commands[2])
     assert (mnist["hidden_sizes"], mnist["latent_dim"], mnist["activation"]) == ([200, 200], 50, "tanh")
+
+
+def test_delta_vae_command_is_the_burda_model_with_the_autoregressive_decoder():
+    """The δ-VAE comparison's command: Burda et al.'s model with the autoregressive
+    decoder on the README's data folder, and the committed rates the table compares."""
+    text = section("The δ-VAE: a committed rate")
+    commands = [c for c in code_blocks(text, "bash") if "fastvae train" in c]
+    assert len(commands) == 1, commands
+    assert commands[0].startswith("OMP_NUM_THREADS=1 fastvae train")
+    settings = parsed_settings(commands[0].removeprefix("OMP_NUM_THREADS=1 "))
+    assert (settings["data"], settings["data_root"], settings["model"], settings["hidden_sizes"],
+            settings["latent_dim"], settings["activation"], settings["decoder"]) == (
+        "binarized_mnist", "../shared/data", "mlp", [200, 200], 50, "tanh", "autoregressive")
+    assert settings["committed_rate"] == 0 and settings["steps"] == 3000 and settings["batch_size"] == 100
+    for rate in ("0.1", "0.5"):
+        assert f"`--committed-rate {rate}`" in text
+        assert re.search(rf"^\| autoregressive: δ = {rate} \|", text, flags=re.M), rate
+    assert re.search(r"^\| autoregressive: plain VAE \(δ = 0\) \|", text, flags=re.M)
+    assert "`--decoder mlp`" in text

@@ -110,6 +110,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("logvar_bound", "float", None, MODEL, "log-variances of q and p soft-clamped to (-b, b) (deep)"),
     Option("kl_balancing", "bool", None, MODEL, "NVAE's KL balancing of the groups during a KL warm-up (deep)"),
     Option("spectral_coeff", "float", None, MODEL, "weight of NVAE's spectral regularization (deep; 0: off)"),
+    Option("committed_rate", "float", None, MODEL, "the δ-VAE's committed rate: nats per latent dimension that "
+           "KL(q(z_d|x) ‖ N(0,1)) cannot fall below, by a bound on q's variance (mlp, conv; standard_normal prior; "
+           "0: off)"),
+    Option("decoder", "str", None, MODEL, "mlp, or autoregressive: a MADE over the pixels on top of the MLP's "
+           "logits, a Bernoulli decoder strong enough to ignore z (mlp; default: mlp)", ("mlp", "autoregressive")),
+    Option("autoregressive_hidden_sizes", "ints", None, MODEL, "hidden widths of the autoregressive decoder's MADE, "
+           "e.g. 500 (mlp with --decoder autoregressive)"),
     # ---- training
     Option("steps", "int", None, TRAINING, "updates to take (give steps or epochs; default: 1500 on sprites, "
            "else 10 epochs)"),
@@ -173,7 +180,7 @@ MODEL_KEYS = ("likelihood", "latent_dim", "hidden_sizes", "channels", "hidden_di
               "num_mixtures", "prior", "prior_components", "latent", "latent_bounds", "objective", "num_samples",
               "dreg", "num_variables", "num_categories", "temperature", "hard", "resolutions", "width", "bottleneck",
               "encoder_blocks", "decoder_groups", "latent_channels", "logvar_bound", "kl_balancing", "spectral_coeff",
-              "baseline")
+              "baseline", "committed_rate", "decoder", "autoregressive_hidden_sizes")
 # Settings that belong to one invocation, not to the run: never written to config.toml.
 INVOCATION_KEYS = ("out", "overwrite")
 

@@ -34,7 +34,7 @@ class ConvVAE(SingleLatentVAE):
         latent_dim: D of the latent.
         activation: as :class:`fastvae.models.MLPVAE` ('relu' by default).
         likelihood, num_mixtures, likelihood_kwargs, prior, prior_components, objective,
-        num_samples, dreg, baseline, latent, latent_bounds: as :class:`fastvae.models.MLPVAE`.
+        num_samples, dreg, baseline, latent, latent_bounds, committed_rate: as :class:`fastvae.models.MLPVAE`.
 
     Example::
 
@@ -62,6 +62,7 @@ class ConvVAE(SingleLatentVAE):
         baseline: str = "none",
         latent: str = "gaussian",
         latent_bounds: Optional[Sequence[float]] = None,
+        committed_rate: float = 0.0,
     ):
         super().__init__()
         where = "fastvae.models.ConvVAE"
@@ -91,7 +92,7 @@ class ConvVAE(SingleLatentVAE):
             down += [nn.Conv2d(size_in, size_out, 4, stride=2, padding=1), make_activation(where, activation)]
         self.encoder = nn.Sequential(*down, nn.Flatten(), nn.Linear(bottom_size, hidden_dim),
                                      make_activation(where, activation))
-        self.latent = GaussianLatent(hidden_dim, self.latent_dim)
+        self.latent = GaussianLatent(hidden_dim, self.latent_dim, committed_rate=committed_rate)
 
         up = [nn.Linear(self.latent_dim, hidden_dim), make_activation(where, activation),
               nn.Linear(hidden_dim, bottom_size), make_activation(where, activation), nn.Unflatten(1, bottom)]
@@ -122,6 +123,7 @@ class ConvVAE(SingleLatentVAE):
             "baseline": baseline,
             "latent": self.latent_family,
             "latent_bounds": self.latent_bounds,
+            "committed_rate": self.latent.committed_rate,
         }
 
     def decoder_params(self, z: Tensor) -> Tensor:

@@ -3,13 +3,17 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
+import torch
 from torch import Tensor, nn
 
 from ..nn.latent import GaussianLatent
+from .autoregressive_decoder import AutoregressiveBernoulliDecoder
 from .base import register_model
 from .layers import activation as make_activation, data_shape_of, mlp, positive_int, positive_ints
 from .objectives import check_objective
 from .single import SingleLatentVAE, build_likelihood, flat_size
+
+DECODERS = ("mlp", "autoregressive")
 
 
 @register_model("mlp")
@@ -47,6 +51,19 @@ class MLPVAE(SingleLatentVAE):
             'logistic', 'cauchy' or 'truncated_normal' (each with its standard member as
             the prior; :mod:`fastvae.models.latent_families`).
         latent_bounds: [low, high] of the 'truncated_normal' latent (default [−2, 2]).
+        committed_rate: δ of the δ-VAE (Razavi et al. 2019), nats per latent dimension:
+            > 0 confines q's variance so that KL(q(z_d|x) ‖ N(0, 1)) >= δ for every x and
+            dimension (see :mod:`fastvae.nn.committed_rate`); the 'standard_normal' prior
+            only.  0 (default): off.
+        decoder: 'mlp' (default), or 'autoregressive': the Bernoulli likelihood's logits
+            are the MLP's f(z) plus a MADE over the pixels in raster order
+            (:class:`fastvae.models.autoregressive_decoder.AutoregressiveBernoulliDecoder`),
+            a decoder strong enough for a plain VAE to ignore z.  Its ``decode(z)`` draws
+            one ancestral sample pixel by pixel and returns the probabilities
+            p(x_i = 1 | x_<i, z) along it (not the intractable mean of p(x|z));
+            ``sample`` and ``reconstruct`` go through it.  Needs likelihood='bernoulli'.
+        autoregressive_hidden_sizes: widths of the MADE's masked hidden layers
+            (decoder='autoregressive').
 
     Example::
 
@@ -73,6 +90,9 @@ class MLPVAE(SingleLatentVAE):
         baseline: str = "none",
         latent: str = "gaussian",
         latent_bounds: Optional[Sequence[float]] = None,
+        committed_rate: float = 0.0,
+        decoder: str = "mlp",
+        autoregressive_hidden_sizes: Sequence[int] = (500,),
     ):
         super().__init__()
         where = "fastvae.models.MLPVAE"
@@ -87,9 +107,21 @@ class MLPVAE(SingleLatentVAE):
         data_size = flat_size(self.data_shape)
         self._params_shape = (param_channels,) + self.data_shape[1:]
         self.encoder = nn.Sequential(nn.Flatten(), mlp(where, (data_size,) + hidden, activation))
-        self.latent = GaussianLatent(hidden[-1] if hidden else data_size, self.latent_dim)
+        self.latent = GaussianLatent(hidden[-1] if hidden else data_size, self.latent_dim,
+                                     committed_rate=committed_rate)
         decoder_sizes = (self.latent_dim,) + tuple(reversed(hidden)) + (flat_size(self._params_shape),)
         self.decoder = mlp(where, decoder_sizes, activation, final_activation=False)
+        if decoder not in DECODERS:
+            raise ValueError(f"{where}: decoder must be one of {list(DECODERS)}, got {decoder!r}")
+        autoregressive_hidden = positive_ints(where, "autoregressive_hidden_sizes", list(autoregressive_hidden_sizes))
+        self.autoregressive = None
+        if decoder == "autoregressive":
+            if likelihood != "bernoulli":
+                raise ValueError(
+                    f"{where}: decoder='autoregressive' is a Bernoulli decoder over binary pixels; it needs "
+                    f"likelihood='bernoulli', got {likelihood!r}"
+                )
+            self.autoregressive = AutoregressiveBernoulliDecoder(data_size, self.latent_dim, autoregressive_hidden)
         self._setup(where, prior, prior_components, objective, num_samples, dreg, baseline=baseline, latent=latent,
                     latent_bounds=latent_bounds)
         self.config = {
@@ -109,7 +141,36 @@ class MLPVAE(SingleLatentVAE):
             "baseline": baseline,
             "latent": self.latent_family,
             "latent_bounds": self.latent_bounds,
+            "committed_rate": self.latent.committed_rate,
+            "decoder": decoder,
+            "autoregressive_hidden_sizes": list(autoregressive_hidden),
         }
 
     def decoder_params(self, z: Tensor) -> Tensor:
         return self.decoder(z).view((z.shape[0],) + self._params_shape)
+
+    def reconstruction_nll(self, z: Tensor, x: Tensor) -> Tensor:
+        if self.autoregressive is None:
+            return super().reconstruction_nll(z, x)
+        return self.autoregressive.nll(x.flatten(1), z, self.decoder(z))
+
+    def decode(self, z: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+        """The decoder's mean of p(x|z) [N, *data_shape] for z [N, latent_dim]; for the
+        autoregressive decoder, the probabilities p(x_i = 1 | x_<i, z) along one ancestral
+        sample x ~ p(x|z) drawn with ``generator`` (the mean of p(x|z) itself has no
+        closed form there)."""
+        if self.autoregressive is None:
+            return super().decode(z)
+        if not isinstance(z, Tensor) or z.dim() != 2 or z.shape[1] != self.latent_dim:
+            shape = tuple(z.shape) if isinstance(z, Tensor) else type(z).__name__
+            raise ValueError(f"{self._where}.decode: z must have shape [N, {self.latent_dim}], got {shape}")
+        _, probabilities = self.autoregressive.ancestral(z, self.decoder(z), generator)
+        return probabilities.view((z.shape[0],) + self.data_shape)
+
+    @torch.no_grad()
+    def sample(self, num_samples: int, generator: Optional[torch.Generator] = None) -> Tensor:
+        if self.autoregressive is None:
+            return super().sample(num_samples, generator)
+        num_samples = positive_int(self._where, "num_samples", num_samples)
+        device = next(self.parameters()).device
+        return self.decode(self.prior.sample(num_samples, generator, device), generator)

@@ -67,6 +67,12 @@ class SingleLatentVAE(VAE):
                dreg: bool, baseline: str = "none", latent: str = "gaussian", latent_bounds=None) -> None:
         self._where = where
         self.latent_family, self.latent_bounds = check_latent(where, latent, latent_bounds)
+        if self.latent.committed_rate > 0 and (prior != "standard_normal" or self.latent_family != "gaussian"):
+            raise ValueError(
+                f"{where}: committed_rate={self.latent.committed_rate} bounds KL(q(z_d|x) ‖ N(0, 1)) from below by "
+                f"the posterior's variance, which holds for the 'standard_normal' prior only, with the 'gaussian' "
+                f"latent (got prior {prior!r}, latent {latent!r}); use those or committed_rate=0"
+            )
         if self.latent_family == "gaussian":
             self.prior = make_prior(prior, self.latent_dim, prior_components, self.data_shape, self.encode)
         elif prior != "standard_normal":
@@ -90,11 +96,15 @@ class SingleLatentVAE(VAE):
         """The likelihood's parameters [N, P, *spatial] for latents z [N, latent_dim]."""
         raise NotImplementedError
 
+    def reconstruction_nll(self, z: Tensor, x: Tensor) -> Tensor:
+        """[N] −log p(x|z) for latents z [N, latent_dim] and data x [N, *data_shape]
+        (an autoregressive decoder reads x as well as z)."""
+        return self.likelihood.nll(self.decoder_params(z), x)
+
     def _log_likelihood(self, z: Tensor, x: Tensor) -> Tensor:
         """[K, B] log p(x|z_k) for z [K, B, D]: the decoder runs once on all K·B latents."""
         num_samples, batch = z.shape[0], z.shape[1]
-        params = self.decoder_params(z.flatten(0, 1))
-        nll = self.likelihood.nll(params, repeat_batch(x, num_samples))
+        nll = self.reconstruction_nll(z.flatten(0, 1), repeat_batch(x, num_samples))
         return -nll.view(num_samples, batch)
 
     # -- training objective -------------------------------------------------------------
@@ -119,7 +129,7 @@ class SingleLatentVAE(VAE):
 
     def _elbo_forward(self, x: Tensor, mu: Tensor, logvar: Tensor, beta: float, free_bits: float) -> VAEOutput:
         latent = self.prior.posterior_sample(mu, logvar, free_bits)
-        nll = self.likelihood.nll(self.decoder_params(latent.z), x)
+        nll = self.reconstruction_nll(latent.z, x)
         return self.elbo_loss(nll, latent.kl, latent.kl_objective, latent.kl_per_dim, beta)
 
     def score_function_terms(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, dict]:
@@ -139,7 +149,7 @@ class SingleLatentVAE(VAE):
         z = latent.z.detach()
         log_q = self.prior.posterior_log_prob(z, mu, logvar)
         log_p = self.prior.log_prob(z)
-        nll = self.likelihood.nll(self.decoder_params(z), x)
+        nll = self.reconstruction_nll(z, x)
         report = {"nll": nll.detach().float(), "kl": latent.kl.detach().float(),
                   "kl_per_dim": latent.kl_per_dim.detach().float()}
         return -nll.float(), log_p.float(), log_q, report

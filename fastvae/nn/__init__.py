@@ -8,10 +8,11 @@ from .likelihood import (LIKELIHOODS, BernoulliLikelihood, ContinuousBernoulliLi
                          DiscretizedLogisticLikelihood, DiscretizedLogisticMixtureLikelihood, GaussianLikelihood,
                          Likelihood, make_likelihood)
 from .elbo import ELBO
+from .committed_rate import committed_logvar, committed_logvar_bound, committed_rate_variances
 
 __all__ = [
     "GaussianLatent", "GaussianLatentOutput", "CategoricalLatent", "CategoricalLatentOutput", "sample_latent",
     "free_bits_kl", "kl_per_dimension", "Likelihood", "BernoulliLikelihood", "ContinuousBernoulliLikelihood",
     "GaussianLikelihood", "DiscretizedLogisticLikelihood", "DiscretizedLogisticMixtureLikelihood", "LIKELIHOODS",
-    "make_likelihood", "ELBO",
+    "make_likelihood", "ELBO", "committed_rate_variances", "committed_logvar_bound", "committed_logvar",
 ]

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops
+from .committed_rate import _check_delta, committed_logvar
 
 
 def _check_positive_int(where: str, name: str, value) -> int:
@@ -150,6 +151,10 @@ class GaussianLatent(nn.Module):
         in_features: features (channels, if spatial) of h.
         latent_dim: latent dimensions (channels, if spatial).
         spatial: a 1×1 convolution over [B, C, H, W] features instead of a Linear layer.
+        committed_rate: δ of the δ-VAE (Razavi et al. 2019), nats per latent dimension;
+            > 0 confines the log-variance by :func:`fastvae.nn.committed_logvar`, so that
+            KL(q(z_d|h) ‖ N(0, 1)) >= δ for every h and dimension d; 0 (default): the
+            head's output is the log-variance.
 
     Example::
 
@@ -159,12 +164,13 @@ class GaussianLatent(nn.Module):
         (torch.Size([32, 16]), torch.Size([32]), torch.Size([16]))
     """
 
-    def __init__(self, in_features: int, latent_dim: int, spatial: bool = False):
+    def __init__(self, in_features: int, latent_dim: int, spatial: bool = False, committed_rate: float = 0.0):
         super().__init__()
         where = "fastvae.nn.GaussianLatent"
         self.in_features = _check_positive_int(where, "in_features", in_features)
         self.latent_dim = _check_positive_int(where, "latent_dim", latent_dim)
         self.spatial = bool(spatial)
+        self.committed_rate = _check_delta(where, committed_rate)
         if self.spatial:
             self.head = nn.Conv2d(in_features, 2 * latent_dim, kernel_size=1)
         else:
@@ -181,7 +187,13 @@ class GaussianLatent(nn.Module):
                 f"in dimension 1, got {shape}"
             )
         mu, logvar = self.head(h).chunk(2, dim=1)
+        if self.committed_rate > 0:
+            logvar = committed_logvar(logvar, self.committed_rate)
         return mu, logvar
+
+    def extra_repr(self) -> str:
+        rate = f", committed_rate={self.committed_rate}" if self.committed_rate > 0 else ""
+        return f"in_features={self.in_features}, latent_dim={self.latent_dim}, spatial={self.spatial}{rate}"
 
     def forward(
         self,
