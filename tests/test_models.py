@@ -47,6 +47,19 @@ CASES = [
                                        "latent_dim": 3, "prior": "autoregressive", "prior_components": 1,
                                        "prior_hidden_sizes": [8], "objective": "iwae", "num_samples": 3,
                                        "dreg": True}, binary_data),
+    ("mlp-laplace", {"name": "mlp", "data_shape": [12], "hidden_sizes": [16], "latent_dim": 3, "latent": "laplace"},
+     binary_data),
+    ("mlp-logistic-iwae-dreg", {"name": "mlp", "data_shape": [12], "hidden_sizes": [16], "latent_dim": 3,
+                                "latent": "logistic", "objective": "iwae", "num_samples": 3, "dreg": True},
+     binary_data),
+    ("mlp-laplace-score-function", {"name": "mlp", "data_shape": [12], "hidden_sizes": [16], "latent_dim": 3,
+                                    "latent": "laplace", "objective": "score_function", "baseline": "learned"},
+     binary_data),
+    ("mlp-cauchy-iwae", {"name": "mlp", "data_shape": [12], "hidden_sizes": [16], "latent_dim": 3,
+                         "latent": "cauchy", "objective": "iwae", "num_samples": 3}, binary_data),
+    ("conv-truncated-normal", {"name": "conv", "data_shape": [1, 8, 8], "channels": [4, 8], "hidden_dim": 16,
+                               "latent_dim": 3, "latent": "truncated_normal", "latent_bounds": [-1.0, 2.0]},
+     binary_data),
     ("mlp-gaussian", {"name": "mlp", "data_shape": [2, 3, 2], "hidden_sizes": [16], "latent_dim": 3,
                       "likelihood": "gaussian", "likelihood_kwargs": {"learn_logvar": True}}, unit_data),
     ("conv-bernoulli", {"name": "conv", "data_shape": [1, 8, 8], "channels": [4, 8], "hidden_dim": 16,
@@ -158,9 +171,9 @@ def test_evaluation_methods(case):
         assert ((images >= 0) & (images <= 1)).all()
     assert torch.equal(samples, model.sample(4, torch.Generator().manual_seed(1)))
     params = model.posterior_params(x)
-    if isinstance(model, (MLPVAE, ConvVAE)):
+    if isinstance(model, (MLPVAE, ConvVAE)) and model.latent_family == "gaussian":
         assert params[0].shape == params[1].shape == (BATCH, model.latent_dim)
-    else:
+    else:  # only a Gaussian q(z|x) has (mu, logvar)
         assert params is None
 
 

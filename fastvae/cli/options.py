@@ -89,6 +89,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("prior_lr_scale", "float", None, MODEL, "the autoregressive prior's learning rate relative to --lr, in "
            "(0, 1] (mlp, conv; default: 0.01, which kept it from following the encoder into collapse in "
            "the README's comparison)"),
+    Option("latent", "str", None, MODEL, "the latent's family, its standard member the prior: gaussian, laplace, "
+           "logistic, cauchy or truncated_normal (mlp, conv)",
+           ("gaussian", "laplace", "logistic", "cauchy", "truncated_normal")),
+    Option("latent_bounds", "floats", None, MODEL, "the truncated_normal latent's interval low,high (default -2,2)"),
     Option("objective", "str", None, MODEL, "elbo, iwae or score_function (the ELBO, the encoder trained by the "
            "REINFORCE gradient; mlp, conv, discrete)", ("elbo", "iwae", "score_function")),
     Option("num_samples", "int", None, MODEL, "K of the iwae objective"),
@@ -179,8 +183,8 @@ OPTION_BY_KEY: Dict[str, Option] = {option.key: option for option in OPTIONS}
 
 # Settings of the model constructors (fastvae.models), passed when the model takes them.
 MODEL_KEYS = ("likelihood", "latent_dim", "hidden_sizes", "channels", "hidden_dim", "latent_dims", "activation",
-              "num_mixtures", "prior", "prior_components", "objective", "num_samples", "dreg", "num_variables",
-              "num_categories", "temperature", "hard", "resolutions", "width", "bottleneck", "encoder_blocks",
+              "num_mixtures", "prior", "prior_components", "latent", "latent_bounds", "objective", "num_samples",
+              "dreg", "num_variables", "num_categories", "temperature", "hard", "resolutions", "width", "bottleneck", "encoder_blocks",
               "decoder_groups", "latent_channels", "logvar_bound", "kl_balancing", "spectral_coeff",
               "baseline", "committed_rate", "decoder", "autoregressive_hidden_sizes",
               "prior_hidden_sizes", "prior_lr_scale")

@@ -35,7 +35,7 @@ class ConvVAE(SingleLatentVAE):
         activation: as :class:`fastvae.models.MLPVAE` ('relu' by default).
         likelihood, num_mixtures, likelihood_kwargs, prior, prior_components,
         prior_hidden_sizes, prior_lr_scale, objective, num_samples, dreg, baseline,
-        committed_rate: as :class:`fastvae.models.MLPVAE`.
+        latent, latent_bounds, committed_rate: as :class:`fastvae.models.MLPVAE`.
 
     Example::
 
@@ -63,6 +63,8 @@ class ConvVAE(SingleLatentVAE):
         num_samples: int = 5,
         dreg: bool = False,
         baseline: str = "none",
+        latent: str = "gaussian",
+        latent_bounds: Optional[Sequence[float]] = None,
         committed_rate: float = 0.0,
     ):
         super().__init__()
@@ -106,7 +108,8 @@ class ConvVAE(SingleLatentVAE):
         self.decoder = nn.Sequential(*up)
         prior_hidden_sizes = positive_ints(where, "prior_hidden_sizes", list(prior_hidden_sizes), allow_empty=True)
         self._setup(where, prior, prior_components, objective, num_samples, dreg, baseline=baseline,
-                    prior_hidden_sizes=prior_hidden_sizes, prior_lr_scale=prior_lr_scale)
+                    prior_hidden_sizes=prior_hidden_sizes, prior_lr_scale=prior_lr_scale, latent=latent,
+                    latent_bounds=latent_bounds)
         self.config = {
             "name": "conv",
             "data_shape": list(self.data_shape),
@@ -125,6 +128,8 @@ class ConvVAE(SingleLatentVAE):
             "num_samples": num_samples,
             "dreg": dreg,
             "baseline": baseline,
+            "latent": self.latent_family,
+            "latent_bounds": self.latent_bounds,
             "committed_rate": self.latent.committed_rate,
         }
 

@@ -54,6 +54,10 @@ class MLPVAE(SingleLatentVAE):
             with the IWAE objective.
         baseline: the score-function estimator's control variate: 'none', 'running_mean'
             or 'learned' (objective 'score_function' only).
+        latent: the family of q(z|x) and p(z): 'gaussian' (default), 'laplace',
+            'logistic', 'cauchy' or 'truncated_normal' (each with its standard member as
+            the prior; :mod:`fastvae.models.latent_families`).
+        latent_bounds: [low, high] of the 'truncated_normal' latent (default [−2, 2]).
         committed_rate: δ of the δ-VAE (Razavi et al. 2019), nats per latent dimension:
             > 0 confines q's variance so that KL(q(z_d|x) ‖ N(0, 1)) >= δ for every x and
             dimension (see :mod:`fastvae.nn.committed_rate`); the 'standard_normal' prior
@@ -93,6 +97,8 @@ class MLPVAE(SingleLatentVAE):
         num_samples: int = 5,
         dreg: bool = False,
         baseline: str = "none",
+        latent: str = "gaussian",
+        latent_bounds: Optional[Sequence[float]] = None,
         committed_rate: float = 0.0,
         decoder: str = "mlp",
         autoregressive_hidden_sizes: Sequence[int] = (500,),
@@ -127,7 +133,8 @@ class MLPVAE(SingleLatentVAE):
             self.autoregressive = AutoregressiveBernoulliDecoder(data_size, self.latent_dim, autoregressive_hidden)
         prior_hidden_sizes = positive_ints(where, "prior_hidden_sizes", list(prior_hidden_sizes), allow_empty=True)
         self._setup(where, prior, prior_components, objective, num_samples, dreg, baseline=baseline,
-                    prior_hidden_sizes=prior_hidden_sizes, prior_lr_scale=prior_lr_scale)
+                    prior_hidden_sizes=prior_hidden_sizes, prior_lr_scale=prior_lr_scale, latent=latent,
+                    latent_bounds=latent_bounds)
         self.config = {
             "name": "mlp",
             "data_shape": list(self.data_shape),
@@ -145,6 +152,8 @@ class MLPVAE(SingleLatentVAE):
             "num_samples": num_samples,
             "dreg": dreg,
             "baseline": baseline,
+            "latent": self.latent_family,
+            "latent_bounds": self.latent_bounds,
             "committed_rate": self.latent.committed_rate,
             "decoder": decoder,
             "autoregressive_hidden_sizes": list(autoregressive_hidden),

@@ -21,7 +21,6 @@ import torch
 from torch import Tensor
 
 from .. import ops
-from ..reference import LOG_2PI
 from .base import VAEOutput
 from .layers import check_number, positive_int
 
@@ -85,15 +84,6 @@ def layered_iwae_output(log_px_z: Tensor, log_p: Tensor, log_q: Tensor, kls: lis
         iwae = bound.detach() if beta == 1.0 else ops.iwae_bound(log_px_z, log_p, log_q)
     return VAEOutput(loss=-bound.mean(), elbo=(-(nll + kl)).float(), nll=nll.float(), kl=kl.float(),
                      kl_per_dim=kl_by_dim.mean(0).float(), extras={"iwae": iwae.float()})
-
-
-def log_density_fixed_params(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
-    """[K, B] log N(z_k; mu, e^logvar) summed over the latent, with mu and logvar detached:
-    its gradient reaches the encoder only through z (DReG's log q)."""
-    mu, logvar = mu.detach().float(), logvar.detach().float()
-    z = z.float()
-    terms = -0.5 * (LOG_2PI + logvar + (z - mu) ** 2 * torch.exp(-logvar))
-    return terms.flatten(2).sum(-1)
 
 
 def doubly_reparameterize(z: Tensor, log_weights: Tensor) -> None:

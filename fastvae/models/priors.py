@@ -22,7 +22,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor, nn
 
-from .. import ops
+from .. import ops, reference
 from ..nn.latent import GaussianLatentOutput, sample_latent
 from ..reference import LOG_2PI
 from .layers import positive_int, positive_ints
@@ -57,6 +57,13 @@ class Prior(nn.Module):
     def sample(self, num_samples: int, generator: Optional[torch.Generator] = None, device=None) -> Tensor:
         """[num_samples, D] draws z ~ p(z), on ``device`` (default: the prior's)."""
         raise NotImplementedError
+
+    def posterior_log_prob(self, z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
+        """log q(z|x) of the posterior N(mu, e^logvar) at given z, summed over the latent (the
+        last dimension), float32, differentiable in mu and logvar: the score function's
+        log q, and DReG's with mu and logvar detached.  (A non-Gaussian latent's prior,
+        :class:`fastvae.models.latent_families.FamilyLatentPrior`, gives its own family's.)"""
+        return reference.gaussian_log_density(z.float(), mu.float(), logvar.float()).sum(-1)
 
     def posterior_sample(
         self, mu: Tensor, logvar: Tensor, free_bits: float = 0.0, generator: Optional[torch.Generator] = None

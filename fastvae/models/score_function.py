@@ -39,7 +39,6 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from ..reference import LOG_2PI
 
 BASELINES = ("none", "running_mean", "learned")
 # The running mean's decay per update, and the learned baseline's hidden width (NVIL's
@@ -56,13 +55,6 @@ def check_baseline(where: str, baseline, objective: str) -> str:
         raise ValueError(f"{where}: baseline={baseline!r} is a control variate of the score-function estimator; "
                          f"set objective='score_function' (or baseline='none')")
     return baseline
-
-
-def gaussian_log_density(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
-    """[...] log N(z; mu, e^logvar) summed over the last dimension, differentiable in mu
-    and logvar (z is usually detached: the score function ∇ log q at a fixed z)."""
-    mu, logvar, z = mu.float(), logvar.float(), z.float()
-    return (-0.5 * (LOG_2PI + logvar + (z - mu) ** 2 * torch.exp(-logvar))).sum(-1)
 
 
 class LearningSignalBaseline(nn.Module):

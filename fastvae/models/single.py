@@ -1,6 +1,10 @@
-"""The machinery of a VAE with one Gaussian latent vector, shared by the MLP and the
+"""The machinery of a VAE with one latent vector, shared by the MLP and the
 convolutional models: the prior, the likelihood head, the ELBO and IWAE objectives (with
 DReG), importance weights, and the evaluation methods of the :class:`VAE` contract.
+
+The latent is Gaussian, or another reparameterized family (``latent``: Laplace, logistic,
+Cauchy, truncated normal; :mod:`fastvae.models.latent_families`), whose q and p then
+take the prior's place.
 
 A subclass builds ``self.encoder`` (x → features [B, F]), ``self.latent`` (a
 :class:`fastvae.nn.GaussianLatent` on those features) and implements
@@ -21,11 +25,10 @@ from ..nn.latent import kl_per_dimension
 from ..nn.likelihood import Likelihood, make_likelihood
 from .base import VAE, VAEOutput
 from .layers import check_batch, positive_int
-from .objectives import (check_forward_args, doubly_reparameterize, log_density_fixed_params, repeat_batch,
-                         tempered_iwae_bound)
+from .objectives import check_forward_args, doubly_reparameterize, repeat_batch, tempered_iwae_bound
+from .latent_families import FamilyLatentPrior, check_latent
 from .priors import make_prior
-from .score_function import LearningSignalBaseline, check_baseline, gaussian_log_density, score_function_loss
-from .score_function import learning_signal
+from .score_function import LearningSignalBaseline, check_baseline, learning_signal, score_function_loss
 
 
 def build_likelihood(where: str, name: str, data_shape: tuple, num_mixtures: int,
@@ -52,25 +55,33 @@ def build_likelihood(where: str, name: str, data_shape: tuple, num_mixtures: int
 
 
 class SingleLatentVAE(VAE):
-    """Base of the models with one Gaussian latent vector (see the module's docstring).
+    """Base of the models with one latent vector (see the module's docstring).
 
     Set by :meth:`_setup`: ``data_shape``, ``latent_dim``, ``likelihood``, ``prior``,
-    ``objective``, ``num_samples``, ``dreg``, ``baseline`` and, for the 'score_function'
-    objective, ``control_variate`` (a :class:`fastvae.models.LearningSignalBaseline`).
+    ``latent_family``, ``latent_bounds``, ``objective``, ``num_samples``, ``dreg``, ``baseline``
+    and, for the 'score_function' objective, ``control_variate`` (a
+    :class:`fastvae.models.LearningSignalBaseline`).
     """
 
     def _setup(self, where: str, prior: str, prior_components: int, objective: str, num_samples: int,
-               dreg: bool, baseline: str = "none", prior_hidden_sizes=(256, 256), prior_lr_scale: float = 0.01
-               ) -> None:
+               dreg: bool, baseline: str = "none", prior_hidden_sizes=(256, 256), prior_lr_scale: float = 0.01,
+               latent: str = "gaussian", latent_bounds=None) -> None:
         self._where = where
-        if self.latent.committed_rate > 0 and prior != "standard_normal":
+        self.latent_family, self.latent_bounds = check_latent(where, latent, latent_bounds)
+        if self.latent.committed_rate > 0 and (prior != "standard_normal" or self.latent_family != "gaussian"):
             raise ValueError(
                 f"{where}: committed_rate={self.latent.committed_rate} bounds KL(q(z_d|x) ‖ N(0, 1)) from below by "
-                f"the posterior's variance, which holds for the 'standard_normal' prior only (a {prior!r} prior's "
-                f"KL has no such bound); use prior='standard_normal' or committed_rate=0"
+                f"the posterior's variance, which holds for the 'standard_normal' prior only, with the 'gaussian' "
+                f"latent (got prior {prior!r}, latent {latent!r}); use those or committed_rate=0"
             )
-        self.prior = make_prior(prior, self.latent_dim, prior_components, self.data_shape, self.encode,
-                                prior_hidden_sizes, prior_lr_scale)
+        if self.latent_family == "gaussian":
+            self.prior = make_prior(prior, self.latent_dim, prior_components, self.data_shape, self.encode,
+                                    prior_hidden_sizes, prior_lr_scale)
+        elif prior != "standard_normal":
+            raise ValueError(f"{where}: the {latent!r} latent has its own standard prior; prior must be "
+                             f"'standard_normal' (the default), got {prior!r}")
+        else:
+            self.prior = FamilyLatentPrior(self.latent_family, self.latent_dim, self.latent_bounds)
         self.objective, self.num_samples, self.dreg = objective, num_samples, dreg
         self.baseline = check_baseline(where, baseline, objective)
         if objective == "score_function":
@@ -138,7 +149,7 @@ class SingleLatentVAE(VAE):
         with torch.no_grad():
             latent = self.prior.posterior_sample(mu.detach(), logvar.detach())
         z = latent.z.detach()
-        log_q = gaussian_log_density(z, mu, logvar)
+        log_q = self.prior.posterior_log_prob(z, mu, logvar)
         log_p = self.prior.log_prob(z)
         nll = self.reconstruction_nll(z, x)
         report = {"nll": nll.detach().float(), "kl": latent.kl.detach().float(),
@@ -160,7 +171,7 @@ class SingleLatentVAE(VAE):
             # log p and log q from z in torch, so that their whole gradient to the encoder
             # passes through z (where the DReG hook scales it), q's parameters held fixed.
             log_p = self.prior.log_prob(z)
-            log_q = log_density_fixed_params(z, mu, logvar)
+            log_q = self.prior.posterior_log_prob(z, mu.detach(), logvar.detach())
         else:
             z, log_q, log_p = self.prior.sample_k(mu, logvar, self.num_samples)
         log_px_z = self._log_likelihood(z, x)
@@ -169,8 +180,11 @@ class SingleLatentVAE(VAE):
             doubly_reparameterize(z, log_px_z + beta * (log_p - log_q))
         with torch.no_grad():
             nll = -log_px_z.mean(0)
-            if self.prior.analytic_kl:
+            if self.prior.analytic_kl and self.latent_family == "gaussian":
                 kl_by_dim = kl_per_dimension(ops.gaussian_kl(mu, logvar, reduction="none"))
+                kl, kl_per_dim = kl_by_dim.sum(1), kl_by_dim.mean(0)
+            elif self.prior.analytic_kl:
+                kl_by_dim = kl_per_dimension(self.prior.analytic_kl_terms(mu, logvar))
                 kl, kl_per_dim = kl_by_dim.sum(1), kl_by_dim.mean(0)
             else:
                 kl, kl_per_dim = (log_q - log_p).mean(0), torch.zeros(0, device=x.device)
@@ -194,11 +208,18 @@ class SingleLatentVAE(VAE):
         return (self._log_likelihood(z, x) + log_p - log_q).float()
 
     def posterior_mean(self, x: Tensor) -> Tensor:
+        """E_q[z|x] (for the Cauchy latent, which has no mean, its location, the median)."""
         check_batch(self._where, x, self.data_shape)
-        return self.encode(x)[0]
+        mu, logvar = self.encode(x)
+        if self.latent_family == "gaussian":
+            return mu
+        return self.prior.posterior_location(mu, logvar)
 
-    def posterior_params(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def posterior_params(self, x: Tensor) -> Optional[tuple[Tensor, Tensor]]:
+        """(mu, logvar) of a Gaussian latent; None for another family."""
         check_batch(self._where, x, self.data_shape)
+        if self.latent_family != "gaussian":
+            return None
         return self.encode(x)
 
     def decode(self, z: Tensor) -> Tensor:
