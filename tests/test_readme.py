@@ -163,3 +163,17 @@ def test_autoregressive_prior_commands_differ_only_in_the_prior():
     assert (first["data"], first["model"], first["hidden_sizes"], first["latent_dim"]) == ("binarized_mnist", "mlp",
                                                                                            [200, 200], 50)
     assert f"{first['steps']:,} steps of {first['batch_size']}" in text.replace("\n", " ")
+
+
+def test_latent_comparison_command_is_the_burda_model_with_each_latent():
+    """The latent families' comparison: one command, Burda et al.'s model with a
+    non-Gaussian latent, and a table row for every latent the command line offers."""
+    text = section("Latents beyond the Gaussian")
+    commands = [c for c in code_blocks(text, "bash") if "fastvae train" in c]
+    assert len(commands) == 1, commands
+    settings = parsed_settings(commands[0].removeprefix("OMP_NUM_THREADS=1 "))
+    assert (settings["data"], settings["data_root"], settings["model"], settings["hidden_sizes"],
+            settings["latent_dim"], settings["latent"], settings["epochs"]) == (
+        "binarized_mnist", "../shared/data", "mlp", [200, 200], 50, "laplace", 10)
+    for latent in ("gaussian", "laplace", "logistic", "cauchy", "truncated_normal"):
+        assert re.search(rf"^\| {latent}( \(−2, 2\))? \|", text, flags=re.M), latent
