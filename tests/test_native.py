@@ -25,6 +25,7 @@ CUDA_ENTRY_POINTS = {
     "logistic": ["discretized_logistic_fwd", "discretized_logistic_bwd", "logistic_mixture_fwd",
                  "logistic_mixture_bwd"],
     "location_scale": ["location_scale_fwd", "location_scale_bwd"],
+    "truncated_normal": ["truncated_normal_fwd", "truncated_normal_bwd"],
 }
 
 
