@@ -62,7 +62,9 @@ def noise_prediction_squared_error(eps_hat: torch.Tensor, seed_offset: torch.Ten
     float32 (float64 for float64 ε̂)."""
     dtype = compute_dtype(eps_hat)
     eps = noise(seed_offset, eps_hat.shape).to(dtype)
-    error = (eps - eps_hat.to(dtype)).flatten(1)
+    error = eps - eps_hat.to(dtype)
+    # One element a row for ε̂ [B] (flatten(1) needs a second dimension).
+    error = error.flatten(1) if error.dim() > 1 else error.unsqueeze(1)
     return (error * error).sum(1)
 
 

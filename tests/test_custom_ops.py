@@ -27,6 +27,7 @@ from torch._library.custom_ops import CustomOpDef
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import fastvae
+from fastvae.ops import diffusion as diffusion_ops
 from fastvae.ops import discrete as discrete_ops
 from fastvae.ops import iwae as iwae_ops
 from fastvae.ops import latent as latent_ops
@@ -44,7 +45,8 @@ CHECKS = ("test_schema", "test_faketensor", "test_autograd_registration")
 # adds to test_faketensor (dispatch, symbolic shapes, the autograd wiring) does not depend
 # on the dtype, so it runs on the forwards in float32.
 AOT_CHECKS = CHECKS + ("test_aot_dispatch_dynamic",)
-FAMILIES = ("latent", "iwae", "discrete", "likelihood", "logistic", "location_scale", "truncated_normal")
+FAMILIES = ("latent", "iwae", "discrete", "likelihood", "logistic", "location_scale", "truncated_normal",
+            "diffusion")
 
 
 class Case(NamedTuple):
@@ -349,6 +351,29 @@ def truncated_normal_cases(backend, dtype):
     return cases
 
 
+def diffusion_cases(backend, dtype):
+    cases = []
+    seed_offset = draw_seed(DEVICE)
+    # x and γ of one dtype or two (z in the promoted one); an empty batch.
+    for shape, gamma_dtype in [((3, 5), dtype), ((3, 5), torch.float32), ((0, 4), dtype)]:
+        name = f"{shape} gamma {gamma_dtype}"
+        x, gamma = tensor(shape, dtype, 1, True), tensor(shape[:1], gamma_dtype, 2, True, 3.0)
+        args = (x, gamma, seed_offset, backend)
+        cases.append(forward(name, diffusion_ops._diffuse_fwd, args))
+        (z,) = call(diffusion_ops._diffuse_fwd, args)
+        for x_grad, gamma_grad in [(True, True), (True, False), (False, True)]:
+            bwd_args = (like(z), x.detach(), gamma.detach(), seed_offset, x_grad, gamma_grad, backend)
+            cases.append(backward(f"{name}, grads of {(x_grad, gamma_grad)}", diffusion_ops._diffuse_bwd, bwd_args))
+        # The public op hands the launchers a float32 weight.
+        eps_hat, weight = tensor(shape, dtype, 3, True), tensor(shape[:1], torch.float32, 4, True)
+        args = (eps_hat, seed_offset, weight, backend)
+        cases.append(forward(name, diffusion_ops._diffusion_loss_fwd, args))
+        loss, _ = call(diffusion_ops._diffusion_loss_fwd, args)
+        bwd_args = (like(loss), eps_hat.detach(), seed_offset, weight.detach(), backend)
+        cases.append(backward(name, diffusion_ops._diffusion_loss_bwd, bwd_args))
+    return cases
+
+
 CASES = {
     "latent": latent_cases,
     "iwae": iwae_cases,
@@ -357,13 +382,14 @@ CASES = {
     "logistic": logistic_cases,
     "location_scale": location_scale_cases,
     "truncated_normal": truncated_normal_cases,
+    "diffusion": diffusion_cases,
 }
 
 
 def test_every_custom_op_has_cases(kernel_backend):
     """The matrix covers each custom op (forward, backward and helper) of fastvae/ops."""
     modules = (latent_ops, iwae_ops, discrete_ops, likelihood_ops, logistic_ops, location_scale_ops,
-               truncated_normal_ops)
+               truncated_normal_ops, diffusion_ops)
     defined = {value._qualname for module in modules for value in vars(module).values()
                if isinstance(value, CustomOpDef)}
     covered = {case.op._qualname for family in FAMILIES for case in CASES[family](kernel_backend, torch.float32)}
@@ -464,6 +490,8 @@ def public_op_calls(dtype):
         ("sample_laplace", lambda *t: fastvae.sample_laplace(*t, free_bits=0.1), latent),
         ("sample_logistic", lambda *t: fastvae.sample_logistic(*t, reduction="none"), latent),
         ("sample_cauchy", lambda *t: fastvae.sample_cauchy(*t, reduction="mean"), latent),
+        ("diffuse", lambda m, v: fastvae.diffuse(m, v[:, 0]), [mu, logvar]),
+        ("diffusion_loss", lambda m, v: fastvae.diffusion_loss(m, draw_seed(DEVICE), v[:, 0], "mean"), [mu, logvar]),
     ]
 
 
@@ -535,6 +563,9 @@ def every_public_op_call(dtype=torch.float32):
     outputs.extend(fastvae.sample_laplace(mu, logvar, prior_mu, prior_logvar, free_bits=0.2))
     outputs.extend(fastvae.sample_logistic(mu, logvar, prior_mu, prior_logvar, reduction="none"))
     outputs.extend(fastvae.sample_cauchy(mu, logvar, prior_mu))
+    z_t, noise_seed = fastvae.diffuse(mu, logvar[:, 0, 0])
+    outputs.append(z_t)
+    outputs.append(fastvae.diffusion_loss(z_t, noise_seed, logvar[:, 1, 0]))
     inputs = [mu, logvar, prior_mu, prior_logvar, log_w, logits, bern_logits, mean, params]
     return outputs, inputs
 
@@ -586,7 +617,8 @@ def test_under_a_dispatch_mode_the_custom_ops_run(kernel_backend):
         outputs_and_grads()
     for name in ("gaussian_latent_fwd", "gaussian_latent_bwd", "bernoulli_nll_fwd", "bernoulli_nll_bwd",
                  "discretized_logistic_mixture_fwd", "sample_gaussian_k_bwd", "iwae_bound_bwd", "categorical_bwd",
-                 "location_scale_fwd", "location_scale_bwd", "truncated_normal_fwd", "truncated_normal_bwd"):
+                 "location_scale_fwd", "location_scale_bwd", "truncated_normal_fwd", "truncated_normal_bwd",
+                 "diffuse_fwd", "diffuse_bwd", "diffusion_loss_fwd", "diffusion_loss_bwd"):
         assert any(f"fastvae.{name}" in op for op in seen), name
 
 
