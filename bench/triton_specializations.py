@@ -646,11 +646,35 @@ def _location_scale_cases() -> Iterable[Case]:
                            run)
 
 
+DIFFUSION_SHAPE = (16, 3, 8, 8)
+# Which inputs of diffuse (x, γ) and of diffusion_loss (ε̂, w) require grad.
+DIFFUSION_GRADS = {"fwd": (), "bwd(all)": (0, 1), "bwd(in0)": (0,), "bwd(in1)": (1,)}
+
+
+def _diffusion_cases() -> Iterable[Case]:
+    """diffuse and diffusion_loss: x and γ of one dtype or γ float32 (z in the promoted
+    dtype), each input's gradient asked for or not."""
+    import fastvae
+
+    shape = DIFFUSION_SHAPE
+    for dtype in DTYPES:
+        d = _dtype_name(dtype)
+        for gamma_dtype in dict.fromkeys((dtype, torch.float32)):
+            for grads in _options(dtype, list(DIFFUSION_GRADS), ["fwd", "bwd(all)"]):
+                def run(dtype=dtype, gamma_dtype=gamma_dtype, wanted=DIFFUSION_GRADS[grads]):
+                    x, gamma = _new(shape, dtype, 0 in wanted), _new(shape[:1], gamma_dtype, 1 in wanted)
+                    z, noise_seed = fastvae.diffuse(x, gamma)
+                    _backward([z], [x, gamma])
+                    eps_hat, weight = _new(shape, dtype, 0 in wanted), _new(shape[:1], gamma_dtype, 1 in wanted)
+                    _backward([fastvae.diffusion_loss(eps_hat, noise_seed, weight)], [eps_hat, weight])
+                yield Case(f"diffuse, diffusion_loss {d} gamma/weight {_dtype_name(gamma_dtype)} {grads}", run)
+
+
 def op_matrix() -> list[Case]:
     """Every Triton-backed public op × dtype × each option that changes a kernel, forward
     and backward (with the gradient flowing into each input or not)."""
     return [*_latent_cases(), *_iwae_cases(), *_discrete_cases(), *_likelihood_cases(), *_logistic_cases(),
-            *_location_scale_cases(), *_truncated_normal_cases()]
+            *_location_scale_cases(), *_truncated_normal_cases(), *_diffusion_cases()]
 
 
 # --------------------------------------------------------------------------------------

@@ -85,15 +85,19 @@ def diffuse_bwd_kernel(
     BLOCK_N: tl.constexpr,
 ):
     rows, offsets, mask = _tile(B, N, BLOCK_B, BLOCK_N)
-    grad_z = tl.load(grad_z_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
     alpha, sigma = _scales(gamma_ptr, rows, B)
+    # The noise before the loads: drawn after them, ptxas spilled across Box–Muller's calls.
+    if GAMMA_GRAD:
+        eps = _noise(seed_ptr, offsets)
+    else:
+        eps = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
+    grad_z = tl.load(grad_z_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
     if X_GRAD:
         tl.store(grad_x_ptr + offsets, (alpha * grad_z).to(grad_x_ptr.dtype.element_ty), mask=mask)
     if GAMMA_GRAD:
         # dα/dγ = −½·α·σ², dσ/dγ = ½·σ·α²: ∂γ = ½·α·σ·Σ g·(α·ε − σ·x), the row's factor
         # taken out of the sum.
         x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-        eps = _noise(seed_ptr, offsets)
         terms = tl.where(mask, grad_z * (alpha * eps - sigma * x), 0.0)
         partial = 0.5 * alpha * sigma * tl.sum(terms, axis=1)[:, None]
         pid_n = tl.program_id(1)
@@ -112,8 +116,9 @@ def diffusion_loss_fwd_kernel(
     BLOCK_N: tl.constexpr,
 ):
     rows, offsets, mask = _tile(B, N, BLOCK_B, BLOCK_N)
-    eps_hat = tl.load(eps_hat_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-    error = _noise(seed_ptr, offsets) - eps_hat
+    # The noise before the load (as in diffuse_bwd_kernel: no spill in 16-bit).
+    eps = _noise(seed_ptr, offsets)
+    error = eps - tl.load(eps_hat_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
     partial = tl.sum(tl.where(mask, error * error, 0.0), axis=1)
     tl.store(squared_error_ptr + rows * num_col_blocks + tl.program_id(1), partial, mask=rows < B)
 
