@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CUDA_SOURCES = sorted((ROOT / "csrc" / "cuda").glob("*.cu"))
 # What each CUDA source contributes to fastvae._C_cuda.
 CUDA_ENTRY_POINTS = {
+    "diffusion": ["diffuse_fwd", "diffuse_bwd", "diffusion_loss_fwd", "diffusion_loss_bwd"],
     "discrete": ["categorical_fwd", "categorical_bwd"],
     "iwae": ["sample_gaussian_k_fwd", "sample_gaussian_k_bwd", "log_mean_exp_fwd", "log_mean_exp_bwd"],
     "latent": ["gaussian_latent_fwd", "gaussian_latent_bwd"],
@@ -257,6 +258,9 @@ def cpu_row_sums():
                                                                    prior_logits=randn(1000))
         for family in ("laplace", "logistic", "cauchy"):
             outputs[f"sample_{family}"] = getattr(fastvae, f"sample_{family}")(mu, logvar, mu.flip(0))
+        z_t, noise_seed = fastvae.diffuse(x, 4.0 * x[:, 0] - 2.0)
+        outputs["diffuse"] = z_t
+        outputs["diffusion_loss"] = fastvae.diffusion_loss(x, noise_seed, x[:, 0] + 0.5)
     return outputs
 
 

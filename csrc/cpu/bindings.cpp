@@ -4,6 +4,7 @@
 #include <pybind11/stl.h>
 
 #include "fastvae/bindings.h"
+#include "fastvae/diffusion_bindings.h"
 #include "fastvae/truncated_normal_bindings.h"
 #include "fastvae/philox.h"
 #include "ops.h"
@@ -300,5 +301,51 @@ PYBIND11_MODULE(_C, module) {
       py::arg("prior_loc_layout"), py::arg("prior_log_scale_layout"), py::arg("sizes"), py::arg("low"),
       py::arg("high"), py::arg("dtype"), py::arg("prior_dtype"), py::arg("grad_prior_loc_dtype"),
       py::arg("grad_prior_log_scale_dtype"), py::arg("grad_per_element"),
+      py::call_guard<py::gil_scoped_release>());
+  // Diffusion ops.  Columns per task and per partial row sum of Σ(ε − ε̂)² and ∂γ.
+  module.attr("DIFFUSION_ROW_PARTIAL_WIDTH") = fastvae::cpu::kDiffusionRowPartialWidth;
+  // Named arguments: the launcher (fastvae/native/diffusion.py) passes each by name.
+  module.def(
+      "diffuse_fwd",
+      [](Address x, Address gamma, Address seed_offset, Address z, int64_t batch, int64_t features, int x_dtype,
+         int gamma_dtype, int z_dtype) {
+        fastvae::cpu::diffuse_forward(
+            diffuse_forward_args(x, gamma, seed_offset, z, batch, features, x_dtype, gamma_dtype, z_dtype));
+      },
+      py::arg("x"), py::arg("gamma"), py::arg("seed_offset"), py::arg("z"), py::arg("batch"), py::arg("features"),
+      py::arg("x_dtype"), py::arg("gamma_dtype"), py::arg("z_dtype"), py::call_guard<py::gil_scoped_release>());
+  module.def(
+      "diffuse_bwd",
+      [](Address grad_z, Address x, Address gamma, Address seed_offset, Address grad_x, Address grad_gamma,
+         int64_t batch, int64_t features, int64_t row_partials, int grad_z_dtype, int x_dtype, int gamma_dtype) {
+        check_row_partials("diffuse_bwd", features, row_partials, fastvae::cpu::kDiffusionRowPartialWidth);
+        fastvae::cpu::diffuse_backward(diffuse_backward_args(grad_z, x, gamma, seed_offset, grad_x, grad_gamma,
+                                                             batch, features, row_partials, grad_z_dtype, x_dtype,
+                                                             gamma_dtype));
+      },
+      py::arg("grad_z"), py::arg("x"), py::arg("gamma"), py::arg("seed_offset"), py::arg("grad_x"),
+      py::arg("grad_gamma"), py::arg("batch"), py::arg("features"), py::arg("row_partials"), py::arg("grad_z_dtype"),
+      py::arg("x_dtype"), py::arg("gamma_dtype"), py::call_guard<py::gil_scoped_release>());
+  module.def(
+      "diffusion_loss_fwd",
+      [](Address eps_hat, Address seed_offset, Address weight, Address loss, Address squared_error, int64_t batch,
+         int64_t features, int64_t row_partials, int eps_hat_dtype, int weight_dtype) {
+        check_row_partials("diffusion_loss_fwd", features, row_partials, fastvae::cpu::kDiffusionRowPartialWidth);
+        fastvae::cpu::diffusion_loss_forward(diffusion_loss_forward_args(eps_hat, seed_offset, weight, loss,
+                                                                         squared_error, batch, features, row_partials,
+                                                                         eps_hat_dtype, weight_dtype));
+      },
+      py::arg("eps_hat"), py::arg("seed_offset"), py::arg("weight"), py::arg("loss"), py::arg("squared_error"),
+      py::arg("batch"), py::arg("features"), py::arg("row_partials"), py::arg("eps_hat_dtype"),
+      py::arg("weight_dtype"), py::call_guard<py::gil_scoped_release>());
+  module.def(
+      "diffusion_loss_bwd",
+      [](Address grad_loss, Address eps_hat, Address seed_offset, Address weight, Address grad_eps_hat,
+         int64_t batch, int64_t features, int eps_hat_dtype, int weight_dtype) {
+        fastvae::cpu::diffusion_loss_backward(diffusion_loss_backward_args(
+            grad_loss, eps_hat, seed_offset, weight, grad_eps_hat, batch, features, eps_hat_dtype, weight_dtype));
+      },
+      py::arg("grad_loss"), py::arg("eps_hat"), py::arg("seed_offset"), py::arg("weight"), py::arg("grad_eps_hat"),
+      py::arg("batch"), py::arg("features"), py::arg("eps_hat_dtype"), py::arg("weight_dtype"),
       py::call_guard<py::gil_scoped_release>());
 }

@@ -1,6 +1,7 @@
 // The CPU launchers, one per kernel of csrc/cuda/ (same names, same argument structs).
 #pragma once
 
+#include "fastvae/diffusion_args.h"
 #include "fastvae/discrete_args.h"
 #include "fastvae/iwae_args.h"
 #include "fastvae/latent_args.h"
@@ -53,6 +54,15 @@ void location_scale_backward(const LocationScaleBackwardArgs& args);
 // sample_truncated_normal: the truncated-normal latent (sample, log q, KL estimate).
 void truncated_normal_forward(const TruncatedNormalForwardArgs& args);
 void truncated_normal_backward(const TruncatedNormalBackwardArgs& args);
+
+// diffuse and diffusion_loss.  Columns per task and per partial row sum (Σ(ε − ε̂)², ∂γ),
+// added in a fixed order in Python, so a small batch of long rows still spreads over the
+// threads.
+constexpr int64_t kDiffusionRowPartialWidth = 8192;
+void diffuse_forward(const DiffuseForwardArgs& args);
+void diffuse_backward(const DiffuseBackwardArgs& args);
+void diffusion_loss_forward(const DiffusionLossForwardArgs& args);
+void diffusion_loss_backward(const DiffusionLossBackwardArgs& args);
 
 }  // namespace cpu
 }  // namespace fastvae

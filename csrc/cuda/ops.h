@@ -3,6 +3,7 @@
 
 #include <cuda_runtime.h>
 
+#include "fastvae/diffusion_args.h"
 #include "fastvae/discrete_args.h"
 #include "fastvae/iwae_args.h"
 #include "fastvae/latent_args.h"
@@ -66,6 +67,14 @@ void location_scale_backward(const LocationScaleBackwardArgs& args, cudaStream_t
 constexpr int kTruncatedNormalChunk = 256;
 void truncated_normal_forward(const TruncatedNormalForwardArgs& args, cudaStream_t stream);
 void truncated_normal_backward(const TruncatedNormalBackwardArgs& args, cudaStream_t stream);
+
+// diffuse and diffusion_loss.  Columns each warp covers; Σ(ε − ε̂)² and ∂γ of a row come
+// back as one partial sum per such chunk, added in a fixed order in Python.
+constexpr int kDiffusionChunk = 128;
+void diffuse_forward(const DiffuseForwardArgs& args, cudaStream_t stream);
+void diffuse_backward(const DiffuseBackwardArgs& args, cudaStream_t stream);
+void diffusion_loss_forward(const DiffusionLossForwardArgs& args, cudaStream_t stream);
+void diffusion_loss_backward(const DiffusionLossBackwardArgs& args, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace fastvae
