@@ -14,12 +14,15 @@ continuous-time bound is
                   p(x_i = v | z_0) ∝ exp(−(z_0,i − α_0·v)²/(2σ_0²)) over the L levels v of x̃,
 
 a discrete distribution, so the bound is in nats of the data's own distribution.
+A learned schedule's endpoints γ_0, γ_1 get the bound's gradient; its shape between them,
+on which the expectation of L_diffusion does not depend, gets the gradient of the
+estimate's second moment over 2·mean(L̂) (VDM's variance minimization), so its t-samples
+vary less.
 L_diffusion draws its t by VDM's low-discrepancy sampler, t_b = (u + b/B) mod 1 over the
 B = S·N draws of a batch (S t-samples per data point, averaged), z_t by the fused
 :func:`fastvae.diffuse` and its loss by :func:`fastvae.diffusion_loss` (weight γ'(t),
 ε regenerated from the seed).  The whole bound is differentiable in the denoiser, the
-context and the schedule (a learned schedule's endpoints γ_0, γ_1 get the bound's own
-gradient through L_prior, L_recon and z_t).
+context and the schedule's endpoints.
 
 Conditioning on z: the VAE's ordinary decoder network maps z to a data-shaped
 ``context`` (what the Bernoulli decoder would read as logits), which the denoiser reads
@@ -181,8 +184,20 @@ class DiffusionDecoder(nn.Module):
         repeats = self.t_samples
         x_rep = x_tilde.repeat((repeats,) + (1,) * (x_tilde.dim() - 1))
         t = low_discrepancy_times(count * repeats, x_tilde.device, generator)
+        row_losses = []
         if steps is None:
-            gamma, weight = self.schedule.gamma_and_derivative(t)
+            shape, shape_derivative = self.schedule.shape_and_derivative(t)
+            if shape.requires_grad:
+                # The schedule's shape gets the gradient of Σ_b L̂_b² (the estimate's
+                # variance, as its mean does not depend on the shape; Kingma et al. 2021,
+                # section 5.2): the bound's gradient into ŝ_b, scaled by 2·L̂_b, here over
+                # 2·mean(L̂) so that it is of the bound's gradient's size (gradient clipping).
+                def to_variance(grad: Tensor) -> Tensor:
+                    return grad * (row_losses[0] / row_losses[0].mean().clamp(min=1e-12))
+
+                shape.register_hook(to_variance)
+                shape_derivative.register_hook(to_variance)
+            gamma, weight = self.schedule.compose(shape, shape_derivative)
         else:
             t = torch.ceil(t * steps).clamp(min=1) / steps
             gamma = self.schedule(t)
@@ -190,8 +205,9 @@ class DiffusionDecoder(nn.Module):
         z_t, noise_seed = ops.diffuse(x_rep, gamma, generator=generator)
         eps_hat = self.predict_noise(z_t, gamma, context.repeat((repeats,) + (1,) * (context.dim() - 1)),
                                      z.repeat(repeats, 1))
-        loss = ops.diffusion_loss(eps_hat, noise_seed, weight)
-        return loss.float().view(repeats, count).mean(0)
+        loss = ops.diffusion_loss(eps_hat, noise_seed, weight).float()
+        row_losses.append(loss.detach())
+        return loss.view(repeats, count).mean(0)
 
     def level_log_probs(self, z_0: Tensor) -> Tensor:
         r"""[..., L] log p(x_i = v_k | z_0): log-softmax over the levels v_k = 2k/(L−1) − 1

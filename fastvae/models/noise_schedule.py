@@ -37,12 +37,28 @@ def check_gamma_range(where: str, gamma_min, gamma_max) -> tuple[float, float]:
 
 
 class NoiseSchedule(nn.Module):
-    """γ(t) and γ'(t) for t [B] in [0, 1]; ``gamma_0`` and ``gamma_1`` are the endpoints
-    γ(0), γ(1) as 0-dim tensors."""
+    r"""γ(t) and γ'(t) for t [B] in [0, 1]; ``gamma_0`` and ``gamma_1`` are the endpoints
+    γ(0), γ(1) as 0-dim tensors.  A schedule is its endpoints and its shape
+    ŝ(t), increasing from ŝ(0) = 0 to ŝ(1) = 1:
+
+        γ(t) = γ_0 + (γ_1 − γ_0)·ŝ(t),   γ'(t) = (γ_1 − γ_0)·ŝ'(t).
+
+    The continuous-time diffusion loss's expectation depends on the endpoints only (for a
+    denoiser that sees γ_t, not t), so the shape is free to lower the variance of its
+    estimate (Kingma et al. 2021, section 5.2)."""
+
+    def shape_and_derivative(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """(ŝ(t), ŝ'(t)), each of t's shape, float32."""
+        raise NotImplementedError
+
+    def compose(self, shape: Tensor, shape_derivative: Tensor) -> tuple[Tensor, Tensor]:
+        """(γ, γ') from the shape (ŝ, ŝ') and the endpoints."""
+        span = self.gamma_1 - self.gamma_0
+        return self.gamma_0 + span * shape, span * shape_derivative
 
     def gamma_and_derivative(self, t: Tensor) -> tuple[Tensor, Tensor]:
         """(γ(t), γ'(t)), each of t's shape, float32."""
-        raise NotImplementedError
+        return self.compose(*self.shape_and_derivative(t))
 
     def forward(self, t: Tensor) -> Tensor:
         """γ(t), of t's shape."""
@@ -50,16 +66,13 @@ class NoiseSchedule(nn.Module):
 
     @property
     def gamma_0(self) -> Tensor:
-        return self(torch.zeros(1, device=self._device())).squeeze(0)
+        """γ(0), a 0-dim float32 tensor."""
+        raise NotImplementedError
 
     @property
     def gamma_1(self) -> Tensor:
-        return self(torch.ones(1, device=self._device())).squeeze(0)
-
-    def _device(self) -> torch.device:
-        for tensor in list(self.parameters()) + list(self.buffers()):
-            return tensor.device
-        return torch.device("cpu")
+        """γ(1), a 0-dim float32 tensor."""
+        raise NotImplementedError
 
 
 class FixedLinearSchedule(NoiseSchedule):
@@ -80,10 +93,17 @@ class FixedLinearSchedule(NoiseSchedule):
         self.gamma_min, self.gamma_max = check_gamma_range("fastvae.models.FixedLinearSchedule", gamma_min, gamma_max)
         self.register_buffer("_anchor", torch.zeros(0), persistent=False)
 
-    def gamma_and_derivative(self, t: Tensor) -> tuple[Tensor, Tensor]:
+    @property
+    def gamma_0(self) -> Tensor:
+        return self._anchor.new_tensor(self.gamma_min, dtype=torch.float32)
+
+    @property
+    def gamma_1(self) -> Tensor:
+        return self._anchor.new_tensor(self.gamma_max, dtype=torch.float32)
+
+    def shape_and_derivative(self, t: Tensor) -> tuple[Tensor, Tensor]:
         t = t.float()
-        span = self.gamma_max - self.gamma_min
-        return self.gamma_min + span * t, torch.full_like(t, span)
+        return t, torch.ones_like(t)
 
     def extra_repr(self) -> str:
         return f"gamma_min={self.gamma_min}, gamma_max={self.gamma_max}"
@@ -96,7 +116,7 @@ class LearnedSchedule(NoiseSchedule):
 
     rescaled to learned endpoints γ_0 < γ_1,
 
-        γ(t) = γ_0 + (γ_1 − γ_0)·(γ̃(t) − γ̃(0)) / (γ̃(1) − γ̃(0)),
+        γ(t) = γ_0 + (γ_1 − γ_0)·ŝ(t),   ŝ(t) = (γ̃(t) − γ̃(0)) / (γ̃(1) − γ̃(0)),
 
     with γ_1 = γ_0 + softplus(ρ) so that γ_1 > γ_0 always (initialised at γ_min, γ_max).
     The weights are softplus of free parameters (positive), so γ̃ and γ are strictly
@@ -154,12 +174,12 @@ class LearnedSchedule(NoiseSchedule):
         derivative = a * (1 + (c * b * s * (1 - s)).sum(-1))
         return value, derivative
 
-    def gamma_and_derivative(self, t: Tensor) -> tuple[Tensor, Tensor]:
+    def shape_and_derivative(self, t: Tensor) -> tuple[Tensor, Tensor]:
         t = t.float()
         ends, _ = self._unnormalized(torch.tensor([0.0, 1.0], device=t.device))
         value, derivative = self._unnormalized(t)
-        scale = (self.gamma_1 - self.gamma_0) / (ends[1] - ends[0])
-        return self.gamma_0 + scale * (value - ends[0]), scale * derivative
+        width = ends[1] - ends[0]
+        return (value - ends[0]) / width, derivative / width
 
     def extra_repr(self) -> str:
         return f"hidden={self.hidden}"
