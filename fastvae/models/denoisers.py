@@ -6,9 +6,11 @@ Each takes the noisy data z_t, the log-SNR γ_t [B], a data-shaped ``context`` (
 ordinary decoder network applied to the latent: what the Bernoulli decoder would read as
 its logits) and the latent z itself, and returns [B, 2, *data_shape]: per element the
 mean m and log-scale log s of a Gaussian guess N(m, s²) at x̃, which the decoder turns
-into ε̂ (:meth:`fastvae.models.diffusion_decoder.DiffusionDecoder.predict_noise`).  The time enters as a sinusoidal embedding of
-t̂ = (γ_t − γ_min)/(γ_max − γ_min) (γ_min, γ_max the schedule's initial endpoints, fixed
-constants, so a learned schedule does not move the embedding's scale).
+into ε̂ (:meth:`fastvae.models.diffusion_decoder.DiffusionDecoder.predict_noise`).
+The time enters as a sinusoidal embedding of t̂ = (γ_t − γ_min)/(γ_max − γ_min) (γ_min,
+γ_max the schedule's initial endpoints, fixed constants, so a learned schedule does not
+move the embedding's scale).  The embedding is of γ_t, not t: then the expectation of the
+continuous-time diffusion term depends on the schedule's endpoints only.
 """
 from __future__ import annotations
 
