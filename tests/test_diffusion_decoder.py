@@ -268,3 +268,18 @@ def test_errors_name_the_argument():
     with pytest.raises(ValueError, match="likelihood is not 'diffusion'"):
         plain.diffusion_terms(torch.zeros(1, 4), torch.zeros(1, 2))
     assert plain.diffusion is None and "diffusion_steps" not in plain.config
+
+
+@pytest.mark.parametrize("objective", ["iwae", "score_function"])
+def test_the_other_objectives_train_the_diffusion_decoder(objective):
+    """The IWAE objective puts the bound inside its log-weights; the score-function
+    objective's learning signal is the bound's unbiased estimate.  Both reach every
+    network, the denoiser and the learned schedule's endpoints included."""
+    torch.manual_seed(0)
+    model = MLPVAE(data_shape=(8,), hidden_sizes=(8,), latent_dim=2, likelihood="diffusion", objective=objective,
+                   num_samples=3, diffusion_hidden_sizes=(16,), diffusion_schedule="learned")
+    out = model(binary_batch(4, 8))
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and out.elbo.shape == (4,)
+    for name in ("diffusion.denoiser.output.weight", "diffusion.schedule.gamma_start", "encoder.1.0.weight"):
+        assert model.get_parameter(name).grad.abs().sum() > 0, name
