@@ -1096,3 +1096,89 @@ def test_autoregressive_prior_options_errors(binarized_mnist_root, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(autoregressive_train(tmp_path / "c", binarized_mnist_root, "--steps", "2", "--prior-lr-scale", "2"))
     assert "lr_scale must be a number in (0, 1], got 2.0" in str(exit_info.value.code)
+
+
+# ---- the diffusion decoder (--likelihood diffusion) ----------------------------------
+
+TINY_DIFFUSION = ["--model", "mlp", "--likelihood", "diffusion", "--hidden-sizes", "16", "--latent-dim", "3",
+                  "--diffusion-hidden-sizes", "32", "--diffusion-steps", "3"]
+
+
+def diffusion_train(out: Path, root: Path, *extra: str) -> list[str]:
+    return ["train", "--data", "binarized_mnist", "--data-root", str(root), *TINY_DIFFUSION, "--batch-size", "8",
+            *TINY_EVAL, *QUIET, "--out", str(out), *extra]
+
+
+@pytest.fixture(scope="module")
+def diffusion_run(binarized_mnist_root, tmp_path_factory):
+    """A 4-step run of a tiny MLP VAE with a diffusion decoder, pictures and all."""
+    out = tmp_path_factory.mktemp("diffusion") / "run"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert cli.main(diffusion_train(out, binarized_mnist_root, "--steps", "4", "--log-every", "2")) == 0
+    return out
+
+
+def test_diffusion_decoder_trains_from_the_command_line(diffusion_run):
+    saved = read_toml(diffusion_run / "config.toml")
+    assert (saved["likelihood"], saved["diffusion_levels"], saved["diffusion_schedule"]) == ("diffusion", 2, "fixed")
+    assert (saved["diffusion_hidden_sizes"], saved["diffusion_steps"], saved["diffusion_sampler"]) == ([32], 3,
+                                                                                                     "ancestral")
+    assert saved["diffusion_t_samples"] == 1 and "diffusion_channels" not in saved
+    logged = [event for event in read_metrics(diffusion_run / "metrics.jsonl") if "loss" in event]
+    for event in logged:
+        terms = event["diffusion_prior"] + event["diffusion_loss"] + event["diffusion_reconstruction"]
+        assert terms == pytest.approx(event["nll"], rel=1e-5)
+    model = load_checkpoint(diffusion_run / "checkpoints" / "step_00000004.pt").model
+    assert model.diffusion is not None and model.diffusion.steps == 3
+    for name in PICTURES:
+        assert (diffusion_run / f"{name}.png").is_file(), name
+
+
+def test_diffusion_run_stopped_and_resumed_is_the_uninterrupted_run(diffusion_run, binarized_mnist_root, tmp_path):
+    """--stop-at 2 then --resume: weights, optimizer state and metrics.jsonl are the
+    uninterrupted 4-step run's, bit for bit (t, ε and z_0 drawn from the run's RNG)."""
+    parts = tmp_path / "parts"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert cli.main(diffusion_train(parts, binarized_mnist_root, "--steps", "4", "--log-every", "2",
+                                        "--stop-at", "2")) == 0
+        assert cli.main(["train", "--out", str(parts), "--resume", "--no-pictures"]) == 0
+    assert_same_checkpoint(diffusion_run / "checkpoints" / "step_00000004.pt",
+                           parts / "checkpoints" / "step_00000004.pt")
+    assert without_timings(parts) == without_timings(diffusion_run)
+
+
+def test_eval_and_sample_of_a_diffusion_checkpoint(diffusion_run, tmp_path, capsys):
+    assert cli.main(["eval", str(diffusion_run), "--iwae-samples", "3", "--num-points", "4", "--batch-size", "2"]) == 0
+    results = json.loads((diffusion_run / "eval-test-k3" / "results.json").read_text())
+    assert results["iwae_num_samples"] == 3 and results["num_points"] == 4 and results["elbo"] < 0
+
+    def sample(*flags):
+        out = tmp_path / f"{len(list(tmp_path.iterdir()))}.png"
+        assert cli.main(["sample", str(diffusion_run), "--num", "4", "--ncol", "2", "--seed", "3", "--out", str(out),
+                         *flags]) == 0
+        return out.read_bytes()
+
+    plain, three, two, two_again = sample(), sample("--steps", "3"), sample("--steps", "2"), sample("--steps", "2")
+    assert plain == three  # the model's own diffusion_steps is 3
+    assert two == two_again and two != three
+    deterministic = sample("--steps", "2", "--sampler", "deterministic")
+    assert deterministic != two and png_size(tmp_path / "4.png") == png_size(tmp_path / "0.png")
+
+
+def test_diffusion_settings_and_their_errors(run, binarized_mnist_root, tmp_path):
+    assert resolve_settings({"data": "cifar10", "likelihood": "diffusion"}, {})["diffusion_levels"] == 256
+    assert resolve_settings({"data": "mnist", "likelihood": "diffusion"}, {})["diffusion_levels"] == 2
+    assert "diffusion_levels" not in {k for k, v in resolve_settings({"data": "mnist"}, {}).items() if v is not None}
+    data = ["--data", "binarized_mnist", "--data-root", str(binarized_mnist_root), "--out", str(tmp_path / "r")]
+
+    def message(argv):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(argv)
+        return str(exit_info.value.code)
+
+    assert ("--likelihood diffusion (a diffusion decoder) is a decoder of the single-latent models mlp, conv, not of "
+            "the 'deep' model") in message(["train", "--model", "deep", "--likelihood", "diffusion", *data])
+    assert "--diffusion-steps apply to --likelihood diffusion only" in message(
+        ["train", "--model", "mlp", "--diffusion-steps", "5", *data])
+    assert message(["sample", str(run), "--steps", "3"]).startswith(
+        "fastvae sample: --steps sets a diffusion decoder's sampling; the 'conv' model's likelihood is 'bernoulli'")

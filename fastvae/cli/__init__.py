@@ -98,8 +98,8 @@ _TRAIN_USAGE = (f"{PROGRAM} train [--preset NAME] [--config FILE.toml] [--resume
                 f"[--FLAG VALUE ...]")
 _SWEEP_USAGE = f"{PROGRAM} sweep --betas B,B,... [--config FILE.toml] [--FLAG VALUE ...]"
 _EVAL_USAGE = f"{PROGRAM} eval CHECKPOINT [--iwae-samples K] [--num-points N] [--split SPLIT] [--FLAG VALUE ...]"
-_SAMPLE_USAGE = (f"{PROGRAM} sample CHECKPOINT [--num N] [--seed SEED] [--temperature T] [--out FILE.png] "
-                 f"[--FLAG VALUE ...]")
+_SAMPLE_USAGE = (f"{PROGRAM} sample CHECKPOINT [--num N] [--seed SEED] [--temperature T] [--steps N] "
+                 f"[--sampler NAME] [--out FILE.png] [--FLAG VALUE ...]")
 _GRADVAR_USAGE = (f"{PROGRAM} gradvar CHECKPOINT [--batch-size B] [--num-estimates N] [--temperatures T,T,...] "
                   f"[--out DIR] [--FLAG VALUE ...]")
 _TRAIN_EPILOG = (
@@ -171,6 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--temperature", type=_non_negative_float, default=None, metavar="T",
                         help="scale the prior's standard deviations by T (default: 1, the prior itself; 0: its "
                         "means); for models whose sample() takes a temperature, such as --model deep")
+    sample.add_argument("--steps", type=_positive_int, default=None, metavar="N",
+                        help="sampling steps of a diffusion decoder (default: the model's diffusion_steps)")
+    sample.add_argument("--sampler", choices=("ancestral", "deterministic"), default=None,
+                        help="a diffusion decoder's sampler (default: the model's diffusion_sampler)")
     _add_checkpoint_flags(sample)
     sample.add_argument("--out", help="the PNG (default: RUN/samples-seed<seed>.png)")
 
@@ -275,7 +279,8 @@ def _run_sample(args) -> int:
     from .checkpoints import sample_checkpoint
 
     sample_checkpoint(args.checkpoint, num=args.num, ncol=args.ncol, seed=args.seed, use_ema=args.ema,
-                      device=args.device, backend=args.backend, out=args.out, temperature=args.temperature)
+                      device=args.device, backend=args.backend, out=args.out, temperature=args.temperature,
+                      steps=args.steps, sampler=args.sampler)
     return 0
 
 

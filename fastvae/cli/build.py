@@ -18,6 +18,9 @@ from .options import MODEL_KEYS, OPTION_BY_KEY, PROGRAM, ConfigError
 # one seed are drawn independently.
 _BINARIZE_SEED_OFFSET = {"train": 0, "valid": 1, "test": 2}
 DEFAULT_EVAL_BATCH = 100
+# The models with a diffusion decoder, and its settings.
+DIFFUSION_MODELS = ("mlp", "conv")
+DIFFUSION_KEYS = tuple(key for key in MODEL_KEYS if key.startswith("diffusion_"))
 
 
 def pick_device(settings: Mapping, distributed: bool) -> Optional[str]:
@@ -83,6 +86,14 @@ def model_config(settings: Mapping, data_shape) -> dict:
     if name not in MODELS:
         raise ConfigError(f"{PROGRAM} train: unknown model {name!r}; known: {', '.join(sorted(MODELS))}")
     accepted = inspect.signature(MODELS[name].__init__).parameters
+    if settings.get("likelihood") == "diffusion" and name not in DIFFUSION_MODELS:
+        raise ConfigError(f"{PROGRAM} train: --likelihood diffusion (a diffusion decoder) is a decoder of the "
+                          f"single-latent models {', '.join(DIFFUSION_MODELS)}, not of the {name!r} model")
+    if settings.get("likelihood") != "diffusion":
+        given = [OPTION_BY_KEY[key].flag for key in DIFFUSION_KEYS if settings.get(key) is not None]
+        if given:
+            raise ConfigError(f"{PROGRAM} train: {', '.join(given)} apply to --likelihood diffusion only (the "
+                              f"likelihood is {settings.get('likelihood')!r})")
     config = {"name": name, "data_shape": list(data_shape)}
     for key in MODEL_KEYS:
         value = settings.get(key)

@@ -114,14 +114,24 @@ def takes_temperature(model) -> bool:
 
 def sample_checkpoint(path, num: int = 64, ncol: int = 8, seed: int = 0, use_ema: Optional[bool] = None,
                       device: Optional[str] = None, backend: str = "auto", out: Optional[str] = None,
-                      temperature: Optional[float] = None) -> Path:
+                      temperature: Optional[float] = None, steps: Optional[int] = None,
+                      sampler: Optional[str] = None) -> Path:
     """Write a PNG grid of ``num`` samples of a checkpoint's model (z ~ p(z), the
     decoder's mean); the same seed gives the same picture.  ``temperature`` (None: the
-    model's own default) is passed to the model's ``sample``, which must take one."""
+    model's own default) is passed to the model's ``sample``, which must take one.
+    ``steps`` and ``sampler`` (None: the model's) set a diffusion decoder's sampling."""
     where = "sample"
     checkpoint_path, run = find_checkpoint(path, where)
     checkpoint = load_checkpoint(checkpoint_path, map_location=_device(device))
     model, _ = _pick_model(checkpoint, use_ema, where)
+    if steps is not None or sampler is not None:
+        if getattr(model, "diffusion", None) is None:
+            flag = "--steps" if steps is not None else "--sampler"
+            raise ConfigError(f"{PROGRAM} {where}: {flag} sets a diffusion decoder's sampling; the "
+                              f"{model.config.get('name')!r} model's likelihood is "
+                              f"{model.config.get('likelihood')!r}, not 'diffusion'")
+        model.diffusion.steps = steps if steps is not None else model.diffusion.steps
+        model.diffusion.sampler = sampler if sampler is not None else model.diffusion.sampler
     if temperature is not None and not takes_temperature(model):
         name = model.config.get("name", type(model).__name__)
         raise ConfigError(f"{PROGRAM} {where}: --temperature: the {name!r} model's sample() takes no temperature "

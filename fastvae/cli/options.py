@@ -28,7 +28,7 @@ LENGTH_KEYS = ("steps", "epochs")
 BINARIZATIONS = ("none", "static", "dynamic")
 MODEL_NAMES = ("mlp", "conv", "hierarchical", "discrete", "deep")
 LIKELIHOOD_NAMES = ("bernoulli", "continuous_bernoulli", "gaussian", "discretized_logistic",
-                    "discretized_logistic_mixture")
+                    "discretized_logistic_mixture", "diffusion")
 
 
 @dataclass(frozen=True)
@@ -100,6 +100,21 @@ OPTIONS: tuple[Option, ...] = (
     Option("baseline", "str", None, MODEL, "control variate of --objective score_function: none, running_mean (a "
            "moving average of the learning signal) or learned (NVIL's input-dependent baseline)",
            ("none", "running_mean", "learned")),
+    Option("diffusion_schedule", "str", None, MODEL, "--likelihood diffusion: the noise schedule, fixed (linear "
+           "log-SNR from 13.3 to -5) or learned (VDM's monotone network; mlp, conv; default: fixed)",
+           ("fixed", "learned")),
+    Option("diffusion_hidden_sizes", "ints", None, MODEL, "--likelihood diffusion: the MLP denoiser's hidden widths "
+           "(mlp; default: 512,512)"),
+    Option("diffusion_channels", "ints", None, MODEL, "--likelihood diffusion: the U-Net denoiser's channels per "
+           "level (conv; default: 32,64)"),
+    Option("diffusion_t_samples", "int", None, MODEL, "--likelihood diffusion: t-samples per data point of the "
+           "diffusion term, averaged (default: 1)"),
+    Option("diffusion_levels", "int", None, MODEL, "--likelihood diffusion: the data's levels, 2 (binary) or 256 "
+           "(8-bit) (default: 2 for binary data, 256 otherwise)"),
+    Option("diffusion_steps", "int", None, MODEL, "--likelihood diffusion: sampling steps of the samples and "
+           "reconstructions (default: 100)"),
+    Option("diffusion_sampler", "str", None, MODEL, "--likelihood diffusion: ancestral or deterministic (DDIM) "
+           "sampling (default: ancestral)", ("ancestral", "deterministic")),
     Option("num_variables", "int", None, MODEL, "categorical variables (discrete)"),
     Option("num_categories", "int", None, MODEL, "categories per variable (discrete)"),
     Option("temperature", "float", None, MODEL, "Gumbel-softmax temperature (discrete)"),
@@ -187,7 +202,8 @@ MODEL_KEYS = ("likelihood", "latent_dim", "hidden_sizes", "channels", "hidden_di
               "dreg", "num_variables", "num_categories", "temperature", "hard", "resolutions", "width", "bottleneck", "encoder_blocks",
               "decoder_groups", "latent_channels", "logvar_bound", "kl_balancing", "spectral_coeff",
               "baseline", "committed_rate", "decoder", "autoregressive_hidden_sizes",
-              "prior_hidden_sizes", "prior_lr_scale")
+              "prior_hidden_sizes", "prior_lr_scale", "diffusion_schedule", "diffusion_hidden_sizes",
+              "diffusion_channels", "diffusion_t_samples", "diffusion_levels", "diffusion_steps", "diffusion_sampler")
 # Settings that belong to one invocation, not to the run: never written to config.toml.
 INVOCATION_KEYS = ("out", "overwrite")
 
@@ -442,6 +458,8 @@ def fill_data_defaults(settings: Mapping) -> dict:
             resolved[key] = value
     if resolved.get("likelihood") is None:
         resolved["likelihood"] = default_likelihood(resolved)
+    if resolved["likelihood"] == "diffusion" and resolved.get("diffusion_levels") is None:
+        resolved["diffusion_levels"] = 2 if default_likelihood(resolved) == "bernoulli" else 256
     for key, value in MODEL_DEFAULTS.get((data, resolved["model"]), {}).items():
         if resolved.get(key) is None:
             resolved[key] = value

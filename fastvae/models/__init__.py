@@ -4,6 +4,10 @@
 
 * ``'mlp'``: :class:`MLPVAE`, fully connected (Burda et al.'s 784-200-200-50 model by default).
 * ``'conv'``: :class:`ConvVAE`, convolutional, Bernoulli or discretized logistic mixture decoder.
+
+Both ``'mlp'`` and ``'conv'`` take ``likelihood='diffusion'``: p(x|z) a conditional
+variational diffusion model (:class:`DiffusionDecoder`, :mod:`fastvae.models.noise_schedule`,
+:mod:`fastvae.models.denoisers`) whose bound replaces −log p(x|z).
 * ``'hierarchical'``: :class:`HierarchicalVAE`, stochastic layers with top-down inference.
 * ``'deep'``: :class:`DeepVAE`, a VDVAE/NVAE-class convolutional hierarchy of many latent groups.
 * ``'discrete'``: :class:`DiscreteVAE`, Gumbel-softmax categorical latents.
@@ -17,9 +21,12 @@ encoder trained by the score-function (REINFORCE) gradient and a control variate
 from .base import MODELS, VAE, VAEOutput, build_model, register_model
 from .conv import ConvVAE
 from .deep import DeepVAE
+from .denoisers import MLPDenoiser, UNetDenoiser
+from .diffusion_decoder import DiffusionDecoder, DiffusionTerms
 from .discrete import DiscreteVAE, anneal_temperature
 from .hierarchical import HierarchicalVAE
 from .mlp import MLPVAE
+from .noise_schedule import FixedLinearSchedule, LearnedSchedule, NoiseSchedule
 from .objectives import OBJECTIVES
 from .autoregressive_prior import AutoregressivePrior
 from .priors import PRIORS, MixtureOfGaussiansPrior, Prior, StandardNormalPrior, VampPrior, make_prior
@@ -29,4 +36,6 @@ __all__ = [
     "VAE", "VAEOutput", "MODELS", "register_model", "build_model", "MLPVAE", "ConvVAE", "HierarchicalVAE", "DeepVAE",
     "DiscreteVAE", "anneal_temperature", "Prior", "StandardNormalPrior", "MixtureOfGaussiansPrior", "VampPrior",
     "make_prior", "PRIORS", "OBJECTIVES", "BASELINES", "LearningSignalBaseline", "AutoregressivePrior",
+    "DiffusionDecoder", "DiffusionTerms", "MLPDenoiser", "UNetDenoiser", "NoiseSchedule", "FixedLinearSchedule",
+    "LearnedSchedule",
 ]

@@ -11,6 +11,7 @@ from .base import register_model
 from .layers import activation as make_activation
 from .layers import data_shape_of, positive_int, positive_ints
 from .objectives import check_objective
+from .diffusion_decoder import build_diffusion_decoder
 from .single import SingleLatentVAE, build_likelihood
 
 
@@ -36,6 +37,12 @@ class ConvVAE(SingleLatentVAE):
         likelihood, num_mixtures, likelihood_kwargs, prior, prior_components,
         prior_hidden_sizes, prior_lr_scale, objective, num_samples, dreg, baseline,
         latent, latent_bounds, committed_rate: as :class:`fastvae.models.MLPVAE`.
+        diffusion_schedule, diffusion_t_samples, diffusion_levels, diffusion_steps,
+        diffusion_sampler: likelihood='diffusion', as :class:`fastvae.models.MLPVAE`; the
+            denoiser is a small U-Net
+            (:class:`fastvae.models.denoisers.UNetDenoiser`) that reads the decoder
+            network's output as a context image.
+        diffusion_channels: the U-Net's channels per level, the data's resolution first.
 
     Example::
 
@@ -66,6 +73,12 @@ class ConvVAE(SingleLatentVAE):
         latent: str = "gaussian",
         latent_bounds: Optional[Sequence[float]] = None,
         committed_rate: float = 0.0,
+        diffusion_schedule: str = "fixed",
+        diffusion_channels: Sequence[int] = (32, 64),
+        diffusion_t_samples: int = 1,
+        diffusion_levels: int = 2,
+        diffusion_steps: int = 100,
+        diffusion_sampler: str = "ancestral",
     ):
         super().__init__()
         where = "fastvae.models.ConvVAE"
@@ -85,8 +98,15 @@ class ConvVAE(SingleLatentVAE):
                 f"{where}: H and W of data_shape {list(self.data_shape)} must be divisible by {factor} "
                 f"(2 to the number of stride-2 convolutions, len(channels) = {len(channels)})"
             )
-        self.likelihood, param_channels = build_likelihood(where, likelihood, self.data_shape, num_mixtures,
-                                                           likelihood_kwargs)
+        if likelihood == "diffusion":
+            # The decoder network gives the denoiser a data-shaped context (one channel per data channel).
+            self.likelihood, param_channels = None, data_channels
+            self.diffusion = build_diffusion_decoder(where, "unet", self.data_shape, self.latent_dim,
+                                                     diffusion_schedule, diffusion_levels, diffusion_t_samples,
+                                                     diffusion_steps, diffusion_sampler, diffusion_channels)
+        else:
+            self.likelihood, param_channels = build_likelihood(where, likelihood, self.data_shape, num_mixtures,
+                                                               likelihood_kwargs)
         bottom = (channels[-1], height // factor, width // factor)
         bottom_size = bottom[0] * bottom[1] * bottom[2]
 
@@ -132,6 +152,10 @@ class ConvVAE(SingleLatentVAE):
             "latent_bounds": self.latent_bounds,
             "committed_rate": self.latent.committed_rate,
         }
+        if likelihood == "diffusion":
+            self.config.update(diffusion_schedule=diffusion_schedule, diffusion_channels=list(diffusion_channels),
+                               diffusion_t_samples=diffusion_t_samples, diffusion_levels=diffusion_levels,
+                               diffusion_steps=diffusion_steps, diffusion_sampler=diffusion_sampler)
 
     def decoder_params(self, z: Tensor) -> Tensor:
         return self.decoder(z)

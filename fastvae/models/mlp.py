@@ -11,6 +11,7 @@ from .autoregressive_decoder import AutoregressiveBernoulliDecoder
 from .base import register_model
 from .layers import activation as make_activation, data_shape_of, mlp, positive_int, positive_ints
 from .objectives import check_objective
+from .diffusion_decoder import build_diffusion_decoder
 from .single import SingleLatentVAE, build_likelihood, flat_size
 
 DECODERS = ("mlp", "autoregressive")
@@ -71,6 +72,18 @@ class MLPVAE(SingleLatentVAE):
             ``sample`` and ``reconstruct`` go through it.  Needs likelihood='bernoulli'.
         autoregressive_hidden_sizes: widths of the MADE's masked hidden layers
             (decoder='autoregressive').
+        diffusion_schedule: likelihood='diffusion' (a variational diffusion decoder,
+            :mod:`fastvae.models.diffusion_decoder`, its bound on −log p(x|z) in nats in
+            place of the likelihood's): the noise schedule, 'fixed' (linear γ from −13.3
+            to 5) or 'learned' (VDM's monotone network, endpoints learned).  The decoder
+            network above maps z to a data-shaped context that the denoiser reads, so the
+            encoder and decoder networks are those of the other likelihoods.
+        diffusion_hidden_sizes: widths of the MLP denoiser's hidden layers.
+        diffusion_t_samples: t-samples per data point of the diffusion term (averaged).
+        diffusion_levels: the data's levels, 2 (binary) or 256 (8-bit, x = k/255).
+        diffusion_steps: sampling steps of ``decode``/``sample``/``reconstruct``.
+        diffusion_sampler: 'ancestral' or 'deterministic' (DDIM), the sampler of
+            ``decode``, whose result is the mean of p(x|z_0) at the end of one chain.
 
     Example::
 
@@ -102,6 +115,12 @@ class MLPVAE(SingleLatentVAE):
         committed_rate: float = 0.0,
         decoder: str = "mlp",
         autoregressive_hidden_sizes: Sequence[int] = (500,),
+        diffusion_schedule: str = "fixed",
+        diffusion_hidden_sizes: Sequence[int] = (512, 512),
+        diffusion_t_samples: int = 1,
+        diffusion_levels: int = 2,
+        diffusion_steps: int = 100,
+        diffusion_sampler: str = "ancestral",
     ):
         super().__init__()
         where = "fastvae.models.MLPVAE"
@@ -111,8 +130,12 @@ class MLPVAE(SingleLatentVAE):
         make_activation(where, activation)  # a clear ValueError for an unknown name, before building
         objective, num_samples, dreg = check_objective(where, objective, num_samples, dreg,
                                                         score_function_supported=True)
-        self.likelihood, param_channels = build_likelihood(where, likelihood, self.data_shape, num_mixtures,
-                                                           likelihood_kwargs)
+        if likelihood == "diffusion":
+            # The decoder network gives the denoiser a data-shaped context (one value per element).
+            self.likelihood, param_channels = None, self.data_shape[0]
+        else:
+            self.likelihood, param_channels = build_likelihood(where, likelihood, self.data_shape, num_mixtures,
+                                                               likelihood_kwargs)
         data_size = flat_size(self.data_shape)
         self._params_shape = (param_channels,) + self.data_shape[1:]
         self.encoder = nn.Sequential(nn.Flatten(), mlp(where, (data_size,) + hidden, activation))
@@ -125,12 +148,20 @@ class MLPVAE(SingleLatentVAE):
         autoregressive_hidden = positive_ints(where, "autoregressive_hidden_sizes", list(autoregressive_hidden_sizes))
         self.autoregressive = None
         if decoder == "autoregressive":
-            if likelihood != "bernoulli":
+            if likelihood != "bernoulli":  # 'diffusion' included: one decoder of p(x|z) at a time
                 raise ValueError(
                     f"{where}: decoder='autoregressive' is a Bernoulli decoder over binary pixels; it needs "
                     f"likelihood='bernoulli', got {likelihood!r}"
                 )
             self.autoregressive = AutoregressiveBernoulliDecoder(data_size, self.latent_dim, autoregressive_hidden)
+        diffusion_settings = dict(diffusion_schedule=diffusion_schedule, diffusion_t_samples=diffusion_t_samples,
+                                  diffusion_levels=diffusion_levels, diffusion_steps=diffusion_steps,
+                                  diffusion_sampler=diffusion_sampler,
+                                  diffusion_hidden_sizes=list(diffusion_hidden_sizes))
+        if likelihood == "diffusion":
+            self.diffusion = build_diffusion_decoder(where, "mlp", self.data_shape, self.latent_dim, diffusion_schedule,
+                                                     diffusion_levels, diffusion_t_samples, diffusion_steps,
+                                                     diffusion_sampler, diffusion_hidden_sizes)
         prior_hidden_sizes = positive_ints(where, "prior_hidden_sizes", list(prior_hidden_sizes), allow_empty=True)
         self._setup(where, prior, prior_components, objective, num_samples, dreg, baseline=baseline,
                     prior_hidden_sizes=prior_hidden_sizes, prior_lr_scale=prior_lr_scale, latent=latent,
@@ -158,6 +189,8 @@ class MLPVAE(SingleLatentVAE):
             "decoder": decoder,
             "autoregressive_hidden_sizes": list(autoregressive_hidden),
         }
+        if likelihood == "diffusion":
+            self.config.update(diffusion_settings)
 
     def decoder_params(self, z: Tensor) -> Tensor:
         return self.decoder(z).view((z.shape[0],) + self._params_shape)
@@ -171,9 +204,10 @@ class MLPVAE(SingleLatentVAE):
         """The decoder's mean of p(x|z) [N, *data_shape] for z [N, latent_dim]; for the
         autoregressive decoder, the probabilities p(x_i = 1 | x_<i, z) along one ancestral
         sample x ~ p(x|z) drawn with ``generator`` (the mean of p(x|z) itself has no
-        closed form there)."""
+        closed form there); for the diffusion decoder, the mean of p(x|z_0) at the end of
+        one sampling chain drawn with ``generator``."""
         if self.autoregressive is None:
-            return super().decode(z)
+            return super().decode(z, generator)
         if not isinstance(z, Tensor) or z.dim() != 2 or z.shape[1] != self.latent_dim:
             shape = tuple(z.shape) if isinstance(z, Tensor) else type(z).__name__
             raise ValueError(f"{self._where}.decode: z must have shape [N, {self.latent_dim}], got {shape}")

@@ -26,6 +26,7 @@ from ..nn.likelihood import Likelihood, make_likelihood
 from .base import VAE, VAEOutput
 from .layers import check_batch, positive_int
 from .objectives import check_forward_args, doubly_reparameterize, repeat_batch, tempered_iwae_bound
+from .diffusion_decoder import DiffusionDecoder, DiffusionTerms
 from .latent_families import FamilyLatentPrior, check_latent
 from .priors import make_prior
 from .score_function import LearningSignalBaseline, check_baseline, learning_signal, score_function_loss
@@ -40,6 +41,9 @@ def build_likelihood(where: str, name: str, data_shape: tuple, num_mixtures: int
     unless ``likelihood_kwargs`` says otherwise."""
     if likelihood_kwargs is not None and not isinstance(likelihood_kwargs, dict):
         raise TypeError(f"{where}: likelihood_kwargs must be a dict or None, got {type(likelihood_kwargs).__name__}")
+    if name == "diffusion":
+        raise ValueError(f"{where}: likelihood 'diffusion' (a diffusion decoder) is a decoder of the single-latent "
+                         f"models 'mlp' and 'conv' only")
     kwargs = dict(likelihood_kwargs or {})
     channels = data_shape[0]
     if name == "discretized_logistic_mixture":
@@ -57,11 +61,19 @@ def build_likelihood(where: str, name: str, data_shape: tuple, num_mixtures: int
 class SingleLatentVAE(VAE):
     """Base of the models with one latent vector (see the module's docstring).
 
+    ``diffusion``: a :class:`fastvae.models.diffusion_decoder.DiffusionDecoder` when the
+    likelihood is 'diffusion' (then p(x|z) is that decoder, its bound in place of −log
+    p(x|z), with ``decoder_params`` its context), else None.
+
     Set by :meth:`_setup`: ``data_shape``, ``latent_dim``, ``likelihood``, ``prior``,
     ``latent_family``, ``latent_bounds``, ``objective``, ``num_samples``, ``dreg``, ``baseline``
     and, for the 'score_function' objective, ``control_variate`` (a
     :class:`fastvae.models.LearningSignalBaseline`).
     """
+
+    def __init__(self):
+        super().__init__()
+        self.diffusion: Optional[DiffusionDecoder] = None
 
     def _setup(self, where: str, prior: str, prior_components: int, objective: str, num_samples: int,
                dreg: bool, baseline: str = "none", prior_hidden_sizes=(256, 256), prior_lr_scale: float = 0.01,
@@ -100,8 +112,35 @@ class SingleLatentVAE(VAE):
 
     def reconstruction_nll(self, z: Tensor, x: Tensor) -> Tensor:
         """[N] −log p(x|z) for latents z [N, latent_dim] and data x [N, *data_shape]
-        (an autoregressive decoder reads x as well as z)."""
+        (an autoregressive decoder reads x as well as z); for the diffusion decoder, its
+        bound L_prior + L_diffusion + L_recon (one draw of t, ε and z_0)."""
+        if self.diffusion is not None:
+            return self.diffusion.nll(x, z, self.decoder_params(z))
         return self.likelihood.nll(self.decoder_params(z), x)
+
+    def diffusion_terms(self, x: Tensor, z: Tensor, generator: Optional[torch.Generator] = None,
+                        steps: Optional[int] = None) -> DiffusionTerms:
+        r"""The diffusion decoder's three per-point terms of the bound on −log p(x|z)
+        (:class:`fastvae.models.diffusion_decoder.DiffusionTerms`: prior, diffusion,
+        reconstruction, each [N] float32 nats) for data x [N, *data_shape] and latents z
+        [N, latent_dim]; ``diffusion`` is the mean over ``diffusion_t_samples`` draws of t
+        (:attr:`diffusion_t_samples`), every draw from ``generator``.  ``steps`` = T gives
+        the discrete-time T-step diffusion term instead of the continuous-time one.
+
+        Example::
+
+            >>> terms = model.diffusion_terms(x, model.posterior_mean(x))
+            >>> bound = terms.total()        # [N] >= −log p(x|z)
+        """
+        if self.diffusion is None:
+            raise ValueError(f"{self._where}.diffusion_terms: the model's likelihood is not 'diffusion'")
+        check_batch(self._where, x, self.data_shape)
+        return self.diffusion.terms(x, z, self.decoder_params(z), generator, steps)
+
+    @property
+    def diffusion_t_samples(self) -> Optional[int]:
+        """S, the t-samples per data point of the diffusion term (None without a diffusion decoder)."""
+        return None if self.diffusion is None else self.diffusion.t_samples
 
     def _log_likelihood(self, z: Tensor, x: Tensor) -> Tensor:
         """[K, B] log p(x|z_k) for z [K, B, D]: the decoder runs once on all K·B latents."""
@@ -131,6 +170,12 @@ class SingleLatentVAE(VAE):
 
     def _elbo_forward(self, x: Tensor, mu: Tensor, logvar: Tensor, beta: float, free_bits: float) -> VAEOutput:
         latent = self.prior.posterior_sample(mu, logvar, free_bits)
+        if self.diffusion is not None:
+            terms = self.diffusion.terms(x, latent.z, self.decoder_params(latent.z))
+            extras = {"diffusion_prior": terms.prior.detach(), "diffusion_loss": terms.diffusion.detach(),
+                      "diffusion_reconstruction": terms.reconstruction.detach()}
+            return self.elbo_loss(terms.total(), latent.kl, latent.kl_objective, latent.kl_per_dim, beta,
+                                  extras=extras)
         nll = self.reconstruction_nll(latent.z, x)
         return self.elbo_loss(nll, latent.kl, latent.kl_objective, latent.kl_per_dim, beta)
 
@@ -222,17 +267,24 @@ class SingleLatentVAE(VAE):
             return None
         return self.encode(x)
 
-    def decode(self, z: Tensor) -> Tensor:
+    def decode(self, z: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+        """The decoder's mean of p(x|z) [N, *data_shape] for z [N, latent_dim].  For the
+        diffusion decoder, the mean of p(x|z_0) at the end of one sampling chain drawn with
+        ``generator`` (``diffusion_steps`` steps of ``diffusion_sampler``; the mean of
+        p(x|z) itself has no closed form there)."""
         if not isinstance(z, Tensor) or z.dim() != 2 or z.shape[1] != self.latent_dim:
             shape = tuple(z.shape) if isinstance(z, Tensor) else type(z).__name__
             raise ValueError(f"{self._where}.decode: z must have shape [N, {self.latent_dim}], got {shape}")
+        if self.diffusion is not None:
+            with torch.no_grad():
+                return self.diffusion.sample(self.decoder_params(z), z, generator=generator)
         return self.likelihood.mean(self.decoder_params(z))
 
     @torch.no_grad()
     def sample(self, num_samples: int, generator: Optional[torch.Generator] = None) -> Tensor:
         num_samples = positive_int(self._where, "num_samples", num_samples)
         device = next(self.parameters()).device
-        return self.decode(self.prior.sample(num_samples, generator, device))
+        return self.decode(self.prior.sample(num_samples, generator, device), generator)
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor:
