@@ -749,3 +749,154 @@ def test_bench_deep_sizes_and_providers(bench_deep):
     with pytest.raises(SystemExit, match="not available"):
         bench_deep.parse_providers("eager,cuda", cpu)
     assert bench_deep.bar_rows([], "cuda") == []
+
+
+# --------------------------------------------------------------------------------------
+# bench/bench_diffusion.py
+# --------------------------------------------------------------------------------------
+
+DIFFUSION_CASES = {"diffuse": MODES, "diffusion_loss": MODES, "diffuse_and_loss": ("fwd+bwd",), "step": ("step",)}
+
+
+@pytest.fixture(scope="module")
+def bench_diffusion():
+    return load_bench_script("bench_diffusion")
+
+
+def test_bench_diffusion_tiny_cpu(bench_diffusion, tmp_path, capsys):
+    """Every case and provider at the tiny sizes: timed, memory counted, checked against the
+    reference with fastvae's noise; a kernel backend without a diffusion kernel is skipped
+    with the reason, neither timed nor an error."""
+    kernels = [name for name in ("cpu", "triton") if name in backends.available("cpu")]
+    providers = ["eager", "compile", "torch"] + kernels
+    out = tmp_path / "diffusion.json"
+    # aot_eager: the compile path (dynamo, AOTAutograd) without inductor's slow CPU code generation.
+    argv = smoke_argv(out, providers, **{"--budget-ms": "1", "--compile-backend": "aot_eager"})
+    assert bench_diffusion.main(argv) == 0
+
+    payload = json.loads(out.read_text())
+    assert payload["benchmark"] == "diffusion"
+    meta = payload["metadata"]
+    assert meta["command"].startswith("python bench/bench_diffusion.py --device cpu --sizes tiny")
+    assert len(meta["load_average_start"]) == 3 and meta["compile_backend"] == "aot_eager"
+    records = payload["records"]
+    keys = {(r["op"], r["mode"], r["provider"]) for r in records}
+    assert keys == {(op, mode, p) for op, modes in DIFFUSION_CASES.items() for mode in modes for p in providers}
+    assert len(records) == len(keys)
+    for record in records:
+        label = f"{record['op']} {record['mode']} {record['provider']}"
+        step = record["op"] == "step"
+        assert (record["batch"], record["dim"], record["dtype"]) == ((16, 32) if step else (64, 32)) + ("float32",)
+        if record["skipped"]:
+            assert record["provider"] in kernels and f"no {record['provider']} kernel" in record["skipped"], label
+            assert record["median_ms"] is None and record["error"] is None, label
+            continue
+        assert record["error"] is None, f"{label}: {record['error']}"
+        assert is_positive_finite(record["median_ms"]) and record["min_ms"] <= record["median_ms"], label
+        assert record["peak_extra_mib"] >= 0, label
+        assert is_positive_finite(record["speedup_vs_eager"]) and is_positive_finite(record["speedup_vs_compile"])
+        # torch: the public ops on the reference, the very computation eager is checked in.
+        if record["provider"] == "torch":
+            assert record["rel_err_vs_eager"] < 1e-6, label
+        assert record["rel_err_vs_eager"] < (1e-3 if step else 1e-4), label
+        if step:
+            assert record["steps_per_s"] == pytest.approx(1e3 / record["median_ms"])
+            assert record["samples_per_s"] == pytest.approx(16 * record["steps_per_s"])
+            assert record["peak_extra_mib"] > 0 and record["min_bytes"] is None and record["gbps"] is None, label
+            assert bool(record["fastvae_ops"]) == (record["provider"] in kernels), label
+        else:
+            assert record["gbps"] == pytest.approx(record["min_bytes"] / (record["median_ms"] * 1e-3) / 1e9)
+    by_key = {(r["op"], r["mode"], r["provider"]): r for r in records}
+    # eager's pair holds ε (and ε − ε̂) between forward and backward: counted on the CPU.
+    assert by_key["diffuse_and_loss", "fwd+bwd", "eager"]["peak_extra_mib"] > 0
+    assert by_key["diffuse_and_loss", "fwd+bwd", "eager"]["peak_extra_vs_eager"] == 1.0
+    # By hand, float32, 64×32: diffuse fwd+bwd reads x, γ, ∂z_t, x, γ and writes z_t, ∂x, ∂γ.
+    assert by_key["diffuse", "fwd+bwd", "eager"]["min_bytes"] == 5 * 2048 * 4 + 3 * 64 * 4
+
+    printed = capsys.readouterr().out
+    assert "| op | B×D | dtype | mode | provider | median ms |" in printed and "## The training step" in printed
+    assert printed.count("| diffuse_and_loss | 64x32 | float32 | fwd+bwd |") == len(providers)
+    assert out.with_suffix(".md").read_text().strip() == printed.strip()
+
+
+def test_bench_diffusion_skips_a_backend_without_kernels(bench_diffusion, tmp_path, monkeypatch):
+    """The routing probe: the torch backend runs no fastvae custom op; a backend whose
+    diffusion ops run none is skipped naming each op it lacks, and the run goes on."""
+    common, cpu = bench_diffusion.common, torch.device("cpu")
+    assert bench_diffusion.custom_ops_of("diffuse", "torch", cpu, torch.float32) == []
+    assert bench_diffusion.custom_ops_of("diffusion_loss", "torch", cpu, torch.float32) == []
+    if "cpu" not in backends.available("cpu"):
+        pytest.skip("the CPU C++ backend is not built here")
+    import fastvae
+
+    recorder = bench_diffusion.FastvaeOpRecorder()  # it sees the fused ops of an op that has them
+    with fastvae.use_backend("cpu"), recorder:
+        fastvae.gaussian_kl(torch.randn(2, 4), torch.randn(2, 4))
+    assert recorder.ops == {"gaussian_latent_fwd"}
+
+    monkeypatch.setattr(bench_diffusion, "custom_ops_of",
+                        lambda op, backend, device, dtype: [] if op == "diffusion_loss" else ["diffuse_fwd"])
+    assert bench_diffusion.require_fused("diffuse", "cpu", cpu, torch.float32) == ["diffuse_fwd"]
+    with pytest.raises(common.ProviderSkipped, match="^fastvae.diffusion_loss has no cpu kernel"):
+        bench_diffusion.require_fused("diffuse_and_loss", "cpu", cpu, torch.float32)
+    out = tmp_path / "skipped.json"
+    bench_diffusion.main(smoke_argv(out, ["eager", "cpu"], **{"--ops": "diffusion_loss,step"}))
+    records = json.loads(out.read_text())["records"]
+    for record in records:
+        label = f"{record['op']} {record['mode']} {record['provider']}"
+        if record["provider"] == "cpu":
+            assert "fastvae.diffusion_loss has no cpu kernel" in record["skipped"], label
+            assert record["median_ms"] is None and record["error"] is None, label
+        else:
+            assert record["median_ms"] > 0 and record["skipped"] is None, label
+    assert out.with_suffix(".md").read_text().count("- step cpu: fastvae.diffusion_loss has no cpu kernel") == 1
+
+
+def test_diffusion_min_bytes(bench_diffusion):
+    batch, dim = 4096, 784
+    n = batch * dim
+    assert bench_diffusion.diffuse_min_bytes(batch, dim, torch.float32, "fwd") == 8 * n + 4 * batch
+    assert bench_diffusion.diffuse_min_bytes(batch, dim, torch.float32, "bwd") == 12 * n + 8 * batch
+    assert bench_diffusion.diffuse_min_bytes(batch, dim, torch.bfloat16, "fwd+bwd") == 10 * n + 6 * batch
+    loss = bench_diffusion.diffusion_loss_min_bytes
+    assert loss(batch, dim, torch.float32, "fwd") == 4 * n + 8 * batch
+    assert loss(batch, dim, torch.float32, "bwd") == 8 * n + 12 * batch
+    assert loss(batch, dim, torch.bfloat16, "fwd+bwd") == 6 * n + 6 * batch + 8 * batch
+    # The pair: 48 bytes per element in float32; per row γ, w, ∂γ, ∂w and their rereads,
+    # the float32 loss and its gradient; the [D] scale read twice and its gradient written.
+    assert bench_diffusion.diffuse_and_loss_min_bytes(batch, dim, torch.float32) == 48 * n + 32 * batch + 12 * dim
+    with pytest.raises(ValueError, match="fwd\\+bwd only"):
+        bench_diffusion.diffuse_and_loss_min_bytes(batch, dim, torch.float32, "fwd")
+
+
+def test_bench_diffusion_baselines_and_sizes(bench_diffusion, capsys):
+    """eager is the reference's math with torch.randn's ε (and the loss with a stored ε);
+    the sizes and options parse as documented."""
+    from fastvae import reference_diffusion
+
+    x, gamma = torch.rand(4, 6) * 2 - 1, torch.tensor([-13.3, -2.0, 0.5, 5.0])
+    torch.manual_seed(3)
+    z_t, eps = bench_diffusion.diffuse_torch_noise(x, gamma)
+    torch.manual_seed(3)
+    assert torch.equal(eps, torch.randn(4, 6))
+    alpha, sigma = torch.sigmoid(-gamma).sqrt()[:, None], torch.sigmoid(gamma).sqrt()[:, None]
+    torch.testing.assert_close(z_t, alpha * x + sigma * eps)
+    seed = torch.tensor([11, 0])
+    stored = reference_diffusion.noise(seed, (4, 6))
+    eps_hat, weight = torch.randn(4, 6), torch.full((4,), 18.3)
+    torch.testing.assert_close(bench_diffusion.diffusion_loss_stored_noise(eps_hat, weight, stored),
+                               reference_diffusion.diffusion_loss(eps_hat, seed, weight))
+
+    sizes = bench_diffusion.parse_sizes("cpu")
+    assert sizes["diffuse"] == [(16384, 784)] and sizes["step"] == [(1024, 784)]
+    assert bench_diffusion.parse_sizes("128x784,8x16") == {op: [(128, 784), (8, 16)] for op in DIFFUSION_CASES}
+    with pytest.raises(SystemExit, match="BxD"):
+        bench_diffusion.parse_sizes("4x3x8x8")
+    with pytest.raises(SystemExit, match="unknown op"):
+        bench_diffusion.main(["--device", "cpu", "--sizes", "tiny", "--ops", "denoise"])
+    from fastvae import cli
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["bench", "diffusion", "--help"])
+    assert exit_info.value.code == 0
+    assert "--compile-backend" in capsys.readouterr().out

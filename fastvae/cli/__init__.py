@@ -190,11 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser(
         "bench", help="run the benchmarks of a source checkout (bench/)",
-        description="Run bench/bench_<NAME>.py of a source checkout with the ARGUMENTS given (all three, with "
+        description="Run bench/bench_<NAME>.py of a source checkout with the ARGUMENTS given (all of them, with "
         "their defaults, when no NAME is given). `fastvae bench NAME --help` lists a benchmark's options.",
     )
     bench.add_argument("arguments", nargs=argparse.REMAINDER, metavar="[NAME] ARGUMENTS",
-                       help="NAME is latent, likelihood, train or all")
+                       help="NAME is latent, likelihood, train, diffusion or all")
 
     gradvar = commands.add_parser(
         "gradvar", help="gradient variance of the encoder: reparameterization against the score function",

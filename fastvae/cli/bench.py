@@ -1,7 +1,7 @@
 """``fastvae bench``: run the benchmarks of a source checkout's ``bench/`` folder.
 
 The benchmarks are scripts beside the package (bench/bench_latent.py,
-bench/bench_likelihood.py, bench/bench_train.py), not part of an installed wheel: they
+bench/bench_likelihood.py, bench/bench_train.py, bench/bench_diffusion.py), not part of an installed wheel: they
 time fastvae against eager PyTorch and torch.compile and write their results under
 bench/results/.  An install without them says where to get them."""
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 
 from .options import PROGRAM
 
-BENCHMARKS = ("latent", "likelihood", "train")
+BENCHMARKS = ("latent", "likelihood", "train", "diffusion")
 
 
 def bench_dir() -> Optional[Path]:
