@@ -191,7 +191,8 @@ def test_every_results_json_key_is_explained_in_the_report(run):
     # limit's stopped_by, and a model with latent groups' numbers (tests/test_eval_groups.py).
     group_keys = {"num_groups", "group_resolutions", "kl_per_group", "kl_per_group_fraction", "units_per_group",
                   "active_units_per_group", "active_groups"}
-    assert set(FIELDS) - set(results) == {"checkpoint", "stopped_by"} | group_keys
+    diffusion_keys = {key for key in FIELDS if key.startswith("diffusion_")}  # tests/test_eval_diffusion.py
+    assert set(FIELDS) - set(results) == {"checkpoint", "stopped_by"} | group_keys | diffusion_keys
     fields = (run / "report.md").read_text().split("## Fields of results.json")[1]
     for key in results:
         assert f"| `{key}` | " in fields, key
@@ -549,6 +550,8 @@ def test_missing_data_names_the_flag_and_the_variable(run, tmp_path, monkeypatch
     text = message(["eval", str(run), "--data", "fashion_mnist", "--num-points", "2"])
     assert text.startswith("fastvae eval: --data fashion_mnist:") and "neither is set" in text
     assert "--data-root" in text and "FASTVAE_DATA" in text and "root=" not in text
+    text = message(["eval", str(run), "--diffusion-t-samples", "2"])
+    assert text.startswith("fastvae eval: --diffusion-t-samples is for a model with a diffusion decoder")
     text = message(["train", "--data", "image_folder", "--out", str(tmp_path / "r")])
     assert "--data image_folder needs --data-root FOLDER" in text and "FASTVAE_DATA" in text
     text = message(["train", "--data", "image_folder", "--data-root", str(tmp_path / "none"), "--out",
@@ -1151,6 +1154,12 @@ def test_eval_and_sample_of_a_diffusion_checkpoint(diffusion_run, tmp_path, caps
     assert cli.main(["eval", str(diffusion_run), "--iwae-samples", "3", "--num-points", "4", "--batch-size", "2"]) == 0
     results = json.loads((diffusion_run / "eval-test-k3" / "results.json").read_text())
     assert results["iwae_num_samples"] == 3 and results["num_points"] == 4 and results["elbo"] < 0
+    assert results["diffusion_t_samples"] == 1 and results["diffusion_loss_std"] >= 0
+    out = diffusion_run / "eval-s4"
+    assert cli.main(["eval", str(diffusion_run), "--iwae-samples", "3", "--num-points", "4", "--batch-size", "2",
+                     "--diffusion-t-samples", "4", "--out", str(out)]) == 0
+    assert json.loads((out / "results.json").read_text())["diffusion_t_samples"] == 4
+    assert "S = 4 t-samples" in (out / "report.md").read_text()
 
     def sample(*flags):
         out = tmp_path / f"{len(list(tmp_path.iterdir()))}.png"

@@ -283,3 +283,31 @@ def test_the_other_objectives_train_the_diffusion_decoder(objective):
     assert torch.isfinite(out.loss) and out.elbo.shape == (4,)
     for name in ("diffusion.denoiser.output.weight", "diffusion.schedule.gamma_start", "encoder.1.0.weight"):
         assert model.get_parameter(name).grad.abs().sum() > 0, name
+
+
+@torch.no_grad()
+def test_shared_noise_terms_are_the_terms_with_every_latent_on_the_same_draws():
+    decoder = random_decoder(data_size=6, latent_dim=3, t_samples=3)
+    x = binary_batch(4, 6)
+    z = torch.randn(2, 4, 3, generator=torch.Generator().manual_seed(2))
+    context = torch.randn(2, 4, 6, generator=torch.Generator().manual_seed(3))
+    shared = decoder.shared_noise_terms(x, z, context, torch.Generator().manual_seed(7))
+    for k in range(2):
+        # One latent alone, from the same generator state: the same draws, the same bound.
+        alone = decoder.terms(x, z[k], context[k], torch.Generator().manual_seed(7))
+        for name in ("prior", "diffusion", "reconstruction"):
+            torch.testing.assert_close(getattr(shared, name)[k], getattr(alone, name), rtol=1e-5, atol=1e-4)
+    assert not torch.equal(shared.diffusion[0], shared.diffusion[1])  # the latents' ε̂ differ
+    same = decoder.shared_noise_terms(x, z[:1].expand(2, 4, 3), context[:1].expand(2, 4, 6))
+    assert torch.equal(same.total()[0], same.total()[1])
+
+
+@torch.no_grad()
+def test_importance_weights_share_the_decoders_draws_across_latents():
+    torch.manual_seed(0)
+    model = MLPVAE(data_shape=(12,), hidden_sizes=(8,), latent_dim=2, likelihood="diffusion", diffusion_t_samples=2)
+    x = binary_batch(3, 12)
+    mu, logvar = model.encode(x)
+    z = mu.expand(4, 3, 2)  # four copies of the same latent
+    log_px_z = model._log_likelihood(z, x)
+    assert log_px_z.shape == (4, 3) and torch.equal(log_px_z, log_px_z[:1].expand(4, 3))

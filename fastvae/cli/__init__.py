@@ -155,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=_positive_int, default=100, help="data points per call (default: 100)")
     evaluate.add_argument("--sample-chunk", type=_positive_int, default=None,
                           help="importance samples per model call (default: sized to bound memory)")
+    evaluate.add_argument("--diffusion-t-samples", type=_positive_int, default=None, metavar="S",
+                          help="a diffusion decoder's t-samples per data point in every log-weight (default: the "
+                          "model's --diffusion-t-samples); more make the IWAE's bound on a bound less noisy")
     _add_checkpoint_flags(evaluate)
     evaluate.add_argument("--out", help="the folder for report.md and results.json (default: "
                           "RUN/eval-<split>-k<K>, or beside the checkpoint)")
@@ -271,6 +274,7 @@ def _run_eval(args) -> int:
     overrides = {"data": args.data, "data_root": args.data_root, "binarize": args.binarize}
     eval_checkpoint(args.checkpoint, split=args.split, num_samples=args.iwae_samples, num_points=args.num_points,
                     batch_size=args.batch_size, sample_chunk=args.sample_chunk, use_ema=args.ema, device=args.device,
+                    diffusion_t_samples=args.diffusion_t_samples,
                     backend=args.backend, seed=args.seed, out=args.out, data_overrides=overrides)
     return 0
 

@@ -65,15 +65,21 @@ def data_settings(run: Optional[Path], overrides: Mapping, where: str) -> dict:
 def eval_checkpoint(path, split: str = "test", num_samples: int = PAPER_IWAE_SAMPLES, num_points: Optional[int] = None,
                     batch_size: int = DEFAULT_EVAL_BATCH, sample_chunk: Optional[int] = None,
                     use_ema: Optional[bool] = None, device: Optional[str] = None, backend: str = "auto",
-                    seed: int = 0, out: Optional[str] = None, data_overrides: Optional[Mapping] = None) -> dict:
+                    seed: int = 0, out: Optional[str] = None, data_overrides: Optional[Mapping] = None,
+                    diffusion_t_samples: Optional[int] = None) -> dict:
     """Evaluate a checkpoint on a split (IWAE with K = ``num_samples``, ELBO, gap, active
-    units, KL per dimension, mutual information); writes report.md and results.json
-    into ``out`` (default RUN/eval-<split>-k<K>, or beside the checkpoint)."""
+    units, KL per dimension, mutual information; for a diffusion decoder, its bound's terms
+    and their noise with ``diffusion_t_samples`` t-samples, default the model's); writes
+    report.md and results.json into ``out`` (default RUN/eval-<split>-k<K>, or beside the
+    checkpoint)."""
     where = "eval"
     checkpoint_path, run = find_checkpoint(path, where)
     device = _device(device)
     checkpoint = load_checkpoint(checkpoint_path, map_location=device)
     model, which = _pick_model(checkpoint, use_ema, where)
+    if diffusion_t_samples is not None and getattr(model, "diffusion", None) is None:
+        raise ConfigError(f"{PROGRAM} {where}: --diffusion-t-samples is for a model with a diffusion decoder "
+                          f"(--likelihood diffusion); this one's likelihood is {model.config.get('likelihood')!r}")
     settings = data_settings(run, {**(data_overrides or {}), "num_test": num_points}, where)
     with backends.use_backend(backend):
         data = load_split(settings, split, device)
@@ -84,7 +90,8 @@ def eval_checkpoint(path, split: str = "test", num_samples: int = PAPER_IWAE_SAM
         # The seed goes through a run's own derivation: with the run's seed, batch size and
         # points, the ELBO repeats the run's report.
         results = evaluate(model, data, num_samples=num_samples, batch_size=batch_size, sample_chunk=sample_chunk,
-                           mi_num_points=min(len(data), 1000), seed=evaluation_seed(seed))
+                           mi_num_points=min(len(data), 1000), seed=evaluation_seed(seed),
+                           diffusion_t_samples=diffusion_t_samples)
     trainer_state = checkpoint.state.get("trainer") or {}
     results.update(step=checkpoint.step, evaluated=which, split=split, data=settings["data"],
                    checkpoint=str(checkpoint_path), seed=seed)

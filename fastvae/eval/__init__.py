@@ -15,10 +15,13 @@
 - :func:`gradient_variance`, :func:`write_gradient_variance`: the variance of the
   encoder's gradient estimators (reparameterized, Gumbel-softmax, score function with
   and without baselines) on a fixed batch.
+- :func:`diffusion_bound_spread`: a diffusion decoder's bound terms and the noise of their
+  estimate (:mod:`fastvae.eval.diffusion`).
 - :func:`evaluate` and :func:`write_report`: everything at once, and report.md;
   :func:`provenance`: backend, device (:func:`device_name`), versions and parameter count; the meaning of
   every key of :func:`evaluate`'s results is :data:`fastvae.eval.report.FIELDS`.
 """
+from .diffusion import diffusion_bound_spread, has_diffusion_decoder
 from .gradvar import (GradientStatistics, GradientVariance, gradient_variance, plot_gradient_variance,
                       write_gradient_variance)
 from .groups import GroupActiveUnits, group_active_units, group_diagnostics, has_latent_groups, spread_group_counts
@@ -62,4 +65,5 @@ __all__ = [
     "RatePoint", "rate_distortion_point",
     "sweep_betas", "plot_rate_distortion", "evaluate", "provenance", "device_name", "write_report",
     "GradientStatistics", "GradientVariance", "gradient_variance", "plot_gradient_variance", "write_gradient_variance",
+    "diffusion_bound_spread", "has_diffusion_decoder",
 ]

@@ -18,7 +18,8 @@ import torch
 
 from .. import __version__ as fastvae_version
 from .. import backends
-from ._common import check_model, mean_and_stderr, model_device, num_data_points
+from ._common import check_model, check_positive_int, mean_and_stderr, model_device, num_data_points
+from .diffusion import diffusion_bound_spread, has_diffusion_decoder
 from .groups import group_active_units, group_diagnostics, has_latent_groups, levels_sentence, resolution_label
 from .latent import active_units, mutual_information
 from .likelihood import bits_per_dim, elbo_estimate, elbo_gap, iwae_estimate
@@ -84,6 +85,23 @@ FIELDS = {
                               "active_threshold (a posterior pass of its own; null with fewer than 2 points)",
     "active_groups": "how many groups have at least one active unit (an element of their latent map whose "
                      "posterior mean moves with x)",
+    # models with a diffusion decoder (--likelihood diffusion): their −log p(x|z) is a bound
+    "diffusion_t_samples": "S, the draws of t (and ε) per data point of the diffusion decoder's L_diffusion in every "
+                           "log-weight of this evaluation: the ELBO is then an unbiased estimate of a bound, and the "
+                           "IWAE a bound on a bound (the importance-weighted bound with log p(x|z) replaced by −(the "
+                           "decoder's bound)), its K latents of a point sharing their draws of t, ε and z_0",
+    "diffusion_prior": "mean L_prior = KL(q(z_1|x) ‖ N(0, I)), the decoder bound's term at t = 1, nats (the spread's "
+                       "points)",
+    "diffusion_loss": "mean L_diffusion, the continuous-time diffusion term, nats (the spread's points, z ~ q(z|x))",
+    "diffusion_reconstruction": "mean L_recon = −log p(x|z_0), the term at t = 0, nats (the spread's points)",
+    "diffusion_loss_std": "the noise of one log-weight's L_diffusion estimate (S t-samples): the standard deviation "
+                          "over diffusion_spread_repeats independent estimates at a fixed x and z, root mean square "
+                          "over the spread's points, nats",
+    "diffusion_loss_std_between_latents": "the part of that noise which differs between two latents z_1, z_2 of a "
+                                          "point with shared draws (the std of L̂(z_1) − L̂(z_2)), nats: only this "
+                                          "part biases the IWAE estimate (upward: log-mean-exp is convex)",
+    "diffusion_spread_num_points": "the spread's points: the first ones of the evaluated points",
+    "diffusion_spread_repeats": "R, the independent estimates per point of the spread",
     # the run
     "step": "the training step of the weights evaluated (fastvae train / eval)",
     "evaluated": "which weights: 'ema' (the moving average of the weights, --ema-decay) or 'weights' (the trained "
@@ -182,6 +200,8 @@ def evaluate(
     mi_num_points: Optional[int] = None,
     active_threshold: float = 0.01,
     seed: Optional[int] = 0,
+    diffusion_t_samples: Optional[int] = None,
+    diffusion_spread_points: int = 100,
 ) -> dict:
     r"""Evaluate a model on a data set: its ELBO, the importance-weighted estimate of
     log p(x) beside the ELBO of the same points, the ELBO gap, bits per dimension, active
@@ -213,6 +233,11 @@ def evaluate(
             (None: all that ``num_points`` allows).
         active_threshold: the variance above which a unit is active (0.01).
         seed: seeds every random draw, so the same seed gives the same numbers.
+        diffusion_t_samples: for a model with a diffusion decoder, S, the t-samples per
+            data point of its bound in every log-weight of this evaluation (None: the
+            model's own; the model is left as it was).
+        diffusion_spread_points: the points of :func:`fastvae.eval.diffusion_bound_spread`
+            (a diffusion decoder only).
 
     Returns:
         A JSON-serializable dict; :data:`fastvae.eval.report.FIELDS` explains every
@@ -230,7 +255,8 @@ def evaluate(
         more posterior pass over the same points as the active units
         (:func:`fastvae.eval.group_active_units`, a unit being an element of a group's
         latent map): ``active_units_per_group``, ``active_groups``.  Where and how:
-        :func:`provenance`'s keys, ``eval_seed`` and ``eval_seconds``.
+        :func:`provenance`'s keys, ``eval_seed`` and ``eval_seconds``.  For a model with a
+        diffusion decoder: the keys of :func:`fastvae.eval.diffusion_bound_spread`.
 
     Example::
 
@@ -244,7 +270,28 @@ def evaluate(
     iwae_count = count if iwae_num_points is None else min(count, num_data_points(function, data, iwae_num_points))
     mi_count = count if mi_num_points is None else min(count, num_data_points(function, data, mi_num_points))
     data_shape = list(getattr(model, "data_shape", ()))
+    diffusion = model.diffusion if has_diffusion_decoder(model) else None
+    model_t_samples = None if diffusion is None else diffusion.t_samples
+    if diffusion is not None and diffusion_t_samples is not None:
+        diffusion.t_samples = check_positive_int(function, "diffusion_t_samples", diffusion_t_samples)
+    try:
+        results = _evaluate(model, data, num_samples, batch_size, sample_chunk, count, iwae_count, mi_count,
+                            active_threshold, seed, data_shape)
+        if diffusion is not None:
+            results.update(diffusion_bound_spread(model, data, batch_size=batch_size,
+                                                  num_points=min(count, diffusion_spread_points), seed=seed))
+    finally:
+        if diffusion is not None:
+            diffusion.t_samples = model_t_samples
+    results.update(provenance(model))
+    results["eval_seed"] = seed
+    results["eval_seconds"] = round(time.perf_counter() - started, 1)
+    return results
 
+
+def _evaluate(model, data, num_samples, batch_size, sample_chunk, count, iwae_count, mi_count, active_threshold,
+              seed, data_shape) -> dict:
+    function = "evaluate"
     elbo = elbo_estimate(model, data, batch_size=batch_size, num_points=count, seed=seed)
     iwae = iwae_estimate(model, data, num_samples, batch_size, sample_chunk, iwae_count, seed)
     # The gap pairs log p̂(x) with the ELBO of the same point from the same log-weights:
@@ -289,9 +336,6 @@ def evaluate(
         "mutual_information": information,
         "mutual_information_num_points": mi_count,
         **groups,
-        **provenance(model),
-        "eval_seed": seed,
-        "eval_seconds": round(time.perf_counter() - started, 1),
     }
 
 
@@ -328,6 +372,24 @@ def point_set(count, total, split: Optional[str] = None) -> str:
     return f"first {count} of {total}{kind} points"
 
 
+def _diffusion_rows(results: Mapping, spread_points: str) -> list:
+    """The rows of a diffusion decoder: its bound's terms and the noise of their estimate."""
+    s = results["diffusion_t_samples"]
+    return [
+        ("diffusion decoder: −log p(x|z) is bounded, not computed",
+         f"ELBO: an unbiased estimate of a bound; IWAE: a bound on a bound (log p(x|z) replaced by −(the decoder's "
+         f"bound), each log-weight's diffusion term from S = {s} t-samples, the K latents of a point sharing "
+         f"their draws)", "all"),
+        ("the decoder's bound: L_prior + L_diffusion + L_recon",
+         f"{_number(results.get('diffusion_prior'))} + {_number(results.get('diffusion_loss'))} + "
+         f"{_number(results.get('diffusion_reconstruction'))} nats", spread_points),
+        (f"noise of one log-weight's L_diffusion (S = {s}), std",
+         f"{_number(results.get('diffusion_loss_std'))} nats, of which "
+         f"{_number(results.get('diffusion_loss_std_between_latents'))} nats differ between latents (what can bias "
+         f"the IWAE upward; {results.get('diffusion_spread_repeats')} repeats)", spread_points),
+    ]
+
+
 def _results_table(results: Mapping) -> list:
     total, split = results.get("num_points"), results.get("split")
     every = point_set(total, total, split)
@@ -360,6 +422,8 @@ def _results_table(results: Mapping) -> list:
         rows.append(("active groups", "n/a" if groups is None else
                      f"{groups} of {results['num_groups']} (groups with an active unit, an element of their "
                      f"latent map: see KL per group)", every))
+    if results.get("diffusion_t_samples") is not None:
+        rows += _diffusion_rows(results, point_set(results.get("diffusion_spread_num_points"), total, split))
     information = results.get("mutual_information")
     if information is not None:
         mi_n = results.get("mutual_information_num_points")

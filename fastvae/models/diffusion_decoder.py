@@ -241,6 +241,39 @@ class DiffusionDecoder(nn.Module):
         """[N] the bound on −log p(x|z), L_prior + L_diffusion + L_recon (nats)."""
         return self.terms(x, z, context).total()
 
+    def shared_noise_terms(self, x: Tensor, z: Tensor, context: Tensor,
+                           generator: Optional[torch.Generator] = None) -> DiffusionTerms:
+        r"""The bound's three terms, each [K, B], for K latents per data point: data x
+        [B, *data_shape], latents z [K, B, D] and their contexts [K, B, *data_shape], every
+        latent of a point with the same draws (common random numbers): the same S times t,
+        the same ε (one :func:`fastvae.diffuse` per point and t, its ``noise_seed`` given
+        to every latent's :func:`fastvae.diffusion_loss`) and the same z_0.
+
+        z_t, L_prior and L_recon do not depend on the latent; only ε̂ does.  So the noise of
+        the estimate that is common to the K latents moves every log-weight of a point by the
+        same amount and the importance-weighted estimate log-mean-exp_k(·) by that amount,
+        whose mean is 0: it does not bias the estimate.  Only the part that differs between
+        latents does, upward, since log-mean-exp is convex (:mod:`fastvae.eval.diffusion`
+        measures both parts)."""
+        num_latents, count = z.shape[0], z.shape[1]
+        x_tilde = self.scaled(x)
+        repeats = self.t_samples
+        x_rep = x_tilde.repeat((repeats,) + (1,) * (x_tilde.dim() - 1))
+        t = low_discrepancy_times(count * repeats, x_tilde.device, generator)
+        gamma, weight = self.schedule.compose(*self.schedule.shape_and_derivative(t))
+        z_t, noise_seed = ops.diffuse(x_rep, gamma, generator=generator)
+        data_dims = (1,) * (context.dim() - 2)
+        eps_hat = self.predict_noise(
+            z_t.repeat((num_latents,) + (1,) * (z_t.dim() - 1)), gamma.repeat(num_latents),
+            context.repeat((1, repeats) + data_dims).flatten(0, 1), z.repeat(1, repeats, 1).flatten(0, 1))
+        rows = count * repeats
+        diffusion = torch.stack([
+            ops.diffusion_loss(eps_hat[k * rows:(k + 1) * rows], noise_seed, weight).float().view(repeats, count).mean(0)
+            for k in range(num_latents)])
+        prior = self.prior_term(x_tilde).expand(num_latents, count)
+        reconstruction = self.reconstruction_term(x, x_tilde, generator).expand(num_latents, count)
+        return DiffusionTerms(prior, diffusion, reconstruction)
+
     # -- sampling -----------------------------------------------------------------------
 
     @torch.no_grad()

@@ -143,8 +143,15 @@ class SingleLatentVAE(VAE):
         return None if self.diffusion is None else self.diffusion.t_samples
 
     def _log_likelihood(self, z: Tensor, x: Tensor) -> Tensor:
-        """[K, B] log p(x|z_k) for z [K, B, D]: the decoder runs once on all K·B latents."""
+        """[K, B] log p(x|z_k) for z [K, B, D]: the decoder runs once on all K·B latents.
+        The diffusion decoder's bound takes the same draws of t, ε and z_0 for the K latents
+        of a point (:meth:`DiffusionDecoder.shared_noise_terms`), so that the noise they
+        share does not bias the importance-weighted bound."""
         num_samples, batch = z.shape[0], z.shape[1]
+        if self.diffusion is not None:
+            context = self.decoder_params(z.flatten(0, 1))
+            context = context.view((num_samples, batch) + tuple(context.shape[1:]))
+            return -self.diffusion.shared_noise_terms(x, z, context).total()
         nll = self.reconstruction_nll(z.flatten(0, 1), repeat_batch(x, num_samples))
         return -nll.view(num_samples, batch)
 
