@@ -291,7 +291,6 @@ def evaluate(
 
 def _evaluate(model, data, num_samples, batch_size, sample_chunk, count, iwae_count, mi_count, active_threshold,
               seed, data_shape) -> dict:
-    function = "evaluate"
     elbo = elbo_estimate(model, data, batch_size=batch_size, num_points=count, seed=seed)
     iwae = iwae_estimate(model, data, num_samples, batch_size, sample_chunk, iwae_count, seed)
     # The gap pairs log p̂(x) with the ELBO of the same point from the same log-weights:
