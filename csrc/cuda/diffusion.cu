@@ -25,26 +25,6 @@ namespace df = ::fastvae::diffusion;
 constexpr int kWarpsPerBlock = 8;
 static_assert(kDiffusionChunk / kWarpSize == kQuad, "a lane takes one quad of its chunk");
 
-// Lane l of a task's warp takes the four consecutive columns chunk·128 + 4l + (0..3).
-struct LaneColumns {
-  int64_t row, chunk, first, index;  // first column, and its element index in [B, N]
-  int count;                         // how many of the four lie in the row (0..4)
-};
-
-__device__ __forceinline__ bool lane_columns(int64_t batch, int64_t features, int64_t chunks_per_row,
-                                             LaneColumns& columns) {
-  const int64_t task = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarpSize;
-  if (task >= batch * chunks_per_row) return false;  // the whole warp shares the task
-  const int lane = threadIdx.x % kWarpSize;
-  columns.row = task / chunks_per_row;
-  columns.chunk = task % chunks_per_row;
-  columns.first = columns.chunk * kDiffusionChunk + static_cast<int64_t>(lane) * kQuad;
-  columns.index = columns.row * features + columns.first;
-  const int64_t left = features - columns.first;
-  columns.count = left <= 0 ? 0 : (left < kQuad ? static_cast<int>(left) : kQuad);
-  return true;
-}
-
 __device__ __forceinline__ float noise_at(const int64_t* seed_offset, int64_t index) {
   return philox_normal(static_cast<uint64_t>(seed_offset[0]),
                        static_cast<uint64_t>(seed_offset[1]) + static_cast<uint64_t>(index));
@@ -53,7 +33,7 @@ __device__ __forceinline__ float noise_at(const int64_t* seed_offset, int64_t in
 template <typename X, typename Z>
 __global__ void diffuse_forward_kernel(DiffuseForwardArgs args, int64_t chunks_per_row, bool vector) {
   LaneColumns columns;
-  if (!lane_columns(args.batch, args.features, chunks_per_row, columns) || columns.count == 0) return;
+  if (!lane_columns<kWarpsPerBlock>(args.batch, args.features, chunks_per_row, columns) || columns.count == 0) return;
   const df::Scales scales = df::scales(df::load_as_float(args.gamma, args.gamma_dtype, columns.row));
   float x_values[kQuad], z_values[kQuad];
   load_quad(static_cast<const X*>(args.x), columns.index, columns.count, vector, x_values);
@@ -69,7 +49,7 @@ __global__ void diffuse_forward_kernel(DiffuseForwardArgs args, int64_t chunks_p
 template <typename X, typename G>
 __global__ void diffuse_backward_kernel(DiffuseBackwardArgs args, int64_t chunks_per_row, bool vector) {
   LaneColumns columns;
-  if (!lane_columns(args.batch, args.features, chunks_per_row, columns)) return;
+  if (!lane_columns<kWarpsPerBlock>(args.batch, args.features, chunks_per_row, columns)) return;
   const df::Scales scales = df::scales(df::load_as_float(args.gamma, args.gamma_dtype, columns.row));
   const bool gamma_grad = args.grad_gamma != nullptr;
   float gamma_sum = 0.0f;
@@ -104,7 +84,7 @@ __global__ void diffuse_backward_kernel(DiffuseBackwardArgs args, int64_t chunks
 template <typename E>
 __global__ void diffusion_loss_forward_kernel(DiffusionLossForwardArgs args, int64_t chunks_per_row, bool vector) {
   LaneColumns columns;
-  if (!lane_columns(args.batch, args.features, chunks_per_row, columns)) return;
+  if (!lane_columns<kWarpsPerBlock>(args.batch, args.features, chunks_per_row, columns)) return;
   float sum = 0.0f;
   if (columns.count > 0) {
     float eps_hat_values[kQuad];
@@ -126,7 +106,7 @@ __global__ void diffusion_loss_forward_kernel(DiffusionLossForwardArgs args, int
 template <typename E>
 __global__ void diffusion_loss_backward_kernel(DiffusionLossBackwardArgs args, int64_t chunks_per_row, bool vector) {
   LaneColumns columns;
-  if (!lane_columns(args.batch, args.features, chunks_per_row, columns) || columns.count == 0) return;
+  if (!lane_columns<kWarpsPerBlock>(args.batch, args.features, chunks_per_row, columns) || columns.count == 0) return;
   const float scale = args.grad_loss[columns.row] * df::load_as_float(args.weight, args.weight_dtype, columns.row);
   float eps_hat_values[kQuad], grad_values[kQuad];
   load_quad(static_cast<const E*>(args.eps_hat), columns.index, columns.count, vector, eps_hat_values);

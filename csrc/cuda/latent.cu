@@ -22,30 +22,10 @@ constexpr int kWarpsPerBlock = 8;
 constexpr int kElementsPerLane = kLatentChunk / kWarpSize;
 static_assert(kElementsPerLane == kQuad, "a lane takes one quad of its chunk");
 
-// Lane l of a task's warp takes the four consecutive columns chunk·128 + 4l + (0..3).
-struct LaneColumns {
-  int64_t row, chunk, first, index;  // first column, and its element index in [B, N]
-  int count;                         // how many of the four lie in the row (0..4)
-};
-
-__device__ __forceinline__ bool lane_columns(int64_t batch, int64_t features, int64_t chunks_per_row,
-                                             LaneColumns& columns) {
-  const int64_t task = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarpSize;
-  if (task >= batch * chunks_per_row) return false;  // the whole warp shares the task
-  const int lane = threadIdx.x % kWarpSize;
-  columns.row = task / chunks_per_row;
-  columns.chunk = task % chunks_per_row;
-  columns.first = columns.chunk * kLatentChunk + static_cast<int64_t>(lane) * kQuad;
-  columns.index = columns.row * features + columns.first;
-  const int64_t left = features - columns.first;
-  columns.count = left <= 0 ? 0 : (left < kQuad ? static_cast<int>(left) : kQuad);
-  return true;
-}
-
 template <typename T, typename P>
 __global__ void latent_forward_kernel(LatentForwardArgs args, int64_t chunks_per_row, bool vector) {
   LaneColumns columns;
-  if (!lane_columns(args.batch, args.features, chunks_per_row, columns)) return;
+  if (!lane_columns<kWarpsPerBlock>(args.batch, args.features, chunks_per_row, columns)) return;
   const P* prior_mu = static_cast<const P*>(args.prior_mu);
   const P* prior_logvar = static_cast<const P*>(args.prior_logvar);
   const uint64_t seed = args.seed_offset ? static_cast<uint64_t>(args.seed_offset[0]) : 0;
@@ -86,7 +66,7 @@ __global__ void latent_forward_kernel(LatentForwardArgs args, int64_t chunks_per
 template <typename T, typename P>
 __global__ void latent_backward_kernel(LatentBackwardArgs args, int64_t chunks_per_row, bool vector) {
   LaneColumns columns;
-  if (!lane_columns(args.batch, args.features, chunks_per_row, columns) || columns.count == 0) return;
+  if (!lane_columns<kWarpsPerBlock>(args.batch, args.features, chunks_per_row, columns) || columns.count == 0) return;
   const P* prior_mu = static_cast<const P*>(args.prior_mu);
   const P* prior_logvar = static_cast<const P*>(args.prior_logvar);
   const uint64_t seed = args.seed_offset ? static_cast<uint64_t>(args.seed_offset[0]) : 0;

@@ -55,6 +55,30 @@ struct alignas(kQuad * sizeof(T)) Quad {
   T value[kQuad];
 };
 
+// The kernels over a [B, N] matrix that give each warp one (row, chunk of kWarpSize·kQuad
+// = 128 columns) task: lane l takes the four consecutive columns chunk·128 + 4l + (0..3).
+struct LaneColumns {
+  int64_t row, chunk, first, index;  // first column, and its element index in [B, N]
+  int count;                         // how many of the four lie in the row (0..4)
+};
+
+// The task of this thread's warp, for blocks of kWarpsPerBlock warps; false past the last
+// task (the whole warp shares it).
+template <int kWarpsPerBlock>
+__device__ __forceinline__ bool lane_columns(int64_t batch, int64_t features, int64_t chunks_per_row,
+                                             LaneColumns& columns) {
+  const int64_t task = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarpSize;
+  if (task >= batch * chunks_per_row) return false;
+  const int lane = threadIdx.x % kWarpSize;
+  columns.row = task / chunks_per_row;
+  columns.chunk = task % chunks_per_row;
+  columns.first = columns.chunk * (kWarpSize * kQuad) + static_cast<int64_t>(lane) * kQuad;
+  columns.index = columns.row * features + columns.first;
+  const int64_t left = features - columns.first;
+  columns.count = left <= 0 ? 0 : (left < kQuad ? static_cast<int>(left) : kQuad);
+  return true;
+}
+
 // Whether every row of `features` elements starts four-element aligned in each tensor:
 // rows a multiple of four long and each (pointer, element size) pair aligned to four
 // elements.  Null pointers (absent tensors) pass.

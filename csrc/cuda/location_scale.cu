@@ -22,26 +22,6 @@ namespace {
 constexpr int kWarpsPerBlock = 8;
 static_assert(kLatentChunk / kWarpSize == kQuad, "a lane takes one quad of its chunk");
 
-// Lane l of a task's warp takes the four consecutive columns chunk·128 + 4l + (0..3).
-struct LaneColumns {
-  int64_t row, chunk, first, index;  // first column, and its element index in [B, N]
-  int count;                         // how many of the four lie in the row (0..4)
-};
-
-__device__ __forceinline__ bool lane_columns(int64_t batch, int64_t features, int64_t chunks_per_row,
-                                             LaneColumns& columns) {
-  const int64_t task = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarpSize;
-  if (task >= batch * chunks_per_row) return false;  // the whole warp shares the task
-  const int lane = threadIdx.x % kWarpSize;
-  columns.row = task / chunks_per_row;
-  columns.chunk = task % chunks_per_row;
-  columns.first = columns.chunk * kLatentChunk + static_cast<int64_t>(lane) * kQuad;
-  columns.index = columns.row * features + columns.first;
-  const int64_t left = features - columns.first;
-  columns.count = left <= 0 ? 0 : (left < kQuad ? static_cast<int>(left) : kQuad);
-  return true;
-}
-
 template <typename P>
 __device__ __forceinline__ float prior_value(const P* prior, const BroadcastLayout& layout, const InnerSizes& sizes,
                                              int64_t row, int64_t col) {
@@ -51,7 +31,7 @@ __device__ __forceinline__ float prior_value(const P* prior, const BroadcastLayo
 template <int kFamily, typename T, typename P>
 __global__ void location_scale_forward_kernel(LocationScaleForwardArgs args, int64_t chunks_per_row, bool vector) {
   LaneColumns columns;
-  if (!lane_columns(args.batch, args.features, chunks_per_row, columns)) return;
+  if (!lane_columns<kWarpsPerBlock>(args.batch, args.features, chunks_per_row, columns)) return;
   const P* prior_loc = static_cast<const P*>(args.prior_loc);
   const P* prior_log_scale = static_cast<const P*>(args.prior_log_scale);
   const uint64_t seed = static_cast<uint64_t>(args.seed_offset[0]);
@@ -95,7 +75,7 @@ __global__ void location_scale_forward_kernel(LocationScaleForwardArgs args, int
 template <int kFamily, typename T, typename P>
 __global__ void location_scale_backward_kernel(LocationScaleBackwardArgs args, int64_t chunks_per_row, bool vector) {
   LaneColumns columns;
-  if (!lane_columns(args.batch, args.features, chunks_per_row, columns) || columns.count == 0) return;
+  if (!lane_columns<kWarpsPerBlock>(args.batch, args.features, chunks_per_row, columns) || columns.count == 0) return;
   const P* prior_loc = static_cast<const P*>(args.prior_loc);
   const P* prior_log_scale = static_cast<const P*>(args.prior_log_scale);
   const bool has_grad_z = args.grad_z != nullptr;
