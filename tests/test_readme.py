@@ -177,3 +177,31 @@ def test_latent_comparison_command_is_the_burda_model_with_each_latent():
         "binarized_mnist", "../shared/data", "mlp", [200, 200], 50, "laplace", 10)
     for latent in ("gaussian", "laplace", "logistic", "cauchy", "truncated_normal"):
         assert re.search(rf"^\| {latent}( \(−2, 2\))? \|", text, flags=re.M), latent
+
+
+def test_diffusion_decoder_comparison_trains_both_decoders_alike_and_evaluates_both():
+    """The diffusion-decoder comparison: two `fastvae train` lines that differ only in the
+    decoder (Burda et al.'s encoder, the same data, time limit and evaluation flags), and
+    a `fastvae eval` of each run folder with the same K and points, the diffusion one
+    stating its t-samples."""
+    text = section("A diffusion decoder")
+    lines = [line for block in code_blocks(text, "bash") for line in block.splitlines()]
+    trains = [line.removeprefix("OMP_NUM_THREADS=1 ") for line in lines if "fastvae train" in line]
+    evals = [line for line in lines if line.startswith("fastvae eval")]
+    assert len(trains) == 2 and len(evals) == 2, lines
+    bernoulli, diffusion = (parsed_settings(line) for line in trains)
+    assert (bernoulli["likelihood"], diffusion["likelihood"]) == ("bernoulli", "diffusion")
+    assert (bernoulli["data"], bernoulli["model"], bernoulli["hidden_sizes"], bernoulli["latent_dim"],
+            bernoulli["activation"]) == ("binarized_mnist", "mlp", [200, 200], 50, "tanh")
+    for key in ("data", "data_root", "model", "hidden_sizes", "latent_dim", "activation", "time_limit",
+                "iwae_samples", "iwae_points", "epochs", "batch_size"):
+        assert bernoulli[key] == diffusion[key], key
+    assert f"{bernoulli['time_limit']:g} minutes" in text
+    parser = cli.build_parser()
+    parsed = [parser.parse_args(shlex.split(line)[1:]) for line in evals]
+    assert [args.checkpoint for args in parsed] == [bernoulli["out"], diffusion["out"]]
+    assert parsed[0].iwae_samples == parsed[1].iwae_samples and parsed[0].num_points == parsed[1].num_points
+    assert parsed[1].diffusion_t_samples is not None
+    assert f"S = {parsed[1].diffusion_t_samples}" in text and f"K = {parsed[1].iwae_samples}" in text
+    for picture in re.findall(r"\]\((docs/[^)]+\.png)\)", text):
+        assert (ROOT / picture).is_file(), picture
