@@ -105,7 +105,7 @@ class BenchPiece:
     benchmark measures the same cases, so one merged piece suffices to check merging)."""
 
     name: str
-    benchmark: str  # latent, likelihood, train, deep
+    benchmark: str  # latent, likelihood, train, deep, diffusion
     args: list
     budget_s: int
     core: bool
@@ -124,7 +124,9 @@ class BenchPiece:
 # torch.compile (inductor compiling a 43-group model's step cold would take minutes): a
 # process and CUDA start (~10 s), the Triton specializations of the latent op at five
 # resolutions and of the mixture (~15 s cold), then steps of a 39M-parameter model,
-# about ten per provider at tenths of a second each, ~45 s.  In --providers, KERNELS stands
+# about ten per provider at tenths of a second each, ~45 s; the diffusion ops and a
+# denoiser's training step at 65536x784 (bench_diffusion.py: four cases, two inductor
+# compiles each, ~60 s).  In --providers, KERNELS stands
 # for the device's kernel backends (triton, and cuda if it was built) and
 # COMPILED_KERNELS for each of them under torch.compile; without --providers a benchmark
 # runs every provider for the device.
@@ -141,6 +143,8 @@ BENCH_PIECES = [
                ["--sizes", "4096x64,65536x256", "--dtypes", "float32,bfloat16", "--modes", "fwd+bwd"], 45, False, True),
     BenchPiece("deep: VDVAE CIFAR-10 size", "deep",
                ["--sizes", "cifar_vdvae:16", "--dtypes", "float32", "--providers", "eager,fastvae"], 60, False, True),
+    BenchPiece("diffusion: ops and step", "diffusion",
+               ["--sizes", "65536x784", "--dtypes", "float32", "--providers", "eager,compile,KERNELS"], 60, False, True),
     BenchPiece("likelihood: bfloat16", "likelihood",
                ["--sizes", "65536x784,65536x3072,64x10x3x32x32,16x10x3x64x64", "--dtypes", "bfloat16",
                 "--modes", "fwd+bwd"], 55, False),
@@ -160,7 +164,7 @@ BENCH_PIECES = [
                70, False),
 ]
 SCRIPTS = {"latent": "bench/bench_latent.py", "likelihood": "bench/bench_likelihood.py",
-           "train": "bench/bench_train.py", "deep": "bench/bench_deep.py"}
+           "train": "bench/bench_train.py", "deep": "bench/bench_deep.py", "diffusion": "bench/bench_diffusion.py"}
 
 # Pytest's selection of the two test groups (tests whose name says past 2**31 elements
 # allocate tens of GiB; they run last).
