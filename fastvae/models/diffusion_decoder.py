@@ -268,7 +268,8 @@ class DiffusionDecoder(nn.Module):
             context.repeat((1, repeats) + data_dims).flatten(0, 1), z.repeat(1, repeats, 1).flatten(0, 1))
         rows = count * repeats
         diffusion = torch.stack([
-            ops.diffusion_loss(eps_hat[k * rows:(k + 1) * rows], noise_seed, weight).float().view(repeats, count).mean(0)
+            ops.diffusion_loss(eps_hat[k * rows:(k + 1) * rows], noise_seed, weight).float()
+            .view(repeats, count).mean(0)
             for k in range(num_latents)])
         prior = self.prior_term(x_tilde).expand(num_latents, count)
         reconstruction = self.reconstruction_term(x, x_tilde, generator).expand(num_latents, count)
